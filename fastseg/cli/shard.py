@@ -1,0 +1,69 @@
+"""fastseg-shard SRC OUT: image/mask folders → WebDataset shards, DALI indexes and a manifest."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from ..shard import Options, shard
+from ..verify import verify
+from . import run_cli
+
+
+def parse_size(text: str) -> int:
+    units = {"k": 1e3, "m": 1e6, "g": 1e9, "kb": 1e3, "mb": 1e6, "gb": 1e9}
+    number = text.rstrip("bBkKmMgG")
+    unit = text[len(number):].lower()
+    try:
+        return int(float(number) * units.get(unit, 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MB)") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastseg-shard", description=__doc__)
+    p.add_argument("src", type=Path, nargs="?", help="data folder (images/ + masks/, train/val/test splits, or trainA/trainB)")
+    p.add_argument("out", type=Path, nargs="?", help="output folder for shards and manifest.json")
+    p.add_argument("--verify", type=Path, metavar="OUT", help="re-check an existing shard set and exit")
+    p.add_argument("--images", type=Path, help="image folder (with --masks, instead of SRC's layout)")
+    p.add_argument("--masks", type=Path, help="mask folder matching --images")
+    p.add_argument("--classes", type=Path, help='JSON list of {"name", "color"}; order gives the class ids')
+    p.add_argument("--ignore-value", type=int, help="a mask value to store as 255 (ignore), e.g. 11 for CamVid's void")
+    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved out when no val split exists")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shard-size", type=parse_size, default="256MB", help="target bytes per shard (default 256MB)")
+    p.add_argument("--max-count", type=int, help="at most this many samples per shard")
+    p.add_argument("--resize-masks", action="store_true", help="resize masks whose size differs (nearest neighbour)")
+    p.add_argument("--skip-unpaired", action="store_true", help="leave out files without a partner instead of failing")
+    p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
+    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.verify:
+        problems = verify(args.verify, progress=not args.quiet)
+        for line in problems:
+            print(line, file=sys.stderr)
+        print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
+        return 1 if problems else 0
+    if args.out is None and args.src is not None and (args.images or args.masks):
+        args.src, args.out = None, args.src  # `fastseg-shard --images I --masks M OUT`
+    if args.out is None:
+        parser.error("give SRC and OUT (or --images DIR --masks DIR OUT, or --verify OUT)")
+    opts = Options(
+        images=args.images, masks=args.masks, classes=args.classes, ignore_value=args.ignore_value,
+        val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
+        resize_masks=args.resize_masks, skip_unpaired=args.skip_unpaired, overwrite=args.overwrite,
+        workers=args.workers, progress=not args.quiet,
+    )
+    shard(args.src or Path("."), args.out, opts)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli("fastseg-shard", main))

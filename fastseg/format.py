@@ -1,0 +1,176 @@
+"""The data contract: sample member names, the DALI index format, and the manifest.
+
+A shard set is a folder of `{split}-{NNNNNN}.tar` files, an index file beside each, and `manifest.json`.
+The manifest is written last, so a folder without one is an unfinished run and every reader refuses it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from .errors import FastsegError
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+IGNORE_INDEX = 255
+SPLITS = ("train", "val", "test")
+
+# Member names are KEY.EXT; DALI and webdataset split a name at its first dot, so KEY never has one.
+IMAGE_EXTS = ("image.jpg", "image.png")
+MASK_EXT = "mask.png"
+META_EXT = "json"
+_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+
+
+def make_key(name: str) -> str:
+    """A shard key from a relative source path: no dots, no slashes, nothing a shell or tar would mangle."""
+    return _KEY_UNSAFE.sub("_", name).strip("_") or "sample"
+
+
+def shard_name(split: str, number: int) -> str:
+    return f"{split}-{number:06d}.tar"
+
+
+def index_name(tar_name: str) -> str:
+    return tar_name[: -len(".tar")] + ".idx"
+
+
+# --- DALI index files -------------------------------------------------------------------------------
+# The format DALI's `wds2idx` writes: a header "v1.2 SAMPLES", then one line per sample holding, for each
+# member, "EXT OFFSET SIZE NAME" (OFFSET is where the member's data starts in the tar).
+INDEX_VERSION = "v1.2"
+
+
+def format_index(samples: list[list[tuple[str, int, int, str]]]) -> str:
+    lines = [f"{INDEX_VERSION} {len(samples)}"]
+    lines += [" ".join(f"{ext} {offset} {size} {name}" for ext, offset, size, name in members) for members in samples]
+    return "\n".join(lines) + "\n"
+
+
+def parse_index(text: str, where: str) -> list[list[tuple[str, int, int, str]]]:
+    header, *rows = text.splitlines()
+    version, _, count = header.partition(" ")
+    if version != INDEX_VERSION or not count.isdigit() or int(count) != len(rows):
+        raise FastsegError(f"{where}: not a {INDEX_VERSION} DALI index with a matching sample count")
+    samples = []
+    for row in rows:
+        parts = row.split(" ")
+        samples.append([(parts[i], int(parts[i + 1]), int(parts[i + 2]), parts[i + 3]) for i in range(0, len(parts), 4)])
+    return samples
+
+
+# --- The manifest -----------------------------------------------------------------------------------
+@dataclass
+class ShardInfo:
+    name: str
+    samples: int
+    bytes: int
+    sha256: str
+    index: str
+
+
+@dataclass
+class SplitInfo:
+    samples: int
+    shards: list[ShardInfo]
+
+
+@dataclass
+class ClassInfo:
+    id: int
+    name: str
+    color: list[int]
+
+
+@dataclass
+class Manifest:
+    classes: list[ClassInfo]
+    mean: list[float]
+    std: list[float]
+    splits: dict[str, SplitInfo]
+    class_pixels: dict[str, int] = field(default_factory=dict)
+    sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> distinct [width, height]
+    ignore_index: int = IGNORE_INDEX
+    format_version: int = FORMAT_VERSION
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def split(self, name: str) -> SplitInfo:
+        if name not in self.splits:
+            raise FastsegError(f"no split {name!r} in this shard set; it has: {', '.join(self.splits)}")
+        return self.splits[name]
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> Manifest:
+        splits = {
+            name: SplitInfo(s["samples"], [ShardInfo(**shard) for shard in s["shards"]])
+            for name, s in raw["splits"].items()
+        }
+        classes = [ClassInfo(**c) for c in raw["classes"]]
+        fields = {k: raw[k] for k in ("mean", "std", "class_pixels", "sizes", "ignore_index", "format_version") if k in raw}
+        return cls(classes=classes, splits=splits, **fields)
+
+
+def load_manifest(shards: str | os.PathLike) -> Manifest:
+    """Read and check `manifest.json`; every reader starts here."""
+    root = Path(shards)
+    if not root.is_dir():
+        raise FastsegError(f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
+    path = root / MANIFEST
+    if not path.exists():
+        tars = sorted(root.glob("*.tar"))
+        if tars:
+            raise FastsegError(
+                f"{root} has {len(tars)} shard(s) but no {MANIFEST}: an unfinished fastseg-shard run; "
+                "shard the data again (fastseg-shard ... --overwrite)"
+            )
+        raise FastsegError(f"{root}: no {MANIFEST}; this is not a fastseg shard set (make one with fastseg-shard)")
+    try:
+        raw = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FastsegError(f"{path}: unreadable manifest ({err}); shard the data again") from err
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise FastsegError(
+            f"{path}: format version {version!r}, this fastseg reads version {FORMAT_VERSION}; "
+            "re-shard with this fastseg version"
+        )
+    try:
+        return Manifest.from_dict(raw)
+    except (KeyError, TypeError) as err:
+        raise FastsegError(f"{path}: manifest is missing a field ({err}); shard the data again") from err
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def check_shards(root: str | os.PathLike, manifest: Manifest, split: str, checksums: bool = True) -> list[Path]:
+    """The split's shard paths, after checking that each exists with the size (and hash) the manifest records."""
+    root = Path(root)
+    paths = []
+    for shard in manifest.split(split).shards:
+        path = root / shard.name
+        if not path.exists() or not (root / shard.index).exists():
+            raise FastsegError(f"{path}: listed in the manifest but missing (or its index is); re-shard or restore it")
+        if path.stat().st_size != shard.bytes:
+            raise FastsegError(
+                f"{path}: {path.stat().st_size} bytes, the manifest says {shard.bytes}; the shard is damaged, re-shard"
+            )
+        if checksums and sha256_file(path) != shard.sha256:
+            raise FastsegError(f"{path}: sha256 does not match the manifest; the shard is damaged, re-shard")
+        paths.append(path)
+    return paths

@@ -1,0 +1,189 @@
+"""Masks → single-channel uint8 class indices (255 = ignore), decided once per dataset.
+
+Four source kinds are understood:
+- binary: grayscale {0,255} or {0,1}; any nonzero is foreground (class 1);
+- index: grayscale with a small set of values that already are class ids (CamVid);
+- palette: 'P' PNGs whose palette indices are class ids (Pascal VOC);
+- rgb: colour masks, mapped to ids through a class table (given, or discovered from the data).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from .errors import FastsegError
+from .format import IGNORE_INDEX, ClassInfo
+
+MAX_CLASSES = 64  # more distinct values than this is not a label map (an anti-aliased or JPEG mask, say)
+_UNKNOWN = -1
+_PALETTE = [  # default colours for classes that come without one (Pascal VOC's first entries)
+    (0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128), (128, 128, 128),
+    (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128), (64, 128, 128), (192, 128, 128),
+]
+
+
+def default_color(class_id: int) -> list[int]:
+    if class_id < len(_PALETTE):
+        return list(_PALETTE[class_id])
+    rng = np.random.default_rng(class_id)
+    return [int(v) for v in rng.integers(0, 256, 3)]
+
+
+@dataclass
+class MaskSpec:
+    """How every mask of one dataset becomes class indices; small and picklable for the shard workers."""
+
+    kind: str  # binary | index | palette | rgb
+    names: list[str] = field(default_factory=list)  # given or discovered class names, by id
+    colors: list[list[int]] = field(default_factory=list)  # by id; for rgb the lookup key
+    ignore_value: int | None = None  # a source value (index/palette) that means "ignore"
+    fixed: bool = False  # class list given by the user: values outside it are errors
+
+    def lut(self) -> np.ndarray:
+        """Source value → class id, for grayscale and palette masks; _UNKNOWN where a value is not allowed."""
+        table = np.full(256, _UNKNOWN, np.int16)
+        if self.kind == "binary":  # 0/255 masks: 255 is the foreground, there is no ignore value
+            table[0], table[255] = 0, 1
+            return table
+        count = len(self.names) if self.fixed else 255
+        table[:count] = np.arange(count)
+        table[IGNORE_INDEX] = IGNORE_INDEX
+        if self.ignore_value is not None:
+            table[self.ignore_value] = IGNORE_INDEX
+        return table
+
+    def convert(self, mask: Image.Image, where: str) -> np.ndarray:
+        if self.kind == "rgb":
+            return self._convert_rgb(mask, where)
+        values = _index_array(mask, where)
+        distinct = np.unique(values)
+        if self.kind == "binary" and not set(distinct.tolist()) <= {0, 255}:
+            raise FastsegError(f"{where}: values {_short(distinct)} in a binary 0/255 mask dataset")
+        if len(distinct) > MAX_CLASSES:
+            raise FastsegError(
+                f"{where}: {len(distinct)} distinct values, not a class-index mask (is it anti-aliased or a JPEG?)"
+            )
+        out = self.lut()[values]
+        if (out == _UNKNOWN).any():
+            bad = np.unique(values[out == _UNKNOWN])
+            raise FastsegError(
+                f"{where}: values {_short(bad)} are not among the {len(self.names)} classes of --classes; "
+                "add them to the class file or fix the mask"
+            )
+        return out.astype(np.uint8)
+
+    def _convert_rgb(self, mask: Image.Image, where: str) -> np.ndarray:
+        rgb = np.asarray(mask.convert("RGB"))
+        codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+        distinct, inverse = np.unique(codes, return_inverse=True)
+        table = {_code(c): i for i, c in enumerate(self.colors)}
+        ids = np.array([table.get(int(c), _UNKNOWN) for c in distinct], np.int16)
+        if (ids == _UNKNOWN).any():
+            bad = [_rgb(int(c)) for c in distinct[ids == _UNKNOWN]]
+            raise FastsegError(f"{where}: colours {_short(bad)} are not in the class table; add them to --classes")
+        return ids[inverse.reshape(codes.shape)].astype(np.uint8)
+
+    def classes(self, present: np.ndarray) -> list[ClassInfo]:
+        """The final class list; `present` is a 256-bin histogram of stored values over the whole dataset."""
+        if self.fixed or self.kind in ("binary", "rgb"):
+            count = len(self.names)
+        else:
+            ids = np.nonzero(present[:IGNORE_INDEX])[0]
+            count = int(ids.max()) + 1 if len(ids) else 1
+        names = self.names + [f"class_{i}" for i in range(len(self.names), count)]
+        colors = self.colors + [default_color(i) for i in range(len(self.colors), count)]
+        return [ClassInfo(i, names[i], [int(v) for v in colors[i]]) for i in range(count)]
+
+
+def _index_array(mask: Image.Image, where: str) -> np.ndarray:
+    if mask.mode == "1":
+        return np.asarray(mask, np.uint8)
+    if mask.mode in ("L", "P"):
+        return np.asarray(mask)
+    if mask.mode in ("I", "I;16", "I;16B", "F"):
+        values = np.asarray(mask)
+        if values.min() < 0 or values.max() > 255:
+            raise FastsegError(f"{where}: {mask.mode} mask with values outside 0..255; not a class-index mask")
+        return values.astype(np.uint8)
+    if mask.mode == "LA":
+        return np.asarray(mask.getchannel("L"))
+    raise FastsegError(f"{where}: colour ({mask.mode}) mask in a dataset of single-channel masks")
+
+
+def _code(color) -> int:
+    r, g, b = (int(v) for v in color[:3])
+    return (r << 16) | (g << 8) | b
+
+
+def _rgb(code: int) -> tuple[int, int, int]:
+    return (code >> 16) & 255, (code >> 8) & 255, code & 255
+
+
+def _short(values, limit: int = 8) -> str:
+    values = [v.tolist() if hasattr(v, "tolist") else v for v in values]
+    more = f" … ({len(values)} in all)" if len(values) > limit else ""
+    return ", ".join(str(tuple(v) if isinstance(v, list) else v) for v in values[:limit]) + more
+
+
+def read_class_file(path: Path) -> list[dict]:
+    """`--classes FILE`: a JSON list of {"name": …, "color": [r, g, b]}; list order gives the class ids."""
+    try:
+        entries = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise FastsegError(f"{path}: cannot read the class file ({err})") from err
+    if not isinstance(entries, list) or not all(isinstance(e, dict) and "name" in e for e in entries):
+        raise FastsegError(f'{path}: expected a JSON list like [{{"name": "road", "color": [128, 64, 128]}}, …]')
+    return entries
+
+
+def detect_spec(samples: list[Path], class_file: Path | None = None, ignore_value: int | None = None) -> MaskSpec:
+    """Decide the mask kind from a spread of sample masks; the class file, if any, fixes names and colours."""
+    entries = read_class_file(class_file) if class_file else []
+    modes, values = set(), set()
+    for path in samples:
+        with Image.open(path) as mask:
+            modes.add(mask.mode)
+            if mask.mode not in ("RGB", "RGBA", "P"):
+                values |= set(np.unique(_index_array(mask, str(path))).tolist())
+    names = [e["name"] for e in entries]
+    colors = [list(e["color"]) for e in entries if "color" in e]
+    if modes & {"RGB", "RGBA"}:
+        if entries and len(colors) != len(entries):
+            raise FastsegError(f"{class_file}: colour masks need a 'color' for every class")
+        return MaskSpec("rgb", names, colors, fixed=bool(entries))
+    if "P" in modes:
+        if not colors:
+            with Image.open(samples[0]) as mask:
+                palette = mask.getpalette() or []
+            colors = [palette[i : i + 3] for i in range(0, min(len(palette), 3 * 255), 3)]
+        return MaskSpec("palette", names, colors, ignore_value, fixed=bool(entries))
+    if values <= {0, 1, 255} and ignore_value is None and len(entries) in (0, 2):
+        names = names or ["background", "foreground"]
+        colors = colors or [[0, 0, 0], [255, 255, 255]]
+        # 0/255 masks are binary; 0/1 masks are already class ids, and then 255 can mean "ignore"
+        return MaskSpec("index" if 1 in values else "binary", names, colors, fixed=True)
+    return MaskSpec("index", names, colors, ignore_value, fixed=bool(entries))
+
+
+def discover_colors(masks) -> list[list[int]]:
+    """All colours used by a set of colour masks (one 24-bit code per colour), sorted so black comes first."""
+    codes = set()
+    for found in masks:
+        codes |= found
+        if len(codes) > MAX_CLASSES:
+            raise FastsegError(
+                f"colour masks use more than {MAX_CLASSES} colours: anti-aliased or JPEG masks? "
+                "Give the classes with --classes FILE"
+            )
+    return [list(_rgb(c)) for c in sorted(codes)]
+
+
+def colors_in(path: Path) -> set[int]:
+    with Image.open(path) as mask:
+        rgb = np.asarray(mask.convert("RGB"))
+    codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
+    return set(np.unique(codes).tolist())

@@ -1,0 +1,115 @@
+"""Find image/mask pairs and their splits in the layouts users bring."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import FastsegError
+from .format import SPLITS, make_key
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
+MASK_SUFFIXES = {".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
+# Name endings that mask files commonly add to their image's stem: car_01.jpg ↔ car_01_mask.png
+MASK_STEM_ENDINGS = ("_mask", "-mask", "_masks", "_label", "-label", "_labels", "_gt", "_seg", "_segmentation",
+                     "_annotation", "_annot", "_L")
+MAX_KEY = 80  # tar (ustar) names stay short enough for every reader
+
+
+@dataclass(frozen=True)
+class Pair:
+    key: str
+    image: Path
+    mask: Path
+
+
+@dataclass
+class Found:
+    splits: dict[str, list[Pair]]  # None-split data sits under "all" until split_off_val
+    unpaired: list[Path]
+
+
+def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
+    """Relative stem ('seq/00001') → file, for the files with a known suffix under `folder` (recursively)."""
+    found: dict[str, Path] = {}
+    for path in sorted(folder.rglob("*")):
+        if path.suffix.lower() not in suffixes or path.name.startswith(".") or not path.is_file():
+            continue
+        stem = path.relative_to(folder).with_suffix("").as_posix()
+        if stem in found:
+            raise FastsegError(f"{found[stem]} and {path} have the same name stem; keep one of them")
+        found[stem] = path
+    return found
+
+
+def pair_folders(images: Path, masks: Path) -> tuple[list[Pair], list[Path]]:
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise FastsegError(f"{folder}: no such folder")
+    image_files = _files(images, IMAGE_SUFFIXES)
+    mask_files = _files(masks, MASK_SUFFIXES)
+    if not image_files:
+        raise FastsegError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    by_stem = {}
+    for stem, path in mask_files.items():
+        match = stem
+        if match not in image_files:
+            match = next((stem[: -len(e)] for e in MASK_STEM_ENDINGS if stem.endswith(e)), stem)
+        by_stem[match] = path
+    pairs, unpaired, keys = [], [], set()
+    for stem, image in image_files.items():
+        mask = by_stem.pop(stem, None)
+        if mask is None:
+            unpaired.append(image)
+            continue
+        key = make_key(stem)[:MAX_KEY]
+        while key in keys:  # two stems that sanitise alike ('a.b' and 'a_b') stay apart
+            key = f"{key[:MAX_KEY - 4]}_{len(keys) % 1000:03d}"
+        keys.add(key)
+        pairs.append(Pair(key, image, mask))
+    return pairs, unpaired + sorted(by_stem.values())
+
+
+def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None) -> Found:
+    """The pairs per split. Layouts, tried in order: --images/--masks; SRC/{train,val,test}/{images,masks};
+    SRC/{trainA,trainB,valA,…} (A images, B masks); SRC/images + SRC/masks."""
+    if images or masks:
+        if not (images and masks):
+            raise FastsegError("--images and --masks go together; give both folders")
+        layouts = {"all": (images, masks)}
+    else:
+        if not src.is_dir():
+            raise FastsegError(f"{src}: no such folder")
+        layouts = {s: (src / s / "images", src / s / "masks") for s in SPLITS if (src / s / "images").is_dir()}
+        layouts = layouts or {s: (src / f"{s}A", src / f"{s}B") for s in SPLITS if (src / f"{s}A").is_dir()}
+        if not layouts and (src / "images").is_dir():
+            layouts = {"all": (src / "images", src / "masks")}
+        if not layouts:
+            raise FastsegError(
+                f"{src}: no images found; expected {src}/images + {src}/masks, {src}/train/images + "
+                f"{src}/train/masks (and val/, test/), {src}/trainA + {src}/trainB, or --images DIR --masks DIR"
+            )
+    splits, unpaired = {}, []
+    for split, (image_dir, mask_dir) in layouts.items():
+        pairs, lonely = pair_folders(image_dir, mask_dir)
+        splits[split] = pairs
+        unpaired += lonely
+    if not any(splits.values()):
+        raise FastsegError(f"{src}: no image has a mask with the same name stem; check the file names")
+    return Found(splits, unpaired)
+
+
+def split_off_val(splits: dict[str, list[Pair]], fraction: float, seed: int) -> dict[str, list[Pair]]:
+    """Keep existing splits; where there is no validation split, carve a seeded one out of the training data."""
+    splits = dict(splits)
+    if "all" in splits:
+        splits["train"] = splits.pop("all")
+    if "val" in splits or "train" not in splits or fraction <= 0:
+        return splits
+    train = list(splits["train"])
+    random.Random(seed).shuffle(train)
+    count = max(1, round(len(train) * fraction)) if len(train) > 1 else 0
+    if count:
+        splits["val"] = sorted(train[:count], key=lambda p: p.key)
+        splits["train"] = sorted(train[count:], key=lambda p: p.key)
+    return splits

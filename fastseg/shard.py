@@ -1,0 +1,289 @@
+"""Image/mask folders → verified WebDataset shards: find_pairs → encode (in workers) → write → index → manifest.
+
+Everything is written into a hidden sibling folder and moved into place only when complete, manifest last, so an
+interrupted run never leaves output that looks finished.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import multiprocessing
+import os
+import random
+import shutil
+import signal
+import tarfile
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from . import masks as maskmod
+from .errors import FastsegError
+from .format import (IGNORE_INDEX, MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
+                     shard_name)
+from .pairs import Pair, find_pairs, split_off_val
+
+EXIF_ORIENTATION = 0x0112
+STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
+                ("PNG", "L"): "image.png"}
+
+
+@dataclass
+class Options:
+    images: Path | None = None
+    masks: Path | None = None
+    classes: Path | None = None
+    ignore_value: int | None = None
+    val_fraction: float = 0.1
+    seed: int = 0
+    shard_size: int = 256 * 1024**2
+    max_count: int | None = None
+    resize_masks: bool = False
+    skip_unpaired: bool = False
+    overwrite: bool = False
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    progress: bool = True
+
+
+@dataclass
+class Encoded:
+    """One checked sample, ready for the tar, plus the statistics the manifest needs."""
+
+    key: str
+    members: dict[str, bytes]
+    size: tuple[int, int]
+    pixel_hist: np.ndarray  # 3×256 histogram of image values, for mean/std without holding images
+    class_hist: np.ndarray  # 256 bins of stored mask values
+
+
+def _encode_png(array_or_image) -> bytes:
+    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    out = io.BytesIO()
+    image.save(out, "PNG", compress_level=3)
+    return out.getvalue()
+
+
+def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
+    """Decode fully (catching truncation), set upright, and decide what the shard stores.
+    JPEG/PNG in L or RGB, already upright, keep their bytes; anything else is stored as lossless PNG."""
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Exception as err:  # Pillow raises several types for corrupt files
+        raise FastsegError(f"{where}: cannot decode the image ({err}); replace or remove the file") from err
+    upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
+    ext = STORED_AS_IS.get((image.format, image.mode))
+    if ext and upright:
+        return image, ext, data
+    image = ImageOps.exif_transpose(image)
+    image = image.convert("L" if image.mode in ("L", "LA", "I;16", "I") else "RGB")
+    return image, "image.png", _encode_png(image)
+
+
+def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Encoded:
+    image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image))
+    try:
+        mask = Image.open(pair.mask)
+        mask.load()
+    except Exception as err:
+        raise FastsegError(f"{pair.mask}: cannot decode the mask ({err}); replace or remove the file") from err
+    if mask.size != image.size:
+        if not resize_masks:
+            raise SizeMismatch(pair, image.size, mask.size)
+        mask = mask.resize(image.size, Image.NEAREST)
+    indices = spec.convert(mask, str(pair.mask))
+    pixels = np.asarray(image).reshape(image.size[1] * image.size[0], -1)
+    hist = np.stack([np.bincount(pixels[:, min(c, pixels.shape[1] - 1)], minlength=256) for c in range(3)])
+    meta = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "width": image.size[0],
+            "height": image.size[1]}
+    members = {image_ext: image_bytes, "mask.png": _encode_png(indices), "json": json.dumps(meta).encode()}
+    return Encoded(pair.key, members, image.size, hist, np.bincount(indices.ravel(), minlength=256))
+
+
+class SizeMismatch(FastsegError):
+    def __init__(self, pair: Pair, image_size, mask_size):
+        super().__init__(f"{pair.image} is {image_size[0]}x{image_size[1]} but {pair.mask} is "
+                         f"{mask_size[0]}x{mask_size[1]}")
+
+
+def _work(job):
+    """Worker entry: an Encoded sample, or the FastsegError that names what is wrong with it."""
+    pair, spec, resize_masks = job
+    try:
+        return encode_sample(pair, spec, resize_masks)
+    except FastsegError as err:
+        return err
+
+
+def plan_shards(pairs: list[Pair], shard_size: int, max_count: int | None) -> list[list[Pair]]:
+    """Nearly equal shards: as few as the byte and count limits allow, with samples spread evenly."""
+    total = sum(p.image.stat().st_size + p.mask.stat().st_size for p in pairs)
+    count = max(1, math.ceil(total / shard_size), math.ceil(len(pairs) / max_count) if max_count else 1)
+    count = min(count, len(pairs))
+    return [pairs[len(pairs) * i // count : len(pairs) * (i + 1) // count] for i in range(count)]
+
+
+def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o644, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_index(tar_path: Path) -> int:
+    """Write the DALI index beside a finished shard, reading the tar back (which also checks it); returns samples."""
+    samples, last_key = [], None
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, _, ext = member.name.partition(".")
+            if key != last_key:
+                samples.append([])
+                last_key = key
+            samples[-1].append((ext, member.offset_data, member.size, member.name))
+    (tar_path.parent / index_name(tar_path.name)).write_text(format_index(samples))
+    return len(samples)
+
+
+class Stats:
+    """Running totals over the training images and all masks; nothing per sample is kept."""
+
+    def __init__(self):
+        self.pixel_hist = np.zeros((3, 256), np.int64)
+        self.class_hist = {}
+        self.sizes = defaultdict(set)
+
+    def add(self, split: str, sample: Encoded) -> None:
+        if split == "train":
+            self.pixel_hist += sample.pixel_hist
+        self.class_hist.setdefault(split, np.zeros(256, np.int64))
+        self.class_hist[split] += sample.class_hist
+        self.sizes[split].add(sample.size)
+
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        if not self.pixel_hist.any():  # no training split: no statistics to take
+            return [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
+        values = np.arange(256, dtype=np.float64)
+        count = self.pixel_hist.sum(axis=1)
+        mean = (self.pixel_hist * values).sum(axis=1) / count
+        var = (self.pixel_hist * values**2).sum(axis=1) / count - mean**2
+        return [round(float(m), 4) for m in mean], [round(float(max(s, 1e-6)), 4) for s in np.sqrt(var)]
+
+
+def _prepare_out(out: Path, overwrite: bool) -> Path:
+    if out.exists():
+        if not overwrite:
+            raise FastsegError(f"{out} already exists; pass --overwrite to replace it, or choose another folder")
+        if out.is_file() or (any(out.iterdir()) and not ((out / MANIFEST).exists() or any(out.glob("*.tar")))):
+            raise FastsegError(f"{out} holds files that are not a shard set; not overwriting it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    return tmp
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    if out.exists():
+        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        out.rename(old)
+        tmp.rename(out)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(out)
+
+
+def _term_as_exit(*_):
+    raise SystemExit(143)
+
+
+def shard(src: Path, out: Path, opts: Options) -> Manifest:
+    start = time.perf_counter()
+    found = find_pairs(src, opts.images, opts.masks)
+    if found.unpaired:
+        listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
+        if not opts.skip_unpaired:
+            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {listing}; "
+                               "rename them to match, or pass --skip-unpaired")
+        print(f"skipping {len(found.unpaired)} unpaired file(s): {listing}")
+    splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
+    everything = [p for pairs in splits.values() for p in pairs]
+    spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
+    spec = maskmod.detect_spec(spread, opts.classes, opts.ignore_value)
+
+    tmp = _prepare_out(out, opts.overwrite)
+    previous = signal.signal(signal.SIGTERM, _term_as_exit)
+    try:
+        with multiprocessing.get_context("fork").Pool(max(1, opts.workers)) as pool:
+            if spec.kind == "rgb" and not spec.fixed:
+                spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, [p.mask for p in everything], 8))
+                spec.names = [f"class_{i}" for i in range(len(spec.colors))]
+            manifest = _write_splits(pool, splits, spec, tmp, opts)
+        (tmp / MANIFEST).write_text(manifest.to_json())
+        _commit(tmp, out)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        shutil.rmtree(tmp, ignore_errors=True)
+    _summary(manifest, out, time.perf_counter() - start)
+    return manifest
+
+
+def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Options) -> Manifest:
+    stats, errors, infos = Stats(), [], {}
+    total = sum(len(p) for p in splits.values())
+    bar = tqdm(total=total, unit="sample", desc="sharding", disable=not opts.progress)
+    for split, pairs in splits.items():
+        pairs = list(pairs)
+        random.Random(opts.seed).shuffle(pairs)  # mix sources across shards; DALI shuffles only within a buffer
+        jobs = [(p, spec, opts.resize_masks) for p in pairs]
+        results = pool.imap(_work, jobs, chunksize=4)  # one ordered stream per split: no stall at shard edges
+        shards = []
+        for number, chunk in enumerate(plan_shards(pairs, opts.shard_size, opts.max_count)):
+            path = tmp / shard_name(split, number)
+            with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+                for result in (next(results) for _ in chunk):
+                    bar.update()
+                    if isinstance(result, FastsegError):
+                        errors.append(result)
+                        continue
+                    stats.add(split, result)
+                    for ext, data in result.members.items():
+                        _add(tar, f"{result.key}.{ext}", data)
+            shards.append(ShardInfo(path.name, write_index(path), path.stat().st_size, sha256_file(path),
+                                    index_name(path.name)))
+        infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
+    bar.close()
+    if errors:
+        _raise_collected(errors)
+    present = sum(stats.class_hist.values())
+    classes = spec.classes(present)
+    bad = [v for v in np.nonzero(present)[0] if v >= len(classes) and v != IGNORE_INDEX]
+    if bad:  # only possible with a fixed class list, which encode_sample already enforces; kept as a guard
+        raise FastsegError(f"mask values {bad} are outside the {len(classes)} classes")
+    mean, std = stats.mean_std()
+    train_hist = stats.class_hist.get("train", present)
+    return Manifest(
+        classes=classes, mean=mean, std=std, splits=infos,
+        class_pixels={c.name: int(train_hist[c.id]) for c in classes},
+        sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
+    )
+
+
+def _raise_collected(errors: list[FastsegError]) -> None:
+    mismatched = [e for e in errors if isinstance(e, SizeMismatch)]
+    lines = [str(e) for e in errors[:10]] + ([f"… and {len(errors) - 10} more"] if len(errors) > 10 else [])
+    hint = "; pass --resize-masks to resize masks (nearest neighbour)" if mismatched else ""
+    raise FastsegError(f"{len(errors)} sample(s) failed the checks, nothing was written{hint}:\n  " + "\n  ".join(lines))
+
+
+def _summary(manifest: Manifest, out: Path, seconds: float) -> None:
+    samples = sum(s.samples for s in manifest.splits.values())
+    nbytes = sum(sh.bytes for s in manifest.splits.values() for sh in s.shards)
+    per_split = ", ".join(f"{name} {s.samples} in {len(s.shards)} shard(s)" for name, s in manifest.splits.items())
+    print(f"wrote {out}: {per_split}; {nbytes / 1e6:.1f} MB; {manifest.num_classes} classes "
+          f"({', '.join(c.name for c in manifest.classes[:12])}{' …' if manifest.num_classes > 12 else ''}); "
+          f"{seconds:.1f} s, {samples / max(seconds, 1e-9):.1f} samples/s")
