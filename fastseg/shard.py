@@ -95,7 +95,8 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Enc
         raise FastsegError(f"{pair.mask}: cannot decode the mask ({err}); replace or remove the file") from err
     if mask.size != image.size:
         if not resize_masks:
-            raise SizeMismatch(pair, image.size, mask.size)
+            raise SizeMismatch(f"{pair.image} is {image.size[0]}x{image.size[1]} but {pair.mask} is "
+                               f"{mask.size[0]}x{mask.size[1]}")
         mask = mask.resize(image.size, Image.NEAREST)
     indices = spec.convert(mask, str(pair.mask))
     pixels = np.asarray(image).reshape(image.size[1] * image.size[0], -1)
@@ -107,9 +108,7 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Enc
 
 
 class SizeMismatch(FastsegError):
-    def __init__(self, pair: Pair, image_size, mask_size):
-        super().__init__(f"{pair.image} is {image_size[0]}x{image_size[1]} but {pair.mask} is "
-                         f"{mask_size[0]}x{mask_size[1]}")
+    """A mask whose size differs from its image (a plain message, so it crosses process boundaries)."""
 
 
 def _work(job):
@@ -218,7 +217,7 @@ def shard(src: Path, out: Path, opts: Options) -> Manifest:
     tmp = _prepare_out(out, opts.overwrite)
     previous = signal.signal(signal.SIGTERM, _term_as_exit)
     try:
-        with multiprocessing.get_context("fork").Pool(max(1, opts.workers)) as pool:
+        with multiprocessing.get_context("forkserver").Pool(max(1, opts.workers)) as pool:
             if spec.kind == "rgb" and not spec.fixed:
                 spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, [p.mask for p in everything], 8))
                 spec.names = [f"class_{i}" for i in range(len(spec.colors))]

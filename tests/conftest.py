@@ -1,0 +1,68 @@
+"""Tiny real files made in tmp_path, and the shared datasets beside the repository."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def shared(name: str) -> Path:
+    path = SHARED_DATA / name
+    if not path.exists():
+        pytest.skip(f"{path} is not here (the shared datasets sit beside the repository)")
+    return path
+
+
+def textured(width: int, height: int, seed: int) -> np.ndarray:
+    """An RGB image with structure (so JPEG has something to do) and a seed-dependent look."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width]
+    base = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y + seed * 7) % 256], -1)
+    return np.clip(base + rng.integers(-20, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def disk_mask(width: int, height: int, seed: int, classes: int = 2) -> np.ndarray:
+    """Class indices 0..classes-1: a disk, and a bar for the third class and up."""
+    y, x = np.mgrid[0:height, 0:width]
+    cx, cy = (seed * 5) % width, (seed * 3) % height
+    mask = np.zeros((height, width), np.uint8)
+    mask[(x - cx) ** 2 + (y - cy) ** 2 < (min(width, height) // 3) ** 2] = 1
+    for c in range(2, classes):
+        mask[(y // 4) % classes == c] = c
+    return mask
+
+
+def save(array_or_image, path: Path, **kw) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+    image.save(path, **kw)
+    return path
+
+
+def make_dataset(root: Path, count: int = 6, size=(40, 32), image_ext: str = "jpg", mask: str = "binary",
+                 classes: int = 2, first_seed: int = 0) -> Path:
+    """root/images/*.{image_ext} + root/masks/*.png; mask is 'binary' (0/255), 'index', or 'palette'."""
+    width, height = size
+    for i in range(first_seed, first_seed + count):
+        save(textured(width, height, i), root / "images" / f"s{i:03d}.{image_ext}")
+        indices = disk_mask(width, height, i, classes)
+        if mask == "binary":
+            save(indices * 255, root / "masks" / f"s{i:03d}.png")
+        elif mask == "palette":
+            img = Image.fromarray(indices, "P")
+            img.putpalette([0, 0, 0, 200, 0, 0, 0, 200, 0, 0, 0, 200] + [0] * 756)
+            save(img, root / "masks" / f"s{i:03d}.png")
+        else:
+            save(indices, root / "masks" / f"s{i:03d}.png")
+    return root
+
+
+def png_bytes(array: np.ndarray) -> bytes:
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, "PNG")
+    return out.getvalue()

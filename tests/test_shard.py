@@ -1,0 +1,276 @@
+"""fastseg-shard: layouts, conversions, safety and read-back through webdataset and DALI."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import webdataset as wds
+from PIL import Image
+
+from fastseg.cli import run_cli
+from fastseg.cli.shard import main as shard_main
+from fastseg.errors import FastsegError
+from fastseg.format import format_index, load_manifest, parse_index
+from fastseg.shard import Options, shard
+
+from .conftest import disk_mask, make_dataset, save, shared, textured
+
+QUIET = dict(progress=False, workers=2)
+
+
+def read_back(out, split="train"):
+    """All samples of a split through webdataset's own reader: {key: sample}."""
+    manifest = load_manifest(out)
+    urls = [str(out / s.name) for s in manifest.splits[split].shards]
+    return {s["__key__"]: s for s in wds.WebDataset(urls, shardshuffle=False, empty_check=False)}
+
+
+def decode(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)))
+
+
+def cli(argv, capsys):
+    code = run_cli("fastseg-shard", shard_main, [str(a) for a in argv] + ["--quiet"])
+    return code, capsys.readouterr().err
+
+
+def test_jpeg_binary_roundtrip_with_rollover(tmp_path):
+    src = make_dataset(tmp_path / "data", count=10)
+    manifest = shard(src, tmp_path / "out", Options(max_count=2, val_fraction=0.2, **QUIET))
+    assert manifest.splits["train"].samples == 8 and manifest.splits["val"].samples == 2
+    assert len(manifest.splits["train"].shards) == 4  # max_count 2 → shards roll over
+    assert [c.name for c in manifest.classes] == ["background", "foreground"]
+    samples = {**read_back(tmp_path / "out"), **read_back(tmp_path / "out", "val")}
+    assert len(samples) == 10
+    for key, sample in samples.items():
+        source = src / "images" / f"{key}.jpg"
+        assert sample["image.jpg"] == source.read_bytes()  # JPEG bytes stored as they are
+        expected = (np.asarray(Image.open(src / "masks" / f"{key}.png")) > 0).astype(np.uint8)
+        np.testing.assert_array_equal(decode(sample["mask.png"]), expected)
+        meta = json.loads(sample["json"])
+        assert meta["image"] == str(source) and (meta["width"], meta["height"]) == (40, 32)
+    assert 0 < manifest.mean[0] < 255 and all(s > 0 for s in manifest.std)
+
+
+def test_index_matches_dalis_wds2idx(tmp_path):
+    from wds2idx import IndexCreator
+
+    src = make_dataset(tmp_path / "data", count=5)
+    shard(src, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    tar = tmp_path / "out" / "train-000000.tar"
+    with IndexCreator(str(tar), str(tmp_path / "ref.idx"), verbose=False) as creator:
+        creator.create_index()
+    assert (tmp_path / "out" / "train-000000.idx").read_text() == (tmp_path / "ref.idx").read_text()
+    samples = parse_index((tmp_path / "ref.idx").read_text(), "ref")
+    assert format_index(samples) == (tmp_path / "ref.idx").read_text()
+
+
+def test_dali_reader_reads_the_shards_on_cpu(tmp_path):
+    from nvidia.dali import fn, pipeline_def, types
+
+    src = make_dataset(tmp_path / "data", count=4, image_ext="png", mask="index", classes=3)
+    out = tmp_path / "out"
+    shard(src, out, Options(val_fraction=0, **QUIET))
+
+    @pipeline_def(batch_size=4, num_threads=1, device_id=None)
+    def pipe():
+        image, mask, meta = fn.readers.webdataset(
+            paths=[str(out / "train-000000.tar")], index_paths=[str(out / "train-000000.idx")],
+            ext=["image.jpg;image.png", "mask.png", "json"])
+        return fn.decoders.image(image, device="cpu"), fn.decoders.image(mask, output_type=types.GRAY), meta
+
+    p = pipe()
+    p.build()
+    images, masks, metas = p.run()
+    for i in range(4):
+        key = json.loads(bytes(np.array(metas[i])).decode())["key"]
+        np.testing.assert_array_equal(np.array(images[i]), np.asarray(Image.open(src / "images" / f"{key}.png")))
+        np.testing.assert_array_equal(np.array(masks[i])[..., 0], np.asarray(Image.open(src / "masks" / f"{key}.png")))
+
+
+def test_palette_and_index_masks(tmp_path):
+    src = make_dataset(tmp_path / "pal", count=4, mask="palette", classes=4)
+    manifest = shard(src, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    assert manifest.num_classes == 4 and manifest.classes[1].color == [200, 0, 0]
+    for key, sample in read_back(tmp_path / "out").items():
+        np.testing.assert_array_equal(decode(sample["mask.png"]), np.asarray(Image.open(src / "masks" / f"{key}.png")))
+
+
+def test_rgb_colour_masks_with_a_class_file(tmp_path):
+    colors = [[0, 0, 0], [255, 0, 0], [0, 0, 255]]
+    for i in range(3):
+        save(textured(24, 16, i), tmp_path / "data/images" / f"a{i}.png")
+        save(np.array(colors, np.uint8)[disk_mask(24, 16, i, 3)], tmp_path / "data/masks" / f"a{i}.png")
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps([{"name": n, "color": c} for n, c in zip(["bg", "red", "blue"], colors)]))
+    shard(tmp_path / "data", tmp_path / "out", Options(classes=classes, val_fraction=0, **QUIET))
+    for key, sample in read_back(tmp_path / "out").items():
+        np.testing.assert_array_equal(decode(sample["mask.png"]), disk_mask(24, 16, int(key[1:]), 3))
+    # without the class file the colours are discovered and listed, black first
+    manifest = shard(tmp_path / "data", tmp_path / "out2", Options(val_fraction=0, **QUIET))
+    assert [c.color for c in manifest.classes] == sorted(colors)
+    # a colour the class file lacks is an error naming the file and the colour
+    save(np.full((16, 24, 3), [0, 255, 0], np.uint8), tmp_path / "data/masks/a1.png")
+    with pytest.raises(FastsegError, match=r"a1\.png: colours \(0, 255, 0\) are not in the class table"):
+        shard(tmp_path / "data", tmp_path / "out3", Options(classes=classes, val_fraction=0, **QUIET))
+    assert not (tmp_path / "out3").exists()
+
+
+def test_unknown_values_against_a_class_file(tmp_path):
+    src = make_dataset(tmp_path / "data", count=3, mask="index", classes=4)
+    classes = tmp_path / "classes.json"
+    classes.write_text(json.dumps([{"name": n} for n in ("a", "b", "c")]))
+    with pytest.raises(FastsegError, match=r"values 3 are not among the 3 classes"):
+        shard(src, tmp_path / "out", Options(classes=classes, **QUIET))
+
+
+def test_ignore_value_becomes_255(tmp_path):
+    src = make_dataset(tmp_path / "data", count=3, mask="index", classes=4)
+    manifest = shard(src, tmp_path / "out", Options(ignore_value=3, val_fraction=0, **QUIET))
+    assert manifest.num_classes == 3
+    for key, sample in read_back(tmp_path / "out").items():
+        source = np.asarray(Image.open(src / "masks" / f"{key}.png"))
+        np.testing.assert_array_equal(decode(sample["mask.png"]), np.where(source == 3, 255, source))
+
+
+def test_grayscale_cmyk_bmp_and_exif_rotated_images(tmp_path):
+    data = tmp_path / "data"
+    rgb = textured(30, 20, 1)
+    save(rgb[..., 0], data / "images/gray.png")
+    save(Image.fromarray(rgb).convert("CMYK"), data / "images/cmyk.jpg", quality=95)
+    save(rgb, data / "images/bitmap.bmp")
+    # a photo taken sideways: pixels stored rotated, with EXIF orientation 6 (rotate 90° clockwise to view)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    save(Image.fromarray(rgb).transpose(Image.ROTATE_90), data / "images/phone.jpg", exif=exif, quality=95)
+    for name in ("gray", "cmyk", "bitmap", "phone"):
+        save(disk_mask(30, 20, 1) * 255, data / f"masks/{name}.png")
+    shard(data, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    samples = read_back(tmp_path / "out")
+    assert samples["gray"]["image.png"] == (data / "images/gray.png").read_bytes()
+    assert "image.png" in samples["cmyk"] and decode(samples["cmyk"]["image.png"]).shape == (20, 30, 3)
+    np.testing.assert_array_equal(decode(samples["bitmap"]["image.png"]), rgb)  # lossless conversion
+    upright = decode(samples["phone"]["image.png"])
+    assert upright.shape == (20, 30, 3)  # stored upright, lined up with its 30x20 mask
+    error = np.abs(upright.astype(int) - rgb).mean()
+    assert error < 12 and error * 4 < np.abs(upright.astype(int) - rgb[::-1, ::-1]).mean()  # noise, not a turn
+
+
+def test_mask_suffixes_split_folders_and_ab_layout(tmp_path):
+    for split in ("train", "val"):
+        make_dataset(tmp_path / "splits" / split, count=3)
+    assert set(shard(tmp_path / "splits", tmp_path / "o1", Options(**QUIET)).splits) == {"train", "val"}
+    for folder, ext in (("trainA", "jpg"), ("testA", "jpg")):
+        make_dataset(tmp_path / "ab_src", count=2)
+        (tmp_path / "ab").mkdir(exist_ok=True)
+        (tmp_path / "ab_src/images").rename(tmp_path / "ab" / folder)
+        (tmp_path / "ab_src/masks").rename(tmp_path / "ab" / folder.replace("A", "B"))
+    splits = shard(tmp_path / "ab", tmp_path / "o2", Options(**QUIET)).splits
+    assert set(splits) == {"train", "val", "test"} and splits["test"].samples == 2  # val carved out of train
+    make_dataset(tmp_path / "suffix", count=3)
+    for mask in (tmp_path / "suffix/masks").iterdir():
+        mask.rename(mask.with_name(mask.stem + "_mask.png"))
+    assert shard(tmp_path / "suffix", tmp_path / "o3", Options(val_fraction=0, **QUIET)).splits["train"].samples == 3
+
+
+def test_val_split_is_seeded(tmp_path):
+    src = make_dataset(tmp_path / "data", count=20)
+    keys = []
+    for run in range(2):
+        shard(src, tmp_path / f"o{run}", Options(val_fraction=0.25, seed=7, **QUIET))
+        keys.append(sorted(read_back(tmp_path / f"o{run}", "val")))
+    assert keys[0] == keys[1] and len(keys[0]) == 5
+
+
+def test_size_mismatch_lists_pairs_unless_resizing(tmp_path, capsys):
+    src = make_dataset(tmp_path / "data", count=3)
+    save(disk_mask(20, 16, 0) * 255, src / "masks/s000.png")
+    code, err = cli([src, tmp_path / "out"], capsys)
+    assert code == 1 and "s000.jpg is 40x32 but" in err and "s000.png is 20x16" in err and "--resize-masks" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
+    shard(src, tmp_path / "out", Options(resize_masks=True, val_fraction=0, **QUIET))
+    mask = decode(read_back(tmp_path / "out")["s000"]["mask.png"])
+    assert mask.shape == (32, 40) and set(np.unique(mask)) <= {0, 1}  # nearest neighbour: no new values
+
+
+def test_corrupt_image_is_named_and_nothing_is_written(tmp_path, capsys):
+    src = make_dataset(tmp_path / "data", count=4)
+    data = (src / "images/s002.jpg").read_bytes()
+    (src / "images/s002.jpg").write_bytes(data[: len(data) // 2])
+    code, err = cli([src, tmp_path / "out"], capsys)
+    assert code == 1 and "s002.jpg: cannot decode the image" in err
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_bad_inputs_have_clear_messages(tmp_path, capsys):
+    code, err = cli([tmp_path / "missing", tmp_path / "out"], capsys)
+    assert code == 1 and "missing: no such folder" in err
+    (tmp_path / "empty/images").mkdir(parents=True)
+    (tmp_path / "empty/masks").mkdir()
+    code, err = cli([tmp_path / "empty", tmp_path / "out"], capsys)
+    assert code == 1 and "no images" in err
+    src = make_dataset(tmp_path / "data", count=4)
+    (src / "masks/s001.png").unlink()
+    code, err = cli([src, tmp_path / "out"], capsys)
+    assert code == 1 and "1 file(s) without a partner" in err and "s001.jpg" in err and "--skip-unpaired" in err
+    assert cli([src, tmp_path / "out", "--skip-unpaired"], capsys)[0] == 0
+    code, err = cli([src, tmp_path / "out", "--skip-unpaired"], capsys)
+    assert code == 1 and "already exists; pass --overwrite" in err
+    assert cli([src, tmp_path / "out", "--skip-unpaired", "--overwrite"], capsys)[0] == 0
+    (tmp_path / "notshards").mkdir()
+    (tmp_path / "notshards/thesis.tex").write_text("precious")
+    code, err = cli([src, tmp_path / "notshards", "--skip-unpaired", "--overwrite"], capsys)
+    assert code == 1 and "not a shard set; not overwriting" in err and (tmp_path / "notshards/thesis.tex").exists()
+
+
+def test_verify_finds_a_damaged_shard(tmp_path, capsys):
+    src = make_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    shard(src, out, Options(val_fraction=0, **QUIET))
+    assert cli(["--verify", out], capsys)[0] == 0
+    tar = out / "train-000000.tar"
+    data = bytearray(tar.read_bytes())
+    data[700] ^= 0xFF  # inside the first image's bytes
+    tar.write_bytes(bytes(data))
+    code, err = cli(["--verify", out], capsys)
+    assert code == 1 and "train-000000.tar: sha256 differs" in err
+
+
+def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):
+    src = make_dataset(tmp_path / "data", count=300, size=(320, 240), image_ext="png")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "fastseg.cli.shard_entry", str(src), str(out), "--workers", "1",
+                             "--quiet"], start_new_session=True)
+    deadline = time.time() + 60
+    while not list(tmp_path.glob(".out.partial-*/train-000000.tar")) and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    with pytest.raises(FastsegError, match="no such shard folder"):
+        load_manifest(out)
+    partial = next(tmp_path.glob(".out.partial-*"))
+    with pytest.raises(FastsegError, match="unfinished fastseg-shard run"):
+        load_manifest(partial)
+
+
+def test_real_davis_and_camvid(tmp_path):
+    davis = shared("davis2016_subset")
+    manifest = shard(davis, tmp_path / "davis", Options(max_count=40, **QUIET))
+    assert manifest.splits["train"].samples + manifest.splits["val"].samples == 100
+    assert manifest.sizes["train"] == [[854, 480]]
+    for key, sample in read_back(tmp_path / "davis", "val").items():
+        assert sample["image.jpg"] == (davis / "images" / f"{key}.jpg").read_bytes()
+        assert set(np.unique(decode(sample["mask.png"]))) <= {0, 1}
+    camvid = shared("camvid")
+    classes = __import__("pathlib").Path(__file__).parents[1] / "tools/classes/camvid.json"
+    manifest = shard(camvid, tmp_path / "camvid", Options(classes=classes, ignore_value=11, **QUIET))
+    assert (manifest.splits["train"].samples, manifest.splits["val"].samples) == (367, 101)
+    assert manifest.num_classes == 11 and manifest.class_pixels["road"] > manifest.class_pixels["bicyclist"]
