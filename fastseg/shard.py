@@ -217,7 +217,7 @@ def shard(src: Path, out: Path, opts: Options) -> Manifest:
     tmp = _prepare_out(out, opts.overwrite)
     previous = signal.signal(signal.SIGTERM, _term_as_exit)
     try:
-        with multiprocessing.get_context("forkserver").Pool(max(1, opts.workers)) as pool:
+        with multiprocessing.Pool(max(1, opts.workers)) as pool:
             if spec.kind == "rgb" and not spec.fixed:
                 spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, [p.mask for p in everything], 8))
                 spec.names = [f"class_{i}" for i in range(len(spec.colors))]

@@ -1,0 +1,125 @@
+"""The DataLoader twin: the same batch contract and epoch semantics as the DALI pipeline, in plain torch.
+
+Samples are read by offset through the same DALI index files (no tar scan), decoded with Pillow in the workers,
+cropped, resized and flipped there as uint8, and normalized on the target device in the main process.
+"""
+from __future__ import annotations
+
+import io
+import json
+import math
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .data import LoaderPlan
+from .errors import FastsegError
+from .format import MASK_EXT, META_EXT, parse_index
+
+
+def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
+    """A random crop box (x0, y0, x1, y1) in pixels: area fraction in `scale`, aspect in [3/4, 4/3]."""
+    area = rng.uniform(*scale)
+    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+    w, h = min(math.sqrt(area * ratio), 1.0), min(math.sqrt(area / ratio), 1.0)
+    x0, y0 = rng.uniform() * (1 - w), rng.uniform() * (1 - h)
+    return x0 * width, y0 * height, (x0 + w) * width, (y0 + h) * height
+
+
+class ShardSamples(Dataset):
+    """Sample i of the split (manifest order), decoded and transformed to uint8 CHW image + HW mask."""
+
+    def __init__(self, plan: LoaderPlan):
+        self.plan = plan
+        self.members = []  # per sample: (shard path, {ext: (offset, size)})
+        for path in plan.shards:
+            for sample in parse_index(path.with_suffix(".idx").read_text(), str(path.with_suffix(".idx"))):
+                self.members.append((str(path), {ext: (offset, size) for ext, offset, size, _ in sample}))
+        self._files = {}
+
+    def __len__(self) -> int:
+        return len(self.members)
+
+    def _read(self, path: str, span: tuple[int, int]) -> bytes:
+        if path not in self._files:  # one descriptor per shard per worker process
+            self._files[path] = os.open(path, os.O_RDONLY)
+        return os.pread(self._files[path], span[1], span[0])
+
+    def __getitem__(self, item: tuple[int, int]):
+        index, epoch = item
+        path, members = self.members[index]
+        image_ext = next(ext for ext in members if ext.startswith("image."))
+        key = json.loads(self._read(path, members[META_EXT]))["key"]
+        try:
+            image = Image.open(io.BytesIO(self._read(path, members[image_ext]))).convert("RGB")
+            mask = Image.open(io.BytesIO(self._read(path, members[MASK_EXT])))
+            mask.load()
+        except Exception as err:
+            raise FastsegError(f"{path}: sample {key} does not decode ({err}); run fastseg-shard --verify") from err
+        plan = self.plan
+        height, width = plan.size
+        box = None
+        flip_h = flip_v = False
+        if plan.augment:
+            rng = np.random.default_rng((plan.seed, epoch, index))
+            box = draw_crop(rng, *image.size, plan.scale)
+            flip_h, flip_v = rng.uniform() < 0.5, plan.vflip and rng.uniform() < 0.5
+        if box is not None or image.size != (width, height):
+            image = image.resize((width, height), Image.BILINEAR, box=box, reducing_gap=None)
+            mask = mask.resize((width, height), Image.NEAREST, box=box)
+        image, mask = np.asarray(image), np.asarray(mask)
+        if flip_h:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if flip_v:
+            image, mask = image[::-1], mask[::-1]
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.copy()), key
+
+
+class RankEpochSampler(Sampler):
+    """This rank's indices for one epoch: its slice, shuffled when training, padded to whole batches."""
+
+    def __init__(self, plan: LoaderPlan):
+        self.plan, self.epoch = plan, 0
+
+    def __len__(self) -> int:
+        return self.plan.batches * self.plan.batch_size
+
+    def __iter__(self):
+        indices = list(self.plan.epoch_slice(self.epoch))
+        if self.plan.augment:
+            order = np.random.default_rng((self.plan.seed, self.epoch, self.plan.rank)).permutation(len(indices))
+            indices = [indices[i] for i in order]
+        indices += indices[-1:] * (len(self) - len(indices))
+        return iter((i, self.epoch) for i in indices)
+
+
+class TorchLoader:
+    def __init__(self, plan: LoaderPlan):
+        self.plan = plan
+        self.sampler = RankEpochSampler(plan)
+        cuda = plan.device.type == "cuda"
+        self.loader = DataLoader(
+            ShardSamples(plan), batch_size=plan.batch_size, sampler=self.sampler, num_workers=plan.workers,
+            pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
+        )
+        mean, std = plan.mean_std
+        self.mean = torch.tensor(mean, device=plan.device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, device=plan.device).view(1, 3, 1, 1)
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return self.plan.batches
+
+    def __iter__(self):
+        epoch, self.epoch = self.epoch, self.epoch + 1
+        self.sampler.epoch = epoch
+        for index, (image, mask, keys) in enumerate(self.loader):
+            image = image.to(self.plan.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
+            batch = {"image": image, "mask": mask}
+            if self.plan.return_keys:
+                batch["key"] = list(keys)
+            yield batch

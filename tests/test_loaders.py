@@ -1,0 +1,174 @@
+"""make_loader: one batch contract for both backends, paired augmentation, DDP slices and epoch bookkeeping."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from fastseg.data import make_loader
+from fastseg.errors import FastsegError
+from fastseg.shard import Options, shard
+
+from .conftest import make_dataset, save
+
+BACKENDS = ["dali", "torch"]
+QUIET = dict(progress=False, workers=2)
+
+
+@pytest.fixture(scope="module")
+def png_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("png")
+    make_dataset(root / "data", count=10, size=(48, 40), image_ext="png", mask="index", classes=3)
+    shard(root / "data", root / "shards", Options(val_fraction=0, max_count=4, **QUIET))
+    return root / "shards"
+
+
+@pytest.fixture(scope="module")
+def jpeg_shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jpeg")
+    make_dataset(root / "data", count=6, size=(64, 48))
+    shard(root / "data", root / "shards", Options(val_fraction=0, **QUIET))
+    return root / "shards"
+
+
+def epoch(loader):
+    return [{k: v for k, v in b.items()} for b in loader]
+
+
+def real_keys(batches):
+    """Keys of the samples that are not padding (padding has an all-ignore mask)."""
+    return [k for b in batches for k, m in zip(b["key"], b["mask"]) if not (m == 255).all()]
+
+
+@pytest.mark.parametrize("fixture,size", [("png_shards", None), ("png_shards", (20, 24)), ("jpeg_shards", None)])
+def test_backends_agree_without_augmentation(fixture, size, request):
+    shards = request.getfixturevalue(fixture)
+    dali, twin = (epoch(make_loader(shards, backend=b, batch_size=4, size=size, augment=False, return_keys=True,
+                                    workers=1)) for b in BACKENDS)
+    assert [b["key"] for b in dali] == [b["key"] for b in twin]  # same order when not shuffling
+    for a, b in zip(dali, twin):
+        assert a["image"].dtype == torch.float32 and a["mask"].dtype == torch.int64
+        assert a["image"].shape == b["image"].shape and a["image"].shape[1] == 3
+        torch.testing.assert_close(a["mask"], b["mask"], rtol=0, atol=0)  # masks: exactly
+        diff = (a["image"] - b["image"]).abs() * 50  # back to ~0..255 units (std is about 50 here)
+        if fixture == "jpeg_shards":
+            # libjpeg-turbo in DALI and in Pillow may use different IDCT/upsampling: a few levels at most
+            assert diff.mean() < 2.0 and diff.max() < 40
+        elif size is None:
+            assert diff.max() < 1e-3  # lossless PNG at native size: identical pixels
+        else:
+            assert diff.mean() < 3.0  # both bilinear, implementations round differently
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_paired_augmentation_keeps_image_and_mask_aligned(backend, tmp_path):
+    # The image's red channel encodes the class of each pixel; class = position cell, so a crop, flip or
+    # resize applied differently to image and mask would show up as disagreement.
+    h, w = 48, 64
+    y, x = np.mgrid[0:h, 0:w]
+    cls = (x * 3 // w + 3 * (y * 2 // h)).astype(np.uint8)  # 6 cells, asymmetric both ways
+    for i in range(4):
+        image = np.stack([cls * 40 + 20, y * 255 // h, np.full_like(cls, i * 50)], -1).astype(np.uint8)
+        save(image, tmp_path / "data/images" / f"p{i}.png")
+        save(cls, tmp_path / "data/masks" / f"p{i}.png")
+    shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
+    flips = 0
+    for seed in range(6):
+        loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=(32, 32), augment=True,
+                             vflip=True, seed=seed, scale=(0.2, 1.0), workers=1)
+        for batch in loader:
+            red = batch["image"][:, 0] * loader.plan.manifest.std[0] + loader.plan.manifest.mean[0]
+            decoded = torch.round((red - 20) / 40).long()
+            mask = batch["mask"]
+            assert set(mask.unique().tolist()) <= set(range(6)), "augmentation made a new class value"
+            assert (decoded == mask).float().mean() > 0.93, f"image and mask disagree (seed {seed})"
+            flips += int((mask[:, :, 0] > mask[:, :, -1]).sum())  # flipped rows have class 2 left of class 0
+        assert len(loader) == 1
+    assert flips > 0  # the flips that the agreement check covers did happen
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_augmentation_flips_and_crops_with_different_draws(backend, png_shards):
+    loader = make_loader(png_shards, backend=backend, batch_size=10, size=(40, 48), augment=True, seed=3,
+                         return_keys=True, workers=1)
+    first, second = next(iter(loader)), next(iter(loader))
+    plain = next(iter(make_loader(png_shards, backend=backend, batch_size=10, augment=False, return_keys=True,
+                                  workers=1)))
+    by_key = dict(zip(plain["key"], plain["mask"]))
+    changed = [not torch.equal(m, by_key[k]) for k, m in zip(first["key"], first["mask"])]
+    assert sum(changed) >= 5  # most samples were cropped or flipped
+    assert first["key"] != second["key"] or not torch.equal(first["mask"], second["mask"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_ddp_ranks_are_disjoint_complete_and_equal(backend, world, png_shards):
+    loaders = [make_loader(png_shards, backend=backend, batch_size=3, augment=True, rank=r, world_size=world,
+                           return_keys=True, workers=1) for r in range(world)]
+    orders = []
+    for _ in range(2):
+        per_rank = [epoch(loader) for loader in loaders]
+        assert len({len(batches) for batches in per_rank}) == 1  # every rank takes the same number of steps
+        assert all(len(batches) == len(loader) for batches, loader in zip(per_rank, loaders))
+        assert all(b["image"].shape[0] == 3 for batches in per_rank for b in batches)  # never an empty batch
+        keys = [real_keys(batches) for batches in per_rank]
+        flat = [k for ks in keys for k in ks]
+        assert len(flat) == len(set(flat)) == 10  # disjoint, and together the whole split
+        orders.append(flat)
+    assert orders[0] != orders[1]  # a fresh order (and, with world > 1, fresh slices) each epoch
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
+    loader = make_loader(png_shards, backend=backend, batch_size=4, augment=False, return_keys=True, workers=1)
+    batches = epoch(loader)
+    assert len(loader) == len(batches) == 3  # 10 samples in batches of 4: the last has 2 real, 2 padding
+    last = batches[-1]
+    assert (last["mask"][2:] == 255).all() and not (last["mask"][:2] == 255).all()
+    assert last["key"][2] == last["key"][3] == last["key"][1]  # padding repeats this rank's last sample
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_epoch_left_early_does_not_shift_the_next(backend, png_shards):
+    loader = make_loader(png_shards, backend=backend, batch_size=2, augment=False, return_keys=True, workers=1)
+    for batch in loader:  # like Lightning's sanity check: two batches, then leave
+        break
+    full = epoch(loader)
+    assert len(full) == len(loader) == 5
+    assert sorted(real_keys(full)) == sorted(set(real_keys(full))) and len(real_keys(full)) == 10
+    assert full[0]["key"] == batch["key"]  # the new epoch starts at the beginning again
+
+
+def test_bad_shard_sets_are_named(png_shards, tmp_path):
+    with pytest.raises(FastsegError, match="no such shard folder"):
+        make_loader(tmp_path / "nope")
+    (tmp_path / "unfinished").mkdir()
+    (tmp_path / "unfinished/train-000000.tar").write_bytes(b"x" * 1024)
+    with pytest.raises(FastsegError, match="no manifest.json: an unfinished fastseg-shard run"):
+        make_loader(tmp_path / "unfinished")
+    with pytest.raises(FastsegError, match="no split 'val'.*train"):
+        make_loader(png_shards, split="val")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for f in png_shards.iterdir():
+        (broken / f.name).write_bytes(f.read_bytes())
+    tar = broken / "train-000001.tar"
+    data = bytearray(tar.read_bytes())
+    data[600] ^= 0xFF
+    tar.write_bytes(bytes(data))
+    with pytest.raises(FastsegError, match=r"train-000001.tar: sha256 does not match"):
+        make_loader(broken, backend="torch")
+    tar.write_bytes(bytes(data[:-512]))
+    with pytest.raises(FastsegError, match=r"train-000001.tar: \d+ bytes, the manifest says"):
+        make_loader(broken, backend="dali", checksums=False)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_mixed_sizes_need_an_output_size(backend, tmp_path):
+    make_dataset(tmp_path / "data", count=3, size=(40, 32))
+    make_dataset(tmp_path / "data", count=3, size=(30, 50), first_seed=3)
+    shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
+    with pytest.raises(FastsegError, match="images of 2 sizes .*give an output size"):
+        make_loader(tmp_path / "shards", backend=backend)
+    batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=1)))
+    assert batch["image"].shape == (6, 3, 16, 24) and batch["mask"].shape == (6, 16, 24)
