@@ -73,7 +73,10 @@ class LoaderPlan:
 
 def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:
     if size is not None:
-        height, width = (size, size) if isinstance(size, int) else size
+        sides = [size] if isinstance(size, int) else list(size)
+        if len(sides) not in (1, 2):
+            raise FastsegError(f"an output size is H W or one number for a square, not {size!r}")
+        height, width = sides * 2 if len(sides) == 1 else sides
         return int(height), int(width)
     sizes = manifest.sizes.get(split, [])
     if len(sizes) == 1:

@@ -246,7 +246,7 @@ def test_verify_finds_a_damaged_shard(tmp_path, capsys):
 def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):
     src = make_dataset(tmp_path / "data", count=300, size=(320, 240), image_ext="png")
     out = tmp_path / "out"
-    proc = subprocess.Popen([sys.executable, "-m", "fastseg.cli.shard_entry", str(src), str(out), "--workers", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "fastseg.cli.shard", str(src), str(out), "--workers", "1",
                              "--quiet"], start_new_session=True)
     deadline = time.time() + 60
     while not list(tmp_path.glob(".out.partial-*/train-000000.tar")) and time.time() < deadline:

@@ -67,3 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def entry() -> None:
     sys.exit(run_cli("fastseg-shard", main))
+
+
+if __name__ == "__main__":
+    entry()

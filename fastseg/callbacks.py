@@ -1,0 +1,55 @@
+"""Training-side outputs that are not the model's concern: preview pictures and the final metrics report."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytorch_lightning as pl
+
+from .visualize import save_strip
+
+
+class PreviewWriter(pl.Callback):
+    """Each validation epoch, one PNG of a few samples: image | truth | prediction (rank 0 only)."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+
+    def on_validation_epoch_end(self, trainer, module):
+        if trainer.sanity_checking or not trainer.is_global_zero or module.preview is None:
+            return
+        images, truths, preds = module.preview
+        h = module.hparams
+        save_strip(self.folder / f"epoch_{trainer.current_epoch:03d}.png", images, truths, preds,
+                   h.class_colors, h.mean, h.std)
+
+
+def _clean(value: float) -> float | None:
+    return None if math.isnan(value) else round(value, 6)
+
+
+def metrics_report(found: dict, class_names: list[str]) -> dict:
+    """The metrics.json layout, shared by fastseg-train and fastseg-predict --shards."""
+    return {
+        "val_miou": _clean(found["miou"]), "val_dice": _clean(found["dice_mean"]),
+        "val_precision": _clean(found["precision_mean"]), "val_recall": _clean(found["recall_mean"]),
+        "val_f1": _clean(found["f1"]), "val_pixel_acc": _clean(found["pixel_acc"]), "val_pixels": found["pixels"],
+        "per_class_iou": {n: _clean(float(v)) for n, v in zip(class_names, found["iou"])},
+        "per_class_dice": {n: _clean(float(v)) for n, v in zip(class_names, found["dice"])},
+    }
+
+
+def write_report(path: Path, report: dict) -> None:
+    path.write_text(json.dumps(report, indent=2) + "\n")
+    width = max(len(n) for n in report["per_class_iou"]) + 2
+    print(f"{'class':<{width}}{'IoU':>8}{'Dice':>8}")
+    for name, iou in report["per_class_iou"].items():
+        dice = report["per_class_dice"][name]
+        print(f"{name:<{width}}{_fmt(iou):>8}{_fmt(dice):>8}")
+    print(f"{'mean':<{width}}{_fmt(report['val_miou']):>8}{_fmt(report['val_dice']):>8}   "
+          f"pixel accuracy {_fmt(report['val_pixel_acc'])}  →  {path}")
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.3f}"

@@ -1,0 +1,120 @@
+"""fastseg-train --shards DIR: train and validate the UNet; DDP and precision are Trainer settings."""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import FastsegError
+from . import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastseg-train", description=__doc__)
+    p.add_argument("--shards", type=Path, required=True, help="a shard set made by fastseg-shard")
+    p.add_argument("--out", type=Path, default=Path("runs/fastseg"), help="checkpoints, logs, metrics (default runs/fastseg)")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--batch-size", type=int, default=16, help="per device")
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--dice-weight", type=float, default=0.0, help="add this times the Dice loss")
+    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
+    p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
+    p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices)")
+    p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
+    p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
+    p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
+    p.add_argument("--precision", help="default 16-mixed on GPU, 32-true on CPU (fp16 needs a GPU; bf16-mixed runs on CPU)")
+    p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there) or a checkpoint path")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="training split (default train)")
+    p.add_argument("--val-split", default="val")
+    p.add_argument("--no-checksums", action="store_true", help="skip the shards' sha256 check at start-up")
+    return p
+
+
+def resolve(args) -> dict:
+    """Check everything that can be checked before a process is started or a step taken."""
+    from ..data import resolve_size
+    from ..format import load_manifest
+    from ..model import check_size
+
+    manifest = load_manifest(args.shards)
+    for split in (args.split, args.val_split):
+        manifest.split(split)
+    size = resolve_size(manifest, args.split, tuple(args.image_size) if args.image_size else None)
+    check_size(*size)
+    gpus = torch.cuda.device_count()
+    accelerator = args.accelerator if args.accelerator != "auto" else ("gpu" if gpus else "cpu")
+    if accelerator == "gpu" and args.devices > gpus:
+        raise FastsegError(f"--devices {args.devices} on the GPU, but {gpus} CUDA device(s) are visible; "
+                           "lower --devices or use --accelerator cpu")
+    if args.devices < 1:
+        raise FastsegError("--devices must be at least 1")
+    precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
+    if accelerator == "cpu" and precision in ("16-mixed", "16", "16-true"):
+        raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    resume = args.resume
+    if resume == "auto":
+        last = args.out / "checkpoints" / "last.ckpt"
+        resume = str(last) if last.exists() else None
+    elif resume and not Path(resume).exists():
+        raise FastsegError(f"--resume {resume}: no such checkpoint")
+    workers = args.workers or max(1, (os.cpu_count() or 1) // args.devices)
+    return dict(manifest=manifest, size=size, accelerator=accelerator, precision=precision, resume=resume,
+                workers=workers)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run = resolve(args)
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from ..callbacks import PreviewWriter, metrics_report, write_report
+    from ..data import SegDataModule
+    from ..module import SegModule
+
+    pl.seed_everything(args.seed, workers=True, verbose=False)
+    manifest = run["manifest"]
+    data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
+                         train_split=args.split, val_split=args.val_split, checksums=not args.no_checksums)
+    module = SegModule([c.name for c in manifest.classes], [c.color for c in manifest.classes], manifest.mean,
+                       manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
+                       args.dice_weight, manifest.ignore_index)
+    checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="best", monitor="val_miou", mode="max",
+                                  save_last=True, enable_version_counter=False)
+    trainer = pl.Trainer(
+        accelerator=run["accelerator"], devices=args.devices, num_nodes=args.num_nodes,
+        strategy="ddp" if args.devices * args.num_nodes > 1 else "auto", precision=run["precision"],
+        max_epochs=args.epochs, default_root_dir=args.out, use_distributed_sampler=False,
+        logger=[TensorBoardLogger(args.out, name="logs", version=""), CSVLogger(args.out, name="logs", version="")],
+        callbacks=[checkpoints, PreviewWriter(args.out / "previews"), TQDMProgressBar()],
+        log_every_n_steps=1, enable_model_summary=False,
+    )
+    if trainer.is_global_zero:
+        args.out.mkdir(parents=True, exist_ok=True)
+        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
+        config.update(image_size=list(run["size"]), accelerator=run["accelerator"], precision=run["precision"],
+                      world_size=trainer.world_size, resumed_from=run["resume"])
+        (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    trainer.fit(module, datamodule=data, ckpt_path=run["resume"])
+    if trainer.is_global_zero and module.last_scores is not None:
+        report = metrics_report(module.last_scores, module.hparams.class_names)
+        report.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
+        write_report(args.out / "metrics.json", report)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli("fastseg-train", main))
+
+
+if __name__ == "__main__":
+    entry()

@@ -1,0 +1,56 @@
+"""SegModule: the UNet as a LightningModule; loss, metrics and optimizer. Data and devices are not its business."""
+from __future__ import annotations
+
+import pytorch_lightning as pl
+import torch
+
+from .losses import out_channels, predict, segmentation_loss
+from .metrics import confusion_metric, scores
+from .model import UNet
+
+
+class SegModule(pl.LightningModule):
+    def __init__(self, class_names: list[str], class_colors: list[list[int]], mean: list[float], std: list[float],
+                 image_size: tuple[int, int], width: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
+                 epochs: int = 20, dice_weight: float = 0.0, ignore_index: int = 255):
+        super().__init__()
+        self.save_hyperparameters()  # everything fastseg-predict needs to use a checkpoint on its own
+        self.num_classes = len(class_names)
+        self.model = UNet(out_channels(self.num_classes), width=width)
+        self.confusion = confusion_metric(self.num_classes, ignore_index)
+        self.last_scores: dict | None = None
+        self.preview = None  # (images, truths, predictions) of the first validation batch
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model(image)
+
+    def _loss(self, batch):
+        logits = self(batch["image"])
+        return logits, segmentation_loss(logits, batch["mask"], self.hparams.ignore_index, self.hparams.dice_weight)
+
+    def training_step(self, batch, batch_index):
+        _, loss = self._loss(batch)
+        self.log("train_loss", loss, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch, batch_index):
+        logits, loss = self._loss(batch)
+        pred = predict(logits)
+        self.confusion.update(pred, batch["mask"])
+        self.log("val_loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
+        if batch_index == 0:
+            self.preview = (batch["image"][:4].detach(), batch["mask"][:4], pred[:4])
+
+    def on_validation_epoch_end(self):
+        found = scores(self.confusion.compute())  # compute() sums the counts over all ranks first
+        self.confusion.reset()
+        self.last_scores = found
+        for name, key in (("val_miou", "miou"), ("val_dice", "dice_mean"), ("val_precision", "precision_mean"),
+                          ("val_recall", "recall_mean"), ("val_f1", "f1"), ("val_pixel_acc", "pixel_acc")):
+            self.log(name, found[key], prog_bar=name == "val_miou", sync_dist=False)
+        self.log("val_pixels", float(found["pixels"]))
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
+        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.hparams.epochs))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
