@@ -99,10 +99,10 @@ class RankEpochSampler(Sampler):
 class TorchLoader:
     def __init__(self, plan: LoaderPlan):
         self.plan = plan
-        self.sampler = RankEpochSampler(plan)
+        self.order = RankEpochSampler(plan)
         cuda = plan.device.type == "cuda"
         self.loader = DataLoader(
-            ShardSamples(plan), batch_size=plan.batch_size, sampler=self.sampler, num_workers=plan.workers,
+            ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=plan.workers,
             pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
         )
         mean, std = plan.mean_std
@@ -115,7 +115,7 @@ class TorchLoader:
 
     def __iter__(self):
         epoch, self.epoch = self.epoch, self.epoch + 1
-        self.sampler.epoch = epoch
+        self.order.epoch = epoch
         for index, (image, mask, keys) in enumerate(self.loader):
             image = image.to(self.plan.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
             mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)

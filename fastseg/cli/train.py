@@ -89,13 +89,15 @@ def main(argv: list[str] | None = None) -> int:
                        manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
                        args.dice_weight, manifest.ignore_index)
     checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="best", monitor="val_miou", mode="max",
-                                  save_last=True, enable_version_counter=False)
+                                  enable_version_counter=False)
+    # Lightning's save_last refreshes last.ckpt only when a better best.ckpt is saved; resume needs every epoch
+    last = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="last", enable_version_counter=False)
     trainer = pl.Trainer(
         accelerator=run["accelerator"], devices=args.devices, num_nodes=args.num_nodes,
         strategy="ddp" if args.devices * args.num_nodes > 1 else "auto", precision=run["precision"],
         max_epochs=args.epochs, default_root_dir=args.out, use_distributed_sampler=False,
-        logger=[TensorBoardLogger(args.out, name="logs", version=""), CSVLogger(args.out, name="logs", version="")],
-        callbacks=[checkpoints, PreviewWriter(args.out / "previews"), TQDMProgressBar()],
+        logger=[TensorBoardLogger(args.out / "logs", name="tensorboard"), CSVLogger(args.out / "logs", name="csv")],
+        callbacks=[checkpoints, last, PreviewWriter(args.out / "previews"), TQDMProgressBar()],
         log_every_n_steps=1, enable_model_summary=False,
     )
     if trainer.is_global_zero:

@@ -1,0 +1,137 @@
+"""fastseg-predict --checkpoint CKPT (--input DIR_OR_FILE --out DIR | --shards DIR --split val): masks or metrics."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from ..errors import FastsegError
+from ..pairs import IMAGE_SUFFIXES
+from . import run_cli
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fastseg-predict", description=__doc__)
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--input", type=Path, help="an image, or a folder of images")
+    p.add_argument("--out", type=Path, required=True, help="where masks (or metrics.json) go")
+    p.add_argument("--overlay", action="store_true", help="also write the mask blended over each image")
+    p.add_argument("--shards", type=Path, help="evaluate on a shard split instead of predicting files")
+    p.add_argument("--split", default="val")
+    p.add_argument("--loader", choices=("dali", "torch"), default="torch")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    return p
+
+
+def load_module(path: Path, device: str):
+    from ..module import SegModule
+
+    if not path.is_file():
+        raise FastsegError(f"{path}: no such checkpoint (fastseg-train writes OUT/checkpoints/best.ckpt)")
+    try:
+        module = SegModule.load_from_checkpoint(path, map_location=device)
+    except Exception as err:
+        raise FastsegError(f"{path}: not a fastseg checkpoint ({err})") from err
+    return module.eval().to(device)
+
+
+def find_images(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if not path.is_dir():
+        raise FastsegError(f"{path}: no such file or folder")
+    images = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not images:
+        raise FastsegError(f"{path}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
+    return images
+
+
+@torch.no_grad()
+def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
+    """(upright RGB image, class indices of the same size): predicted at the training size, scaled back with
+    nearest neighbour so that no new class values appear."""
+    from ..losses import predict
+
+    try:
+        image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
+    except Exception as err:
+        raise FastsegError(f"{path}: cannot decode the image ({err})") from err
+    h = module.hparams
+    height, width = h.image_size
+    pixels = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32)
+    tensor = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(h.mean).view(3, 1, 1)) / torch.tensor(h.std).view(3, 1, 1)
+    indices = predict(module(tensor[None].to(device)))[0].byte().cpu().numpy()
+    return np.asarray(image), np.asarray(Image.fromarray(indices).resize(image.size, Image.NEAREST))
+
+
+def save_mask(indices: np.ndarray, colors: list[list[int]], path: Path) -> None:
+    from ..visualize import palette_image
+
+    if len(colors) == 2:
+        Image.fromarray((indices * 255).astype(np.uint8)).save(path)  # binary: 0/255, as such masks usually come
+    else:
+        palette_image(indices, colors).save(path)
+
+
+def predict_files(module, args) -> None:
+    from tqdm import tqdm
+
+    from ..visualize import overlay
+
+    images = find_images(args.input)
+    args.out.mkdir(parents=True, exist_ok=True)
+    colors = module.hparams.class_colors
+    base = args.input if args.input.is_dir() else args.input.parent
+    for path in tqdm(images, unit="image", desc="predicting"):
+        picture, indices = predict_file(module, path, args.device)
+        name = path.relative_to(base).with_suffix("")
+        target = args.out / f"{name}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        save_mask(indices, colors, target)
+        if args.overlay:
+            Image.fromarray(overlay(picture, indices, colors)).save(args.out / f"{name}_overlay.jpg", quality=90)
+    print(f"wrote {len(images)} mask(s) to {args.out}")
+
+
+@torch.no_grad()
+def evaluate(module, args) -> None:
+    from tqdm import tqdm
+
+    from ..callbacks import metrics_report, write_report
+    from ..data import make_loader
+    from ..losses import predict
+    from ..metrics import confusion_metric, scores
+
+    h = module.hparams
+    loader = make_loader(args.shards, args.split, args.loader, args.batch_size, tuple(h.image_size), augment=False,
+                         device=args.device)
+    confusion = confusion_metric(len(h.class_names), h.ignore_index).to(args.device)
+    for batch in tqdm(loader, unit="batch", desc=f"evaluating {args.split}"):
+        confusion.update(predict(module(batch["image"])), batch["mask"])
+    args.out.mkdir(parents=True, exist_ok=True)
+    write_report(args.out / "metrics.json", metrics_report(scores(confusion.compute()), h.class_names))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if (args.input is None) == (args.shards is None):
+        raise FastsegError("give --input (images to predict) or --shards (a split to evaluate), one of them")
+    module = load_module(args.checkpoint, args.device)
+    if args.shards:
+        evaluate(module, args)
+    else:
+        predict_files(module, args)
+    return 0
+
+
+def entry() -> None:
+    sys.exit(run_cli("fastseg-predict", main))
+
+
+if __name__ == "__main__":
+    entry()

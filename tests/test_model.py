@@ -1,0 +1,66 @@
+"""UNet, losses and metrics on small tensors, against values worked out by hand."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from fastseg.errors import FastsegError
+from fastseg.losses import out_channels, predict, segmentation_loss
+from fastseg.metrics import confusion_metric, scores
+from fastseg.model import UNet
+
+
+@pytest.mark.parametrize("size", [(16, 16), (32, 48), (64, 80)])
+def test_unet_shapes(size):
+    model = UNet(out_channels=5, width=4)
+    assert model(torch.randn(2, 3, *size)).shape == (2, 5, *size)
+
+
+def test_unet_gradients_reach_every_layer():
+    model = UNet(out_channels=1, width=4)
+    loss = segmentation_loss(model(torch.randn(2, 3, 32, 32)), torch.randint(0, 2, (2, 32, 32)))
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
+
+
+def test_unet_names_the_nearest_valid_size():
+    with pytest.raises(FastsegError, match=r"100x72 .* multiple of 16 \(nearest: 64, 96\)"):
+        UNet(out_channels=1, width=4)(torch.randn(1, 3, 100, 72))
+
+
+def test_loss_picks_by_class_count_and_ignores():
+    assert out_channels(2) == 1 and out_channels(3) == 3
+    logits = torch.randn(2, 1, 4, 4)
+    mask = torch.randint(0, 2, (2, 4, 4))
+    mask[0, 0] = 255
+    valid = mask != 255
+    expected = F.binary_cross_entropy_with_logits(logits[:, 0][valid], mask[valid].float())
+    torch.testing.assert_close(segmentation_loss(logits, mask), expected)
+    logits3 = torch.randn(2, 3, 4, 4)
+    mask3 = torch.randint(0, 3, (2, 4, 4))
+    mask3[1, :2] = 255
+    torch.testing.assert_close(segmentation_loss(logits3, mask3), F.cross_entropy(logits3, mask3, ignore_index=255))
+    everything_ignored = segmentation_loss(logits3.requires_grad_(), torch.full((2, 4, 4), 255))
+    assert everything_ignored.item() == 0 and everything_ignored.requires_grad  # padding batches: no NaN
+    assert segmentation_loss(logits3, mask3, dice_weight=1.0) > segmentation_loss(logits3, mask3)
+    assert predict(torch.tensor([[[[-1.0, 2.0]]]])).tolist() == [[[0, 1]]]
+
+
+def test_metrics_from_counts_by_hand():
+    truth = torch.tensor([[0, 0, 1, 1, 2, 255]])
+    pred = torch.tensor([[0, 1, 1, 1, 0, 2]])  # the last pixel is ignored whatever is predicted there
+    metric = confusion_metric(3, 255)
+    metric.update(pred[:, :3], truth[:, :3])  # counts accumulate over batches
+    metric.update(pred[:, 3:], truth[:, 3:])
+    found = scores(metric.compute())
+    # class 0: tp 1, fp 1 (the 2 predicted as 0), fn 1 → IoU 1/3; class 1: tp 2, fp 1, fn 0 → 2/3; class 2: 0
+    torch.testing.assert_close(found["iou"], torch.tensor([1 / 3, 2 / 3, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(found["dice"], torch.tensor([0.5, 0.8, 0.0], dtype=torch.float64))
+    assert math.isclose(found["miou"], 1 / 3) and math.isclose(found["pixel_acc"], 3 / 5)
+    torch.testing.assert_close(found["precision"], torch.tensor([0.5, 2 / 3, float("nan")], dtype=torch.float64),
+                               equal_nan=True)  # nothing predicted as 2: precision has no value
+    assert math.isclose(found["precision_mean"], (0.5 + 2 / 3) / 2) and found["pixels"] == 5
+    assert math.isclose(found["recall_mean"], (0.5 + 1.0 + 0.0) / 3)
