@@ -56,13 +56,16 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
     mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
     if gpu:
         mask = mask.gpu()
-    resize = dict(size=list(plan.size))
-    if plan.augment:
-        start, end = _augment_window(plan.scale, plan.vflip)
-        resize.update(roi_start=start, roi_end=end, roi_relative=True)
-    image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, **resize)
-    mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize)  # nearest only: no new class values
     mean, std = plan.mean_std
+    native = plan.manifest.sizes.get(plan.split) == [[plan.size[1], plan.size[0]]]
+    if plan.augment or not native:  # resampling is the costliest step on the CPU: skip it when nothing changes
+        resize = dict(size=list(plan.size))
+        if plan.augment:
+            start, end = _augment_window(plan.scale, plan.vflip)
+            resize.update(roi_start=start, roi_end=end, roi_relative=True)
+        # straight to float: faster than a uint8 result, and normalize reads it as is
+        image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, dtype=types.FLOAT, **resize)
+        mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize)  # nearest only: no new class values
     image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
     return image, mask, meta
 

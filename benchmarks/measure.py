@@ -1,0 +1,116 @@
+"""Shared by the benchmarks: run a child process and sample its whole process tree (peak RSS, CPU use)."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+
+import psutil
+
+
+class TreeMonitor:
+    """Samples a process and all its descendants every `interval` s: peak resident memory and CPU seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        self.root = psutil.Process(pid)
+        self.interval, self.peak_rss, self.cpu = interval, 0, {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                return
+            rss = 0
+            for proc in procs:
+                try:
+                    rss += proc.memory_info().rss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+            self.peak_rss = max(self.peak_rss, rss)
+            self._stop.wait(self.interval)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+
+def run_child(argv: list[str], timeout: float = 1800) -> tuple[dict, TreeMonitor, float]:
+    """Run a Python child that prints one JSON object as its last stdout line; return it with the tree's figures."""
+    start = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+    with TreeMonitor(proc.pid) as monitor:
+        out, _ = proc.communicate(timeout=timeout)
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
+    return json.loads(out.strip().splitlines()[-1]), monitor, wall
+
+
+def host() -> dict:
+    import numpy
+    import PIL
+    import torch
+
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
+                "pillow": PIL.__version__}
+    for name, module in (("nvidia-dali", "nvidia.dali"), ("webdataset", "webdataset"),
+                         ("pytorch-lightning", "pytorch_lightning")):
+        try:
+            versions[name] = __import__(module, fromlist=["__version__"]).__version__
+        except ImportError:
+            versions[name] = None
+    cpu = platform.processor()
+    try:
+        cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "versions": versions}
+
+
+def decode_rate(pairs, rounds: int = 2) -> float:
+    """Single-core Pillow decode rate of image + mask (files read into memory first), samples/s."""
+    from pathlib import Path
+
+    import numpy as np
+    from PIL import Image
+
+    blobs = [(Path(i).read_bytes(), Path(m).read_bytes()) for i, m in pairs]
+    best = 0.0
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for image, mask in blobs:
+            np.asarray(Image.open(io.BytesIO(image)).convert("RGB"))
+            np.asarray(Image.open(io.BytesIO(mask)))
+        best = max(best, len(blobs) / (time.perf_counter() - start))
+    return best
+
+
+def write_results(path, result: dict, title: str, table: str) -> None:
+    """JSON plus a short Markdown page beside it."""
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    h = result["host"]
+    where = f"{h['cores']} cores of {h['cpu']}" + (f", GPU {h['gpu']}" if h.get("gpu") else " (no GPU)")
+    path.with_suffix(".md").write_text(f"# {title}\n\nRun on {where}.\n\n{table}\n\nCommand: `{result['command']}`\n")

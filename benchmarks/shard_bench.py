@@ -1,0 +1,89 @@
+"""fastseg-shard speed against the decode-bound limit, and its memory against dataset size.
+
+    python benchmarks/shard_bench.py [--data DIR ...] [--workers 2] [--json PATH]
+
+Sharding decodes every image and mask to check them, so its ceiling is workers × the single-core Pillow decode
+rate. Memory must not grow with the dataset: each set is also sharded as a quarter of itself, and the peak
+resident memory of the whole process tree (workers included) is compared.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import decode_rate, host, run_child, write_results  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def child(src: Path, out: Path, workers: int) -> None:
+    from fastseg.shard import Options, shard
+
+    start = time.perf_counter()
+    manifest = shard(src, out, Options(workers=workers, progress=False, val_fraction=0))
+    seconds = time.perf_counter() - start
+    print(json.dumps({"seconds": seconds, "samples": sum(s.samples for s in manifest.splits.values())}))
+
+
+def subset(pairs, tmp: Path, count: int) -> Path:
+    """A folder of symlinks to the first `count` pairs, in the images/ + masks/ layout."""
+    for pair in pairs[:count]:
+        for kind, path in (("images", pair.image), ("masks", pair.mask)):
+            link = tmp / kind / f"{pair.key}{path.suffix}"
+            link.parent.mkdir(parents=True, exist_ok=True)
+            link.symlink_to(path.resolve())
+    return tmp
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, nargs="+", default=[SHARED / "davis2016_subset", SHARED / "camvid/train"])
+    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--json", type=Path, default=Path(__file__).parent / "results/shard_cpu.json")
+    p.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        child(*args.child, args.workers)
+        return 0
+    from fastseg.pairs import find_pairs
+
+    result = {"workers": args.workers, "datasets": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
+    rows = ["| dataset | samples | samples/s (of limit) | streaming samples/s (of limit) | decode limit | "
+            "peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|"]
+    for data in args.data:
+        pairs = [p for ps in find_pairs(data).splits.values() for p in ps]
+        limit = decode_rate([(p.image, p.mask) for p in pairs]) * args.workers
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            peaks, runs = {}, {}
+            for label, src in (("quarter", subset(pairs, tmp / "quarter", len(pairs) // 4)), ("whole", data)):
+                figures, monitor, _ = run_child([__file__, "--child", str(src), str(tmp / f"out-{label}"),
+                                                 "--workers", str(args.workers)])
+                peaks[label], runs[label] = monitor.peak_rss / 1e6, figures
+            rate = figures["samples"] / figures["seconds"]
+            # start-up (pool, mask-kind probe) is fixed; the difference of the two runs is the streaming rate
+            steady = ((runs["whole"]["samples"] - runs["quarter"]["samples"])
+                      / max(runs["whole"]["seconds"] - runs["quarter"]["seconds"], 1e-9))
+        result["datasets"][data.name] = {
+            "samples": figures["samples"], "samples_per_s": round(rate, 2),
+            "decode_limit_samples_per_s": round(limit, 2), "of_limit": round(rate / limit, 3),
+            "steady_samples_per_s": round(steady, 2), "steady_of_limit": round(steady / limit, 3),
+            "seconds": round(figures["seconds"], 2),
+            "peak_memory_mb": {k: round(v, 1) for k, v in peaks.items()},
+        }
+        rows.append(f"| {data.name} | {figures['samples']} | {rate:.1f} ({rate / limit:.0%}) | {steady:.1f} "
+                    f"({steady / limit:.0%}) | {limit:.1f} | {peaks['quarter']:.0f} MB → {peaks['whole']:.0f} MB |")
+    table = "\n".join(rows)
+    print(table)
+    write_results(args.json, result, f"fastseg-shard: CPU, {args.workers} workers", table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
