@@ -12,11 +12,10 @@ DEPTH = 4  # pooling stages; input sides must divide by 2**DEPTH
 
 def check_size(height: int, width: int) -> None:
     step = 2**DEPTH
-    bad = [side for side in (height, width) if side % step or side < step]
-    if bad:
-        near = sorted({max(step, round(side / step) * step) for side in (height, width)})
+    if any(side % step or side < step for side in (height, width)):
+        near_h, near_w = (max(step, (side + step // 2) // step * step) for side in (height, width))
         raise FastsegError(f"image size {height}x{width} does not pass the UNet's {DEPTH} poolings: each side must be "
-                           f"a multiple of {step} (nearest: {', '.join(map(str, near))})")
+                           f"a multiple of {step} (nearest: {near_h}x{near_w})")
 
 
 class DoubleConv(nn.Sequential):

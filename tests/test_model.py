@@ -27,7 +27,7 @@ def test_unet_gradients_reach_every_layer():
 
 
 def test_unet_names_the_nearest_valid_size():
-    with pytest.raises(FastsegError, match=r"100x72 .* multiple of 16 \(nearest: 64, 96\)"):
+    with pytest.raises(FastsegError, match=r"100x72 .* multiple of 16 \(nearest: 96x80\)"):
         UNet(out_channels=1, width=4)(torch.randn(1, 3, 100, 72))
 
 

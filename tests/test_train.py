@@ -114,7 +114,7 @@ def test_bad_input_fails_before_training(shards, tmp_path, capsys):
     cases = [
         (["--shards", tmp_path / "none"], "no such shard folder"),
         (["--shards", shards, "--split", "nope"], "no split 'nope'"),
-        (["--shards", shards, "--image-size", "40"], r"40x40 does not pass .* multiple of 16 \(nearest: 48\)"),
+        (["--shards", shards, "--image-size", "40"], r"40x40 does not pass .* multiple of 16 \(nearest: 48x48\)"),
         (["--shards", shards, "--accelerator", "gpu"], "CUDA device"),
         (["--shards", shards, "--precision", "16-mixed", "--accelerator", "cpu"], "needs a GPU"),
         (["--shards", shards, "--resume", tmp_path / "x.ckpt"], "no such checkpoint"),
