@@ -17,13 +17,16 @@ CLASSES = [("background", [0, 0, 0]), ("disk", [230, 25, 75]), ("box", [60, 180,
 SIZES = [(320, 240), (288, 288)]
 
 
-def _texture(rng: np.random.Generator, width: int, height: int) -> np.ndarray:
-    """Smooth colour noise plus stripes: something for JPEG and the network to chew on."""
+def _texture(rng: np.random.Generator, width: int, height: int, tint=None, period=None) -> np.ndarray:
+    """Smooth colour noise plus stripes: something for JPEG and the network to chew on. Objects get their class's
+    tint and stripe scale (as real objects differ from their surroundings); the background varies freely."""
     coarse = rng.integers(0, 256, (height // 16 + 2, width // 16 + 2, 3), dtype=np.uint8)
     smooth = np.asarray(Image.fromarray(coarse).resize((width, height), Image.BICUBIC), np.float32)
     y, x = np.mgrid[0:height, 0:width]
-    angle, period = rng.uniform(0, np.pi), rng.uniform(6, 24)
+    angle, period = rng.uniform(0, np.pi), period or rng.uniform(6, 24)
     stripes = 30 * np.sin((x * np.cos(angle) + y * np.sin(angle)) / period * 2 * np.pi)
+    if tint is not None:
+        smooth = 0.45 * smooth + 0.55 * np.array(tint, np.float32)
     return np.clip(smooth + stripes[..., None] + rng.normal(0, 8, (height, width, 3)), 0, 255).astype(np.uint8)
 
 
@@ -43,7 +46,8 @@ def make_sample(rng: np.random.Generator) -> tuple[Image.Image, Image.Image]:
             draw.rectangle([cx - r, cy - int(r * 0.7), cx + r, cy + int(r * 0.7)], fill=255)
         else:
             draw.polygon([(cx, cy - r), (cx - r, cy + r), (cx + r, cy + r)], fill=255)
-        image.paste(Image.fromarray(_texture(rng, width, height)), (0, 0), shape)
+        period = 4.0 + 4.0 * cls + rng.uniform(-1, 1)
+        image.paste(Image.fromarray(_texture(rng, width, height, CLASSES[cls][1], period)), (0, 0), shape)
         mask.paste(cls, (0, 0), shape)
     return image.filter(ImageFilter.GaussianBlur(0.6)), mask
 

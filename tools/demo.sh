@@ -13,7 +13,7 @@ rm -rf "$out"
 "$bin/python" -m fastseg.synthetic "$out/unseen" --count 6 --seed 1
 "$bin/fastseg-shard" "$out/data" "$out/shards" --classes "$out/data/classes.json"
 "$bin/fastseg-shard" --verify "$out/shards"
-"$bin/fastseg-train" --shards "$out/shards" --out "$out/run" --loader dali --epochs 12 --image-size 128 \
+"$bin/fastseg-train" --shards "$out/shards" --out "$out/run" --loader dali --epochs 20 --image-size 128 \
     --width 16 --batch-size 16 --lr 3e-3
 "$bin/fastseg-predict" --checkpoint "$out/run/checkpoints/best.ckpt" --input "$out/unseen/images" \
     --out "$out/predictions" --overlay
