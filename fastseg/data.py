@@ -104,6 +104,9 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         raise FastsegError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if not 0 <= rank < world_size:
         raise FastsegError(f"rank {rank} is outside world size {world_size}")
+    device = torch.device(device or default_device())
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FastsegError("device 'cuda' asked for, but no CUDA device is visible; use device='cpu'")
     manifest = load_manifest(shards)
     manifest.split(split)
     plan = LoaderPlan(
@@ -111,7 +114,7 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         shards=check_shards(shards, manifest, split, checksums), batch_size=batch_size,
         size=resolve_size(manifest, split, size), augment=(split == "train") if augment is None else augment,
         scale=tuple(scale), vflip=vflip, rank=rank, world_size=world_size, seed=seed,
-        workers=workers or os.cpu_count() or 1, device=torch.device(device or default_device()),
+        workers=workers or os.cpu_count() or 1, device=device,
         return_keys=return_keys,
     )
     if plan.samples < world_size:

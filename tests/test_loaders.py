@@ -148,6 +148,9 @@ def test_bad_shard_sets_are_named(png_shards, tmp_path):
         make_loader(tmp_path / "unfinished")
     with pytest.raises(FastsegError, match="no split 'val'.*train"):
         make_loader(png_shards, split="val")
+    if not torch.cuda.is_available():
+        with pytest.raises(FastsegError, match="no CUDA device is visible"):
+            make_loader(png_shards, device="cuda")
     broken = tmp_path / "broken"
     broken.mkdir()
     for f in png_shards.iterdir():

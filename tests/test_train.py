@@ -113,7 +113,8 @@ def test_killed_run_resumes_to_the_planned_epochs(shards, tmp_path):
 def test_bad_input_fails_before_training(shards, tmp_path, capsys):
     cases = [
         (["--shards", tmp_path / "none"], "no such shard folder"),
-        (["--shards", shards, "--split", "nope"], "no split 'nope'"),
+        (["--shards", shards, "--split", "nope"], "no split 'nope'.*choose one with --split"),
+        (["--shards", shards, "--val-split", "test"], "no split 'test'.*--val-split"),
         (["--shards", shards, "--image-size", "40"], r"40x40 does not pass .* multiple of 16 \(nearest: 48x48\)"),
         (["--shards", shards, "--accelerator", "gpu"], "CUDA device"),
         (["--shards", shards, "--precision", "16-mixed", "--accelerator", "cpu"], "needs a GPU"),

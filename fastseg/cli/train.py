@@ -45,8 +45,10 @@ def resolve(args) -> dict:
     from ..model import check_size
 
     manifest = load_manifest(args.shards)
-    for split in (args.split, args.val_split):
-        manifest.split(split)
+    for split, flag in ((args.split, "--split"), (args.val_split, "--val-split")):
+        if split not in manifest.splits:
+            raise FastsegError(f"no split {split!r} in {args.shards} (it has: {', '.join(manifest.splits)}); "
+                               f"choose one with {flag}")
     size = resolve_size(manifest, args.split, tuple(args.image_size) if args.image_size else None)
     check_size(*size)
     gpus = torch.cuda.device_count()
