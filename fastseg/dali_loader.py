@@ -90,14 +90,21 @@ class DaliLoader:
 
     def __iter__(self):
         while self._left:  # the previous epoch was abandoned: keep the reader in step with our epoch count
-            self._left -= 1
-            self.pipe.run()
+            self._run()
         epoch, self.epoch = self.epoch, self.epoch + 1
         self._left = len(self)
         for index in range(len(self)):
-            outputs = self.pipe.run()
-            self._left -= 1
-            yield self._to_torch(outputs, epoch, index)
+            yield self._to_torch(self._run(), epoch, index)
+
+    def _run(self):
+        self._left -= 1
+        try:
+            return self.pipe.run()
+        except RuntimeError as err:  # DALI reports a bad sample with a long C++ trace; say what to do instead
+            detail = str(err).strip().splitlines()[0][:300]
+            shards = ", ".join(p.name for p in self.plan.shards)
+            raise FastsegError(f"{self.plan.root}: DALI could not read a sample of {shards} ({detail}); "
+                               f"check the set with fastseg-shard --verify {self.plan.root}") from err
 
     def _to_torch(self, outputs, epoch: int, index: int) -> dict:
         images, masks, metas = outputs

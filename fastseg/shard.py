@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import masks as maskmod
 from .errors import FastsegError
-from .format import (IGNORE_INDEX, MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
+from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
                      shard_name)
 from .pairs import Pair, find_pairs, split_off_val
 
@@ -262,9 +262,6 @@ def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Op
         _raise_collected(errors)
     present = sum(stats.class_hist.values())
     classes = spec.classes(present)
-    bad = [v for v in np.nonzero(present)[0] if v >= len(classes) and v != IGNORE_INDEX]
-    if bad:  # only possible with a fixed class list, which encode_sample already enforces; kept as a guard
-        raise FastsegError(f"mask values {bad} are outside the {len(classes)} classes")
     mean, std = stats.mean_std()
     train_hist = stats.class_hist.get("train", present)
     return Manifest(

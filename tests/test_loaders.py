@@ -175,3 +175,20 @@ def test_mixed_sizes_need_an_output_size(backend, tmp_path):
         make_loader(tmp_path / "shards", backend=backend)
     batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=1)))
     assert batch["image"].shape == (6, 3, 16, 24) and batch["mask"].shape == (6, 16, 24)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
+    from fastseg.format import parse_index
+
+    for f in jpeg_shards.iterdir():
+        (tmp_path / f.name).write_bytes(f.read_bytes())
+    tar = tmp_path / "train-000000.tar"
+    members = parse_index((tmp_path / "train-000000.idx").read_text(), "idx")[2]
+    _, offset, size, _ = next(m for m in members if m[0] == "image.jpg")
+    data = bytearray(tar.read_bytes())
+    data[offset : offset + 64] = bytes(64)  # no JPEG header any more: same size, content broken
+    tar.write_bytes(bytes(data))
+    with pytest.raises(FastsegError, match="train-000000.tar.*fastseg-shard --verify|train-000000.tar: sample"):
+        for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=False, checksums=False, workers=1):
+            pass
