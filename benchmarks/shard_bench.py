@@ -31,6 +31,19 @@ def child(src: Path, out: Path, workers: int) -> None:
     print(json.dumps({"seconds": seconds, "samples": sum(s.samples for s in manifest.splits.values())}))
 
 
+def encode_rate(pairs, limit: int = 60) -> float:
+    """Single-core rate of the per-sample shard work (decode, check, convert, encode), in this process."""
+    from fastseg.masks import detect_spec
+    from fastseg.shard import encode_sample
+
+    pairs = pairs[:limit]
+    spec = detect_spec([p.mask for p in pairs])
+    start = time.perf_counter()
+    for pair in pairs:
+        encode_sample(pair, spec, False)
+    return len(pairs) / (time.perf_counter() - start)
+
+
 def subset(pairs, tmp: Path, count: int) -> Path:
     """A folder of symlinks to the first `count` pairs, in the images/ + masks/ layout."""
     for pair in pairs[:count]:
@@ -55,10 +68,12 @@ def main() -> int:
 
     result = {"workers": args.workers, "datasets": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
     rows = ["| dataset | samples | samples/s (of limit) | streaming samples/s (of limit) | decode limit | "
-            "peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|"]
+            "one core: shard work / decode | peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for data in args.data:
         pairs = [p for ps in find_pairs(data).splits.values() for p in ps]
-        limit = decode_rate([(p.image, p.mask) for p in pairs]) * args.workers
+        single = decode_rate([(p.image, p.mask) for p in pairs])
+        limit = single * args.workers
+        encode = encode_rate(pairs)
         with tempfile.TemporaryDirectory() as tmp:
             tmp = Path(tmp)
             peaks, runs = {}, {}
@@ -73,12 +88,15 @@ def main() -> int:
         result["datasets"][data.name] = {
             "samples": figures["samples"], "samples_per_s": round(rate, 2),
             "decode_limit_samples_per_s": round(limit, 2), "of_limit": round(rate / limit, 3),
+            "encode_single_core_samples_per_s": round(encode, 2),
+            "encode_of_decode_single_core": round(encode / single, 3),
             "steady_samples_per_s": round(steady, 2), "steady_of_limit": round(steady / limit, 3),
             "seconds": round(figures["seconds"], 2),
             "peak_memory_mb": {k: round(v, 1) for k, v in peaks.items()},
         }
         rows.append(f"| {data.name} | {figures['samples']} | {rate:.1f} ({rate / limit:.0%}) | {steady:.1f} "
-                    f"({steady / limit:.0%}) | {limit:.1f} | {peaks['quarter']:.0f} MB → {peaks['whole']:.0f} MB |")
+                    f"({steady / limit:.0%}) | {limit:.1f} | {encode / single:.0%} | "
+                    f"{peaks['quarter']:.0f} MB → {peaks['whole']:.0f} MB |")
     table = "\n".join(rows)
     print(table)
     write_results(args.json, result, f"fastseg-shard: CPU, {args.workers} workers", table)
