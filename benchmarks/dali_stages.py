@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import host, write_results  # noqa: E402
+from measure import host, publish  # noqa: E402
 
 STAGES = ("read", "decode", "resize", "normalize")
 
@@ -97,11 +97,8 @@ def main() -> int:
     rows += [f"| {s} | {r:.1f} |" for s, r in result["stages_samples_per_s"].items()]
     rows += [f"| whole fastseg loader (incl. conversion to torch) | {result['loader_samples_per_s']:.1f} |",
              "", f"Conversion to torch tensors: {result['to_torch_ms_per_batch']:.1f} ms per batch of {args.batch_size}."]
-    table = "\n".join(rows)
-    print(table)
-    if args.json:
-        write_results(args.json, result, f"DALI CPU stages: {args.shards.name}, output {plan.size[0]}x{plan.size[1]}, "
-                      f"{args.threads} threads", table)
+    publish(rows, args.json, result, f"DALI CPU stages: {args.shards.name}, output {plan.size[0]}x{plan.size[1]}, "
+            f"{args.threads} threads")
     return 0
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import decode_rate, host, run_child  # noqa: E402
+from measure import decode_rate, host, publish, run_child  # noqa: E402
 
 LOADERS = ("vanilla", "torch", "dali_cpu", "dali_gpu")
 
@@ -119,7 +119,7 @@ def default_dataset(tmp: Path) -> tuple[Path, Path]:
 def report(result: dict, json_path: Path | None) -> None:
     limit = result["decode_limit_samples_per_s"]
     vanilla = result["loaders"]["vanilla"]["samples_per_s"]
-    lines = [f"| loader | samples/s | MB/s | × vanilla | of limit | CPU use | peak memory |",
+    lines = ["| loader | samples/s | MB/s | × vanilla | of limit | CPU use | peak memory |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     for name, r in result["loaders"].items():
         if "skipped" in r:
@@ -129,17 +129,10 @@ def report(result: dict, json_path: Path | None) -> None:
                      f"| {r['of_limit']:.0%} | {r['cpu_utilisation']:.0%} | {r['peak_memory_mb']:.0f} MB |")
     lines.append(f"| decode-bound limit ({result['host']['cores']} × single-core Pillow) | {limit:.1f} | | "
                  f"{limit / vanilla:.2f}× | 100% | | |")
-    table = "\n".join(lines)
-    print(table)
+    title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, batch {result['batch_size']}, output "
+             f"{result['size']}, {result['workers']} workers/threads, median of {result['epochs']} epochs after a warm-up")
+    publish(lines, json_path, result, title)
     if json_path:
-        json_path.parent.mkdir(parents=True, exist_ok=True)
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-        h = result["host"]
-        md = (f"# Loader benchmark: {result['dataset']}\n\n{result['device_kind']} run on {h['cores']} cores of "
-              f"{h['cpu']}{', GPU ' + h['gpu'] if h['gpu'] else ''}; batch {result['batch_size']}, output "
-              f"{result['size']}, {result['workers']} workers/threads, median of {result['epochs']} epochs after a "
-              f"warm-up.\n\n{table}\n\nCommand: `{result['command']}`\n")
-        json_path.with_suffix(".md").write_text(md)
         chart(result, json_path.with_suffix(".png"))
 
 

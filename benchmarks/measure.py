@@ -104,13 +104,18 @@ def decode_rate(pairs, rounds: int = 2) -> float:
     return best
 
 
-def write_results(path, result: dict, title: str, table: str) -> None:
-    """JSON plus a short Markdown page beside it."""
+def publish(rows: list[str], path, result: dict, title: str) -> str:
+    """Print the Markdown table; with a path, also write the JSON and a short Markdown page beside it."""
     from pathlib import Path
 
+    table = "\n".join(rows)
+    print(table)
+    if path is None:
+        return table
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(result, indent=2) + "\n")
     h = result["host"]
     where = f"{h['cores']} cores of {h['cpu']}" + (f", GPU {h['gpu']}" if h.get("gpu") else " (no GPU)")
     path.with_suffix(".md").write_text(f"# {title}\n\nRun on {where}.\n\n{table}\n\nCommand: `{result['command']}`\n")
+    return table

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import decode_rate, host, run_child, write_results  # noqa: E402
+from measure import decode_rate, host, publish, run_child  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -97,9 +97,7 @@ def main() -> int:
         rows.append(f"| {data.name} | {figures['samples']} | {rate:.1f} ({rate / limit:.0%}) | {steady:.1f} "
                     f"({steady / limit:.0%}) | {limit:.1f} | {encode / single:.0%} | "
                     f"{peaks['quarter']:.0f} MB → {peaks['whole']:.0f} MB |")
-    table = "\n".join(rows)
-    print(table)
-    write_results(args.json, result, f"fastseg-shard: CPU, {args.workers} workers", table)
+    publish(rows, args.json, result, f"fastseg-shard: CPU, {args.workers} workers")
     return 0
 
 

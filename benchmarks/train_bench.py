@@ -18,7 +18,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loader_bench import default_dataset, train_pairs, vanilla_loader  # noqa: E402
-from measure import host, write_results  # noqa: E402
+from measure import host, publish  # noqa: E402
 
 AUTOCAST = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
@@ -105,11 +105,8 @@ def main() -> int:
     rows = ["| loader | images/s | data-stall fraction | step |", "|---|---:|---:|---:|"]
     rows += [f"| {n} | {r['images_per_s']:.1f} | {r['data_stall_fraction']:.1%} | {r['step_ms']:.0f} ms |"
              for n, r in result["loaders"].items()]
-    table = "\n".join(rows)
-    print(table)
-    if args.json:
-        write_results(args.json, result, f"Training throughput: {result['device_kind']}, {precision}, UNet width "
-                      f"{args.width} at {args.size[0]}x{args.size[1]}, batch {args.batch_size}", table)
+    publish(rows, args.json, result, f"Training throughput: {result['device_kind']}, {precision}, UNet width "
+            f"{args.width} at {args.size[0]}x{args.size[1]}, batch {args.batch_size}")
     return 0
 
 

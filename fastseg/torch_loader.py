@@ -6,7 +6,6 @@ cropped, resized and flipped there as uint8, and normalized on the target device
 from __future__ import annotations
 
 import io
-import json
 import math
 import os
 
@@ -17,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .data import LoaderPlan
 from .errors import FastsegError
-from .format import MASK_EXT, META_EXT, parse_index
+from .format import MASK_EXT, parse_index
 
 
 def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
@@ -34,10 +33,11 @@ class ShardSamples(Dataset):
 
     def __init__(self, plan: LoaderPlan):
         self.plan = plan
-        self.members = []  # per sample: (shard path, {ext: (offset, size)})
+        self.members = []  # per sample: (shard path, key, {ext: (offset, size)}); the key is in the member names
         for path in plan.shards:
             for sample in parse_index(path.with_suffix(".idx").read_text(), str(path.with_suffix(".idx"))):
-                self.members.append((str(path), {ext: (offset, size) for ext, offset, size, _ in sample}))
+                key = sample[0][3].partition(".")[0]
+                self.members.append((str(path), key, {ext: (offset, size) for ext, offset, size, _ in sample}))
         self._files = {}
 
     def __len__(self) -> int:
@@ -50,9 +50,8 @@ class ShardSamples(Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
-        path, members = self.members[index]
+        path, key, members = self.members[index]
         image_ext = next(ext for ext in members if ext.startswith("image."))
-        key = json.loads(self._read(path, members[META_EXT]))["key"]
         try:
             image = Image.open(io.BytesIO(self._read(path, members[image_ext]))).convert("RGB")
             mask = Image.open(io.BytesIO(self._read(path, members[MASK_EXT])))

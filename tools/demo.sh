@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The main job end to end, from a fresh clone, with no download: install fastseg into .venv, generate a synthetic
 # set (textured shapes, JPEG images, PNG masks, 4 classes, two image sizes), shard it, train a UNet with the DALI
-# loader, predict masks for images it has never seen, and say where everything is. ~6 minutes on 2 CPU cores.
+# loader, predict masks for images it has never seen, and say where everything is. A few minutes on 2 CPU cores.
 #   bash tools/demo.sh [OUT=demo]
 set -euo pipefail
 cd "$(dirname "$0")/.."
