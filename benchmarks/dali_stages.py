@@ -1,9 +1,10 @@
 """Where the DALI CPU loader's time goes: the pipeline cut after each stage, and the conversion to torch.
 
-    python benchmarks/dali_stages.py --shards DIR [--size H W] [--threads 2] [--json PATH]
+    python benchmarks/dali_stages.py --shards DIR [--size H W] [--augment flip|crop] [--threads 2] [--json PATH]
 
-Each stage is its own pipeline (reader → decode → + crop/flip resize → + normalize), timed alone; then the full
-fastseg loader's per-batch conversion to torch tensors (copy out, masks to int64) is timed on its own.
+Each stage is its own pipeline (reader → decode → + augment (crop: the crop/flip resize; flip: the mask flip, and
+a resize only where the output size differs) → + normalize (which mirrors the image in flip mode)), timed alone;
+then the full fastseg loader's per-batch hand-off to torch tensors is timed on its own.
 """
 from __future__ import annotations
 
@@ -16,13 +17,13 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import host, publish  # noqa: E402
 
-STAGES = ("read", "decode", "resize", "normalize")
+STAGES = ("read", "decode", "augment", "normalize")
 
 
 def stage_pipeline(plan, stage: str, threads: int):
     from nvidia.dali import fn, pipeline_def, types
 
-    from fastseg.dali_loader import _augment_window
+    from fastseg.dali_loader import _crop_window, _resize
     from fastseg.format import IMAGE_EXTS, MASK_EXT
 
     @pipeline_def(batch_size=plan.batch_size, num_threads=threads, device_id=None, seed=0)
@@ -36,14 +37,19 @@ def stage_pipeline(plan, stage: str, threads: int):
         mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
         if stage == "decode":
             return image, mask
-        start, end = _augment_window(plan.scale, plan.vflip)
-        window = dict(size=list(plan.size), roi_start=start, roi_end=end, roi_relative=True)
-        image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, dtype=types.FLOAT, **window)
-        mask = fn.resize(mask, interp_type=types.INTERP_NN, **window)
-        if stage == "resize":
+        coin = fn.random.coin_flip()
+        if plan.augment == "crop":
+            image, mask = _resize(image, mask, plan.size, _crop_window(plan.scale, coin, None))
+        else:
+            if not plan.native:
+                image, mask = _resize(image, mask, plan.size)
+            mask = fn.flip(mask, horizontal=coin)
+        if stage == "augment":
             return image, mask
         mean, std = plan.mean_std
-        return fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW"), mask
+        image = fn.crop_mirror_normalize(image, mirror=0 if plan.augment == "crop" else coin, mean=mean, std=std,
+                                         dtype=types.FLOAT, output_layout="CHW")
+        return image, mask
 
     p = pipe()
     p.build()
@@ -63,6 +69,7 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, required=True)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
+    p.add_argument("--augment", choices=("flip", "crop"), default="flip")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=20)
@@ -71,9 +78,9 @@ def main() -> int:
     from fastseg.data import make_loader
 
     loader = make_loader(args.shards, "train", "dali", args.batch_size, tuple(args.size) if args.size else None,
-                         augment=True, device="cpu", workers=args.threads)
+                         augment=args.augment, device="cpu", workers=args.threads)
     plan = loader.plan
-    result = {"shards": str(args.shards), "size": list(plan.size), "threads": args.threads,
+    result = {"shards": str(args.shards), "size": list(plan.size), "augment": args.augment, "threads": args.threads,
               "batch_size": args.batch_size, "stages_samples_per_s": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
     for stage in STAGES:
@@ -84,7 +91,7 @@ def main() -> int:
     start = time.perf_counter()
     for _ in range(5):
         loader._to_torch(outputs, 0, 0)
-    result["to_torch_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / 5, 1)
+    result["to_torch_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / 5, 2)
     del outputs
     for _ in loader:  # a warm-up epoch, then whole epochs until --batches have passed
         pass
@@ -95,10 +102,10 @@ def main() -> int:
     result["loader_samples_per_s"] = round(epochs * plan.samples / (time.perf_counter() - start), 1)
     rows = ["| pipeline cut after | samples/s |", "|---|---:|"]
     rows += [f"| {s} | {r:.1f} |" for s, r in result["stages_samples_per_s"].items()]
-    rows += [f"| whole fastseg loader (incl. conversion to torch) | {result['loader_samples_per_s']:.1f} |",
-             "", f"Conversion to torch tensors: {result['to_torch_ms_per_batch']:.1f} ms per batch of {args.batch_size}."]
+    rows += [f"| whole fastseg loader (incl. hand-off to torch) | {result['loader_samples_per_s']:.1f} |",
+             "", f"Hand-off to torch tensors: {result['to_torch_ms_per_batch']:.2f} ms per batch of {args.batch_size}."]
     publish(rows, args.json, result, f"DALI CPU stages: {args.shards.name}, output {plan.size[0]}x{plan.size[1]}, "
-            f"{args.threads} threads")
+            f"augment {args.augment}, {args.threads} threads")
     return 0
 
 

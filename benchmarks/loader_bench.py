@@ -1,12 +1,18 @@
-"""Loaders side by side on the same samples: the vanilla tutorial recipe, fastseg's DataLoader twin, and the DALI
-pipeline on the CPU (and with `mixed` decoding on a GPU, where there is one).
+"""Loaders side by side on the same samples, doing the same work: the vanilla tutorial recipe, fastseg's
+DataLoader twin, and the DALI pipeline on the CPU (and, where there is a GPU, DALI with `mixed` decoding and the
+twin normalizing on the GPU).
 
-    python benchmarks/loader_bench.py --data DIR --shards DIR [--batch-size 16] [--workers 2] [--size H W]
-                                      [--epochs 3] [--json PATH]
+    python benchmarks/loader_bench.py --data DIR --shards DIR [--augment flip|crop] [--workers 1 2 ...]
+                                      [--loaders vanilla torch dali_cpu ...] [--batch-size 16] [--size H W]
+                                      [--rounds 3] [--min-seconds 2] [--json PATH]
 
 --data is the folder the shards were made from; the vanilla recipe reads the very files the train split holds.
 With no arguments it generates a synthetic set (fastseg.synthetic) in a temporary folder and shards it.
-Each loader runs in its own process, one after the other: one warm-up epoch, then the median of --epochs.
+--augment flip: every loader flips image and mask together and normalizes, at the output size (no resampling at
+the native size). --augment crop: every loader, vanilla included (with Pillow), does the same random scale-crop,
+resize and flip. Each loader runs in its own process, one after the other, for each worker count: one warm-up
+epoch, then --rounds timed rounds of whole epochs, each lasting at least --min-seconds (small splits are
+repeated); the figure is the median round.
 """
 from __future__ import annotations
 
@@ -24,14 +30,21 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import decode_rate, host, publish, run_child  # noqa: E402
 
-LOADERS = ("vanilla", "torch", "dali_cpu", "dali_gpu")
+# name -> (backend, device); vanilla is the tutorial recipe below
+LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
+           "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda")}
+COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
+          "dali_gpu": "#c44e52"}
 
 
 # --- the vanilla recipe, as tutorials teach it ---------------------------------------------------------------
-def vanilla_loader(pairs, mean, std, batch_size, workers, size):
+def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0)):
+    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too."""
     import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
+
+    from fastseg.torch_loader import draw_crop
 
     class FolderDataset(Dataset):
         def __len__(self):
@@ -40,16 +53,18 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size):
         def __getitem__(self, i):
             image = Image.open(pairs[i][0]).convert("RGB")
             mask = Image.open(pairs[i][1])
-            if size:
-                image = image.resize((size[1], size[0]), Image.BILINEAR)
-                mask = mask.resize((size[1], size[0]), Image.NEAREST)
+            box = draw_crop(np.random.default_rng(), *image.size, scale) if augment == "crop" else None
+            if box is not None or (size and image.size != (size[1], size[0])):
+                image = image.resize((size[1], size[0]), Image.BILINEAR, box=box, reducing_gap=None)
+                mask = mask.resize((size[1], size[0]), Image.NEAREST, box=box)
             image, mask = np.asarray(image, np.float32), np.asarray(mask, np.int64)
             if np.random.rand() < 0.5:
                 image, mask = image[:, ::-1], mask[:, ::-1]
             image = (image - mean) / std
             return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask.copy())}
 
-    return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers)
+    return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0)
 
 
 def train_pairs(shards: Path) -> list[tuple[str, str]]:
@@ -68,7 +83,8 @@ def train_pairs(shards: Path) -> list[tuple[str, str]]:
 
 
 def child(args) -> None:
-    """Run one loader for a warm-up epoch and --epochs timed ones; print the figures as JSON."""
+    """Run one loader: a warm-up epoch, then --rounds rounds of whole epochs of at least --min-seconds each; print
+    the figures as JSON."""
     import psutil
     import torch
 
@@ -78,13 +94,13 @@ def child(args) -> None:
     manifest = load_manifest(args.shards)
     pairs = train_pairs(args.shards)
     size = tuple(args.size) if args.size else None
-    if args.child == "vanilla":
+    backend, device = LOADERS[args.child]
+    if backend is None:
         loader = vanilla_loader(pairs, np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32),
-                                args.batch_size, args.workers, size)
+                                args.batch_size, args.workers, size, args.augment)
     else:
-        backend, device = {"torch": ("torch", "cpu"), "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda")}[args.child]
-        loader = make_loader(args.shards, "train", backend, args.batch_size, size, augment=True, device=device,
-                             workers=args.workers)
+        loader = make_loader(args.shards, "train", backend, args.batch_size, size, augment=args.augment,
+                             device=device, workers=args.workers)
     me = psutil.Process()
 
     def cpu_seconds():  # this process, its live workers, and workers that have already exited
@@ -94,17 +110,22 @@ def child(args) -> None:
         live = sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
         return sum(me.cpu_times()[:2]) + live + done.ru_utime + done.ru_stime
 
-    times, cpu = [], 0.0
-    for epoch in range(args.epochs + 1):
-        start, cpu_start = time.perf_counter(), cpu_seconds()
+    def one_epoch():
         for batch in loader:
             batch["image"].sum()  # touch the output, as a training step would
-        if args.child == "dali_gpu":
+        if device == "cuda":
             torch.cuda.synchronize()
-        if epoch:  # the first epoch is the warm-up
-            times.append(time.perf_counter() - start)
-            cpu += cpu_seconds() - cpu_start
-    print(json.dumps({"epoch_seconds": times, "samples": len(pairs), "cpu_seconds": cpu}))
+
+    one_epoch()  # warm-up
+    rounds, cpu = [], 0.0
+    for _ in range(args.rounds):
+        start, cpu_start, epochs = time.perf_counter(), cpu_seconds(), 0
+        while not epochs or time.perf_counter() - start < args.min_seconds:
+            one_epoch()
+            epochs += 1
+        rounds.append({"seconds": time.perf_counter() - start, "samples": epochs * len(pairs)})
+        cpu += cpu_seconds() - cpu_start
+    print(json.dumps({"rounds": rounds, "cpu_seconds": cpu}))
 
 
 def default_dataset(tmp: Path) -> tuple[Path, Path]:
@@ -117,60 +138,97 @@ def default_dataset(tmp: Path) -> tuple[Path, Path]:
 
 
 def report(result: dict, json_path: Path | None) -> None:
-    limit = result["decode_limit_samples_per_s"]
-    vanilla = result["loaders"]["vanilla"]["samples_per_s"]
-    lines = ["| loader | samples/s | MB/s | × vanilla | of limit | CPU use | peak memory |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    for name, r in result["loaders"].items():
-        if "skipped" in r:
-            lines.append(f"| {name} | skipped: {r['skipped']} | | | | | |")
-            continue
-        lines.append(f"| {name} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.1f} | {r['samples_per_s'] / vanilla:.2f}× "
-                     f"| {r['of_limit']:.0%} | {r['cpu_utilisation']:.0%} | {r['peak_memory_mb']:.0f} MB |")
-    lines.append(f"| decode-bound limit ({result['host']['cores']} × single-core Pillow) | {limit:.1f} | | "
-                 f"{limit / vanilla:.2f}× | 100% | | |")
-    title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, batch {result['batch_size']}, output "
-             f"{result['size']}, {result['workers']} workers/threads, median of {result['epochs']} epochs after a warm-up")
+    lines = ["| loader | workers | samples/s | MB/s | × vanilla | of limit | CPU use | peak memory |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for run in result["runs"]:
+        for name, r in run["loaders"].items():
+            if "skipped" in r:
+                lines.append(f"| {name} | {run['workers']} | skipped: {r['skipped']} | | | | | |")
+                continue
+            ratio = f"{r['vs_vanilla']:.2f}×" if "vs_vanilla" in r else "-"
+            lines.append(f"| {name} | {run['workers']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.1f} | {ratio} "
+                         f"| {r['of_limit']:.0%} | {r['cpu_utilisation']:.0%} | {r['peak_memory_mb']:.0f} MB |")
+        lines.append(f"| decode-bound limit ({run['limit_cores']} × single-core Pillow) | {run['workers']} | "
+                     f"{run['decode_limit_samples_per_s']:.1f} | | | 100% | | |")
+    title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, augment {result['augment']}, batch "
+             f"{result['batch_size']}, output {result['size']}, median of {result['rounds']} rounds of at least "
+             f"{result['min_seconds']} s after a warm-up epoch")
     publish(lines, json_path, result, title)
     if json_path:
         chart(result, json_path.with_suffix(".png"))
 
 
 def chart(result: dict, path: Path) -> None:
+    """Samples/s against workers/threads, one line per loader (bars where only one worker count ran)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n, r in result["loaders"].items() if "skipped" not in r]
-    rates = [result["loaders"][n]["samples_per_s"] for n in names]
-    fig, ax = plt.subplots(figsize=(6.5, 3.6), dpi=120)
-    bars = ax.bar(names, rates, color=["#999999", "#4c72b0", "#55a868", "#c44e52"][: len(names)])
-    ax.axhline(result["decode_limit_samples_per_s"], color="black", linestyle="--", linewidth=1)
-    ax.text(len(names) - 0.5, result["decode_limit_samples_per_s"], " decode-bound limit", va="bottom", ha="right",
-            fontsize=8)
-    for bar, rate in zip(bars, rates):
-        ax.text(bar.get_x() + bar.get_width() / 2, rate, f"{rate:.0f}", ha="center", va="bottom", fontsize=9)
+    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    workers = [run["workers"] for run in result["runs"]]
+    names = [n for n in LOADERS if any("samples_per_s" in run["loaders"].get(n, {}) for run in result["runs"])]
+    if len(workers) > 1:
+        for name in names:
+            points = [(run["workers"], run["loaders"][name]["samples_per_s"]) for run in result["runs"]
+                      if "samples_per_s" in run["loaders"].get(name, {})]
+            ax.plot(*zip(*points), marker="o", label=name, color=COLORS[name])
+        ax.plot(workers, [run["decode_limit_samples_per_s"] for run in result["runs"]], linestyle="--",
+                color="black", linewidth=1, label="decode-bound limit")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(workers, [str(w) for w in workers])
+        ax.set_xlabel("workers / threads")
+        ax.legend(fontsize=8)
+    else:
+        run = result["runs"][0]
+        rates = [run["loaders"][n]["samples_per_s"] for n in names]
+        bars = ax.bar(names, rates, color=[COLORS[n] for n in names])
+        ax.axhline(run["decode_limit_samples_per_s"], color="black", linestyle="--", linewidth=1)
+        ax.text(len(names) - 0.5, run["decode_limit_samples_per_s"], " decode-bound limit", va="bottom",
+                ha="right", fontsize=8)
+        for bar, rate in zip(bars, rates):
+            ax.text(bar.get_x() + bar.get_width() / 2, rate, f"{rate:.0f}", ha="center", va="bottom", fontsize=9)
     ax.set_ylabel("samples / s")
-    ax.set_title(f"{result['dataset']}: {result['device_kind']}, {result['host']['cores']} cores, "
-                 f"batch {result['batch_size']}", fontsize=10)
+    ax.set_title(f"{Path(result['dataset']).name}: {result['device_kind']}, {result['host']['cores']} cores, "
+                 f"augment {result['augment']}, batch {result['batch_size']}", fontsize=10)
     fig.tight_layout()
     fig.savefig(path)
+
+
+def measure_loader(name: str, workers: int, args, limit: float, mb: float) -> dict:
+    argv = [__file__, "--child", name, "--shards", str(args.shards), "--batch-size", str(args.batch_size),
+            "--workers", str(workers), "--rounds", str(args.rounds), "--min-seconds", str(args.min_seconds),
+            "--augment", args.augment, "--size", *map(str, args.size)]
+    figures, monitor, _ = run_child(argv)
+    rates = [r["samples"] / r["seconds"] for r in figures["rounds"]]
+    per_s = statistics.median(rates)
+    seconds = sum(r["seconds"] for r in figures["rounds"])
+    return {
+        "samples_per_s": round(per_s, 2), "mb_per_s": round(mb * per_s, 2),
+        "round_samples_per_s": [round(r, 2) for r in rates],
+        "round_seconds": [round(r["seconds"], 3) for r in figures["rounds"]],
+        "cpu_utilisation": round(figures["cpu_seconds"] / (seconds * (os.cpu_count() or 1)), 3),
+        "peak_memory_mb": round(monitor.peak_rss / 1e6, 1), "of_limit": round(per_s / limit, 3),
+    }
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path)
     p.add_argument("--shards", type=Path)
+    p.add_argument("--augment", choices=("flip", "crop"), default="flip")
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--workers", type=int, default=os.cpu_count())
+    p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
+                   help="one or more worker/thread counts (default: the number of cores)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--loaders", nargs="+", choices=LOADERS, default=list(LOADERS))
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
+    p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=list(LOADERS))
     p.add_argument("--json", type=Path)
-    p.add_argument("--child", choices=LOADERS, help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
+        args.workers = args.workers[0]
         child(args)
         return 0
     from tqdm import tqdm
@@ -182,10 +240,10 @@ def main() -> int:
             args.data, args.shards = default_dataset(Path(tmp))
             print(f"no --data/--shards: using a generated synthetic set in {args.data}")
         pairs = train_pairs(args.shards)
-        mb = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6
+        mb_per_sample = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6 / len(pairs)
         if args.size is None:
-            from fastseg.data import resolve_size
             from fastseg.format import load_manifest
+            from fastseg.plan import resolve_size
 
             try:
                 args.size = list(resolve_size(load_manifest(args.shards), "train", None))
@@ -194,32 +252,32 @@ def main() -> int:
         rate = decode_rate(pairs)
         import torch
 
+        cuda = torch.cuda.is_available()
+        cores = os.cpu_count() or 1
         result = {"dataset": str(args.data), "samples": len(pairs), "batch_size": args.batch_size,
-                  "workers": args.workers, "size": args.size, "epochs": args.epochs,
-                  "device_kind": "GPU" if torch.cuda.is_available() else "CPU",
-                  "decode_single_core_samples_per_s": round(rate, 2),
-                  "decode_limit_samples_per_s": round(rate * (os.cpu_count() or 1), 2), "loaders": {},
-                  "host": host(), "command": " ".join(["python", *sys.argv])}
-        for name in tqdm(args.loaders, desc="loaders", unit="loader"):
-            if name == "dali_gpu" and not torch.cuda.is_available():
-                result["loaders"][name] = {"skipped": "no CUDA device"}
-                continue
-            argv = [__file__, "--child", name, "--shards", str(args.shards), "--batch-size", str(args.batch_size),
-                    "--workers", str(args.workers), "--epochs", str(args.epochs), "--size", *map(str, args.size)]
-            figures, monitor, _ = run_child(argv)
-            seconds = statistics.median(figures["epoch_seconds"])
-            per_s = figures["samples"] / seconds
-            result["loaders"][name] = {
-                "samples_per_s": round(per_s, 2), "mb_per_s": round(mb / seconds, 2),
-                "epoch_seconds": [round(s, 3) for s in figures["epoch_seconds"]],
-                "cpu_utilisation": round(figures["cpu_seconds"] / (sum(figures["epoch_seconds"]) * os.cpu_count()), 3),
-                "peak_memory_mb": round(monitor.peak_rss / 1e6, 1),
-                "of_limit": round(per_s / result["decode_limit_samples_per_s"], 3),
-            }
-        vanilla = result["loaders"].get("vanilla", {}).get("samples_per_s")
-        for r in result["loaders"].values():
-            if vanilla and "samples_per_s" in r:
-                r["vs_vanilla"] = round(r["samples_per_s"] / vanilla, 3)
+                  "augment": args.augment, "size": args.size, "rounds": args.rounds, "min_seconds": args.min_seconds,
+                  "device_kind": "GPU" if cuda else "CPU", "decode_single_core_samples_per_s": round(rate, 2),
+                  "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
+        jobs = [(w, n) for w in args.workers for n in args.loaders]
+        progress = tqdm(jobs, desc="loaders", unit="run")
+        for workers in args.workers:
+            # the limit: as many cores as this run may use, each decoding at the single-core Pillow rate
+            run = {"workers": workers, "limit_cores": min(workers, cores),
+                   "decode_limit_samples_per_s": round(rate * min(workers, cores), 2), "loaders": {}}
+            for name in args.loaders:
+                progress.set_postfix_str(f"{name}, {workers} workers")
+                if LOADERS[name][1] == "cuda" and not cuda:
+                    run["loaders"][name] = {"skipped": "no CUDA device"}
+                else:
+                    run["loaders"][name] = measure_loader(name, workers, args, run["decode_limit_samples_per_s"],
+                                                          mb_per_sample)
+                progress.update()
+            vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
+            for r in run["loaders"].values():
+                if vanilla and "samples_per_s" in r:
+                    r["vs_vanilla"] = round(r["samples_per_s"] / vanilla, 3)
+            result["runs"].append(run)
+        progress.close()
         report(result, args.json)
     return 0
 

@@ -1,8 +1,13 @@
 """The DALI pipeline (the only module that imports nvidia.dali) and a thin epoch-exact iterator over it.
 
 DALI's webdataset reader never stops at an epoch end: it wraps around and moves each rank to the next slice.
-So the iterator counts batches itself (LoaderPlan.batches per epoch) instead of relying on DALI's generic
-iterator, whose len() and reset behaviour are easy to get wrong under Lightning (see tests/test_loaders.py).
+So the iterator counts batches itself (LoaderPlan.batches per epoch, bookkeeping in plan.EpochLoader) instead of
+relying on DALI's generic iterator, whose len() and reset behaviour are easy to get wrong under Lightning.
+
+The pipeline runs on DALI's dynamic executor, which hands each output buffer to torch without a copy (DLPack) and
+keeps it alive for as long as torch holds it; masks leave the pipeline as int64 already, so the main thread does
+no per-pixel work at all. Checkpointing is on: the reader's position and the random operators' state after any
+batch can be saved and restored (EpochLoader.state()).
 """
 from __future__ import annotations
 
@@ -11,13 +16,12 @@ import json
 import numpy as np
 import torch
 
-from .data import LoaderPlan
 from .errors import FastsegError
 from .format import IMAGE_EXTS, MASK_EXT, META_EXT
+from .plan import EpochLoader, LoaderPlan
 
 try:
     from nvidia.dali import fn, math as dmath, pipeline_def, types
-    from nvidia.dali.plugin.pytorch import feed_ndarray
 except ImportError as err:  # pragma: no cover - depends on the install
     raise FastsegError("NVIDIA DALI is not installed: pip install nvidia-dali-cuda120 (or -cuda130), "
                        "or use the torch backend (--loader torch)") from err
@@ -25,7 +29,7 @@ except ImportError as err:  # pragma: no cover - depends on the install
 SHUFFLE_BUFFER = 256
 
 
-def _augment_window(scale: tuple[float, float], vflip: bool):
+def _crop_window(scale: tuple[float, float], hflip, vflip):
     """Per sample, the relative ROI corners [y, x] that both image and mask are resampled from: a random crop
     (area fraction in `scale`, aspect in [3/4, 4/3]) whose start and end swap along an axis to flip it.
     One window for both tensors is what keeps them paired; there is no second flip to get out of step."""
@@ -35,69 +39,88 @@ def _augment_window(scale: tuple[float, float], vflip: bool):
     height = dmath.min(dmath.sqrt(area / ratio), 1.0)
     y0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - height)
     x0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - width)
-    hflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)
-    vflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT) if vflip else 0.0
+    hflip = fn.cast(hflip, dtype=types.FLOAT)
+    vflip = fn.cast(vflip, dtype=types.FLOAT) if vflip is not None else 0.0
     start = fn.stack(y0 + vflip * height, x0 + hflip * width)
     end = fn.stack(y0 + height - vflip * height, x0 + width - hflip * width)
-    return start, end
+    return dict(roi_start=start, roi_end=end, roi_relative=True)
+
+
+def _resize(image, mask, size, window=None):
+    # straight to float: faster than a uint8 result, and normalize reads it as is
+    image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=False, dtype=types.FLOAT,
+                      **(window or {}))
+    mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(window or {}))  # no new class values
+    return image, mask
 
 
 @pipeline_def
 def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
-    image, mask, meta = fn.readers.webdataset(
+    image, mask, *meta = fn.readers.webdataset(
         paths=[str(p) for p in plan.shards],
         index_paths=[str(p.with_suffix(".idx")) for p in plan.shards],
-        ext=[";".join(IMAGE_EXTS), MASK_EXT, META_EXT],
+        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.return_keys else []),
         missing_component_behavior="error",
         shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
-        random_shuffle=plan.augment, initial_fill=SHUFFLE_BUFFER, name="Reader",
+        random_shuffle=plan.shuffle, initial_fill=SHUFFLE_BUFFER, name="Reader",
     )
     image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
     mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
     if gpu:
         mask = mask.gpu()
+    # one coin per sample (and axis) drives image and mask alike
+    hflip = fn.random.coin_flip() if plan.augment != "none" else None
+    vflip = fn.random.coin_flip() if plan.augment != "none" and plan.vflip else None
+    mirror = 0
+    if plan.augment == "crop":
+        image, mask = _resize(image, mask, plan.size, _crop_window(plan.scale, hflip, vflip))
+    else:
+        if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
+            image, mask = _resize(image, mask, plan.size)
+        if hflip is not None:  # the image is mirrored inside crop_mirror_normalize, for free
+            mirror = hflip
+            mask = fn.flip(mask, horizontal=hflip, vertical=vflip if vflip is not None else 0)
+        if vflip is not None:
+            image = fn.flip(image, horizontal=0, vertical=vflip)
     mean, std = plan.mean_std
-    native = plan.manifest.sizes.get(plan.split) == [[plan.size[1], plan.size[0]]]
-    if plan.augment or not native:  # resampling is the costliest step on the CPU: skip it when nothing changes
-        resize = dict(size=list(plan.size))
-        if plan.augment:
-            start, end = _augment_window(plan.scale, plan.vflip)
-            resize.update(roi_start=start, roi_end=end, roi_relative=True)
-        # straight to float: faster than a uint8 result, and normalize reads it as is
-        image = fn.resize(image, interp_type=types.INTERP_LINEAR, antialias=False, dtype=types.FLOAT, **resize)
-        mask = fn.resize(mask, interp_type=types.INTERP_NN, **resize)  # nearest only: no new class values
-    image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT, output_layout="CHW")
-    return image, mask, meta
+    image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
+                                     output_layout="CHW")
+    mask = fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)  # widened here, by DALI's threads
+    return image, mask, *meta
 
 
-class DaliLoader:
+class DaliLoader(EpochLoader):
     """Iterates exactly `len(self)` batches per epoch; an epoch left early is finished before the next starts."""
 
-    def __init__(self, plan: LoaderPlan):
-        self.plan = plan
-        gpu = plan.device.type == "cuda"
+    def __init__(self, plan: LoaderPlan, checkpoint: str | None = None):
+        super().__init__(plan)
+        self._build(checkpoint)
+
+    def _build(self, checkpoint: str | None) -> None:
+        gpu = self.plan.device.type == "cuda"
         self.pipe = segmentation_pipeline(
-            plan, gpu, batch_size=plan.batch_size, num_threads=plan.workers,
-            device_id=(plan.device.index or 0) if gpu else None, seed=plan.seed * 1009 + plan.rank,
-            prefetch_queue_depth=2,
+            self.plan, gpu, batch_size=self.plan.batch_size, num_threads=self.plan.workers,
+            device_id=(self.plan.device.index or 0) if gpu else None, seed=self.plan.seed * 1009 + self.plan.rank,
+            prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
         )
         self.pipe.build()
-        self.epoch = 0
-        self._left = 0  # batches of the current epoch not yet taken from the pipeline
 
-    def __len__(self) -> int:
-        return self.plan.batches
-
-    def __iter__(self):
-        while self._left:  # the previous epoch was abandoned: keep the reader in step with our epoch count
-            self._run()
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        self._left = len(self)
-        for index in range(len(self)):
+    def _epoch(self, epoch: int, start: int):
+        for index in range(start, len(self)):
             yield self._to_torch(self._run(), epoch, index)
 
+    def _finish(self, epoch: int, start: int) -> None:
+        for _ in range(start, len(self)):
+            self._run()
+
+    def _snapshot(self) -> str:
+        return self.pipe.checkpoint()
+
+    def _seek(self, state: dict) -> None:
+        del self.pipe
+        self._build(state["backend"])
+
     def _run(self):
-        self._left -= 1
         try:
             return self.pipe.run()
         except RuntimeError as err:  # DALI reports a bad sample with a long C++ trace; say what to do instead
@@ -107,14 +130,11 @@ class DaliLoader:
                                f"check the set with fastseg-shard --verify {self.plan.root}") from err
 
     def _to_torch(self, outputs, epoch: int, index: int) -> dict:
-        images, masks, metas = outputs
-        device = self.plan.device
-        image = torch.empty(images.as_tensor().shape(), dtype=torch.float32, device=device)
-        mask = torch.empty(masks.as_tensor().shape(), dtype=torch.uint8, device=device)
-        stream = torch.cuda.current_stream(device) if device.type == "cuda" else None
-        feed_ndarray(images.as_tensor(), image, cuda_stream=stream)
-        feed_ndarray(masks.as_tensor(), mask, cuda_stream=stream)
-        batch = {"image": image, "mask": self.plan.mark_padding(mask[..., 0].long(), epoch, index)}
+        images, masks, *metas = outputs
+        with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive
+            image = torch.from_dlpack(images.as_tensor())
+            mask = torch.from_dlpack(masks.as_tensor())
+        batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
         if self.plan.return_keys:
-            batch["key"] = [json.loads(np.array(metas[i]).tobytes())["key"] for i in range(len(metas))]
+            batch["key"] = [json.loads(np.array(metas[0][i]).tobytes())["key"] for i in range(len(metas[0]))]
         return batch

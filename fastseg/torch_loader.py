@@ -1,7 +1,9 @@
 """The DataLoader twin: the same batch contract and epoch semantics as the DALI pipeline, in plain torch.
 
 Samples are read by offset through the same DALI index files (no tar scan), decoded with Pillow in the workers,
-cropped, resized and flipped there as uint8, and normalized on the target device in the main process.
+cropped, resized and flipped there as uint8, and normalized on the target device in the main process. Its
+position is (epoch, batch index) alone: every draw is seeded by (seed, epoch, sample), so a restored loader skips
+the batches already trained without decoding them.
 """
 from __future__ import annotations
 
@@ -14,9 +16,9 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .data import LoaderPlan
 from .errors import FastsegError
 from .format import MASK_EXT, parse_index
+from .plan import EpochLoader, LoaderPlan
 
 
 def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
@@ -62,9 +64,10 @@ class ShardSamples(Dataset):
         height, width = plan.size
         box = None
         flip_h = flip_v = False
-        if plan.augment:
+        if plan.augment != "none":
             rng = np.random.default_rng((plan.seed, epoch, index))
-            box = draw_crop(rng, *image.size, plan.scale)
+            if plan.augment == "crop":
+                box = draw_crop(rng, *image.size, plan.scale)
             flip_h, flip_v = rng.uniform() < 0.5, plan.vflip and rng.uniform() < 0.5
         if box is not None or image.size != (width, height):
             image = image.resize((width, height), Image.BILINEAR, box=box, reducing_gap=None)
@@ -78,26 +81,29 @@ class ShardSamples(Dataset):
 
 
 class RankEpochSampler(Sampler):
-    """This rank's indices for one epoch: its slice, shuffled when training, padded to whole batches."""
+    """This rank's indices for one epoch: its slice, shuffled when training, padded to whole batches; from batch
+    `start` on."""
 
     def __init__(self, plan: LoaderPlan):
-        self.plan, self.epoch = plan, 0
+        self.plan, self.epoch, self.start = plan, 0, 0
 
     def __len__(self) -> int:
-        return self.plan.batches * self.plan.batch_size
+        return (self.plan.batches - self.start) * self.plan.batch_size
 
     def __iter__(self):
         indices = list(self.plan.epoch_slice(self.epoch))
-        if self.plan.augment:
+        if self.plan.shuffle:
             order = np.random.default_rng((self.plan.seed, self.epoch, self.plan.rank)).permutation(len(indices))
             indices = [indices[i] for i in order]
-        indices += indices[-1:] * (len(self) - len(indices))
-        return iter((i, self.epoch) for i in indices)
+        indices += indices[-1:] * (self.plan.batches * self.plan.batch_size - len(indices))
+        return iter((i, self.epoch) for i in indices[self.start * self.plan.batch_size:])
 
 
-class TorchLoader:
+class TorchLoader(EpochLoader):
+    _seekable = True
+
     def __init__(self, plan: LoaderPlan):
-        self.plan = plan
+        super().__init__(plan)
         self.order = RankEpochSampler(plan)
         cuda = plan.device.type == "cuda"
         self.loader = DataLoader(
@@ -107,15 +113,10 @@ class TorchLoader:
         mean, std = plan.mean_std
         self.mean = torch.tensor(mean, device=plan.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=plan.device).view(1, 3, 1, 1)
-        self.epoch = 0
 
-    def __len__(self) -> int:
-        return self.plan.batches
-
-    def __iter__(self):
-        epoch, self.epoch = self.epoch, self.epoch + 1
-        self.order.epoch = epoch
-        for index, (image, mask, keys) in enumerate(self.loader):
+    def _epoch(self, epoch: int, start: int):
+        self.order.epoch, self.order.start = epoch, start
+        for index, (image, mask, keys) in enumerate(self.loader, start):
             image = image.to(self.plan.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
             mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
             batch = {"image": image, "mask": mask}

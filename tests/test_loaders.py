@@ -60,8 +60,9 @@ def test_backends_agree_without_augmentation(fixture, size, request):
             assert diff.mean() < 3.0  # both bilinear, implementations round differently
 
 
+@pytest.mark.parametrize("augment,size", [("crop", (32, 32)), ("flip", (48, 64)), ("flip", (32, 32))])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_paired_augmentation_keeps_image_and_mask_aligned(backend, tmp_path):
+def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size, tmp_path):
     # The image's red channel encodes the class of each pixel; class = position cell, so a crop, flip or
     # resize applied differently to image and mask would show up as disagreement.
     h, w = 48, 64
@@ -74,7 +75,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, tmp_path):
     shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
     flips = 0
     for seed in range(6):
-        loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=(32, 32), augment=True,
+        loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=size, augment=augment,
                              vflip=True, seed=seed, scale=(0.2, 1.0), workers=1)
         for batch in loader:
             red = batch["image"][:, 0] * loader.plan.manifest.std[0] + loader.plan.manifest.mean[0]
@@ -82,6 +83,8 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, tmp_path):
             mask = batch["mask"]
             assert set(mask.unique().tolist()) <= set(range(6)), "augmentation made a new class value"
             assert (decoded == mask).float().mean() > 0.93, f"image and mask disagree (seed {seed})"
+            if (augment, size) == ("flip", (h, w)):  # native size, no resampling: exactly equal
+                assert torch.equal(decoded, mask)
             flips += int((mask[:, :, 0] > mask[:, :, -1]).sum())  # flipped rows have class 2 left of class 0
         assert len(loader) == 1
     assert flips > 0  # the flips that the agreement check covers did happen
@@ -89,7 +92,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, tmp_path):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_augmentation_flips_and_crops_with_different_draws(backend, png_shards):
-    loader = make_loader(png_shards, backend=backend, batch_size=10, size=(40, 48), augment=True, seed=3,
+    loader = make_loader(png_shards, backend=backend, batch_size=10, size=(40, 48), augment="crop", seed=3,
                          return_keys=True, workers=1)
     first, second = next(iter(loader)), next(iter(loader))
     plain = next(iter(make_loader(png_shards, backend=backend, batch_size=10, augment=False, return_keys=True,
@@ -192,3 +195,64 @@ def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
     with pytest.raises(FastsegError, match="train-000000.tar.*fastseg-shard --verify|train-000000.tar: sample"):
         for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=False, checksums=False, workers=1):
             pass
+
+
+def test_dali_batches_stay_valid_while_held(png_shards):
+    # zero-copy hand-off: batch k is a view of DALI's buffer, which must live on untouched while torch holds it
+    loader = make_loader(png_shards, backend="dali", batch_size=2, augment="flip", return_keys=True, workers=1)
+    batches = iter(loader)
+    held = next(batches)
+    copy = {k: v.clone() for k, v in held.items() if k != "key"}
+    later = [next(batches) for _ in range(3)]
+    assert held["mask"].dtype == torch.int64 and held["mask"].shape == (2, 40, 48)  # widened inside the pipeline
+    assert torch.equal(held["image"], copy["image"]) and torch.equal(held["mask"], copy["mask"])
+    assert all(b["key"] != held["key"] for b in later)
+
+
+def keyed(batches):
+    return [(b["key"], b["mask"].clone(), b["image"].clone()) for b in batches]
+
+
+@pytest.mark.parametrize("augment", ["flip", "crop"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_restored_loader_continues_with_the_exact_next_batch(backend, augment, png_shards):
+    def fresh():
+        return make_loader(png_shards, backend=backend, batch_size=2, size=(40, 48), augment=augment, vflip=True,
+                           rank=1, world_size=2, seed=5, return_keys=True, workers=1)
+
+    reference = fresh()
+    epochs = [keyed(reference) for _ in range(3)]  # 3 batches an epoch (5 samples per rank, padded)
+    first = fresh()
+    keyed(first)
+    batches = iter(first)
+    next(batches), next(batches)  # like Lightning: one batch trained, one fetched ahead
+    state = first.state(taken=1)
+    assert (state["epoch"], state["position"]) == (1, 1)
+    resumed = fresh()
+    resumed.restore(state)
+    after = keyed(resumed) + keyed(resumed)
+    expected = epochs[1][1:] + epochs[2]
+    assert [k for k, _, _ in after] == [k for k, _, _ in expected]
+    for (_, mask, image), (_, want_mask, want_image) in zip(after, expected):
+        assert torch.equal(mask, want_mask) and torch.equal(image, want_image)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_set_epoch_follows_the_trainer(backend, png_shards):
+    def fresh():
+        return make_loader(png_shards, backend=backend, batch_size=4, rank=0, world_size=2, seed=1,
+                           return_keys=True, workers=1)
+
+    reference = fresh()
+    third = [keyed(reference) for _ in range(3)][2]
+    jumped = fresh()
+    jumped.set_epoch(2)
+    assert [k for k, _, _ in keyed(jumped)] == [k for k, _, _ in third]
+    if backend == "dali":  # a reader cannot go back
+        with pytest.raises(FastsegError, match="cannot go back to epoch 1"):
+            jumped.set_epoch(1)
+
+
+def test_unknown_augmentation_is_named(png_shards):
+    with pytest.raises(FastsegError, match="unknown augmentation 'rotate'; choose one of none, flip, crop"):
+        make_loader(png_shards, augment="rotate")

@@ -28,18 +28,38 @@ def test_synthetic_set_is_varied_and_shards_cleanly(tmp_path):
     assert sum(s.samples for s in manifest.splits.values()) == 12
 
 
+def run_loader_bench(data, shards, out, *extra):
+    # worker counts pinned small: the suite must finish on a 16-core machine as on a 2-core one
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/loader_bench.py"), "--data", str(data), "--shards",
+                             str(shards), "--size", "64", "64", "--rounds", "1", "--min-seconds", "0.2",
+                             "--batch-size", "4", "--json", str(out), *extra], capture_output=True, text=True,
+                            timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 def test_loader_bench_runs_and_reports(tmp_path):
     data = generate(tmp_path / "synth", count=16, seed=1)
     shard(data, tmp_path / "shards", Options(classes=data / "classes.json", val_fraction=0, progress=False))
     out = tmp_path / "bench.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/loader_bench.py"), "--data", str(data), "--shards",
-                             str(tmp_path / "shards"), "--size", "64", "64", "--epochs", "1", "--batch-size", "4",
-                             "--json", str(out)], capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    report = json.loads(out.read_text())
-    for name in ("vanilla", "torch", "dali_cpu"):
-        figures = report["loaders"][name]
-        assert figures["samples_per_s"] > 0 and figures["peak_memory_mb"] > 0 and 0 < figures["cpu_utilisation"] <= 1.5
-    assert report["loaders"]["dali_gpu"] == {"skipped": "no CUDA device"} or report["host"]["gpu"]
-    assert report["decode_limit_samples_per_s"] > 0 and out.with_suffix(".png").exists()
-    assert "| vanilla |" in out.with_suffix(".md").read_text()
+    report = run_loader_bench(data, tmp_path / "shards", out, "--workers", "1", "2", "--augment", "crop")
+    assert [run["workers"] for run in report["runs"]] == [1, 2] and report["augment"] == "crop"
+    for run in report["runs"]:
+        for name in ("vanilla", "torch", "dali_cpu"):
+            figures = run["loaders"][name]
+            assert figures["samples_per_s"] > 0 and figures["peak_memory_mb"] > 0
+            assert 0 < figures["cpu_utilisation"] <= 1.5
+            assert min(figures["round_seconds"]) >= 0.2  # whole epochs repeated until the round is long enough
+        assert run["loaders"]["torch"]["vs_vanilla"] == round(
+            run["loaders"]["torch"]["samples_per_s"] / run["loaders"]["vanilla"]["samples_per_s"], 3)
+        if not report["host"]["gpu"]:
+            assert run["loaders"]["dali_gpu"] == run["loaders"]["torch_gpu"] == {"skipped": "no CUDA device"}
+        assert run["decode_limit_samples_per_s"] > 0
+    assert out.with_suffix(".png").exists()
+    assert "| vanilla | 2 |" in out.with_suffix(".md").read_text()
+
+    # any subset runs on its own: no vanilla, so no ratio to it
+    subset = run_loader_bench(data, tmp_path / "shards", tmp_path / "subset.json", "--workers", "1", "--loaders",
+                              "dali_cpu", "torch")
+    assert list(subset["runs"][0]["loaders"]) == ["dali_cpu", "torch"]
+    assert "vs_vanilla" not in subset["runs"][0]["loaders"]["torch"]

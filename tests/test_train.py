@@ -86,8 +86,8 @@ def test_ddp_on_cpu_splits_the_data_and_syncs_metrics(shards, tmp_path):
 def test_killed_run_resumes_to_the_planned_epochs(shards, tmp_path):
     out = tmp_path / "resume"
     cmd = [sys.executable, "-m", "fastseg.cli.train", "--shards", str(shards), "--out", str(out), "--epochs", "4",
-           *TRAIN, "--batch-size", "1", "--width", "16", "--image-size", "64"]
-    proc = subprocess.Popen(cmd + ["--loader", "torch"], start_new_session=True, stdout=subprocess.DEVNULL,
+           *TRAIN, "--batch-size", "1", "--width", "16", "--image-size", "64", "--loader", "torch"]
+    proc = subprocess.Popen(cmd, start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while not (out / "checkpoints/last.ckpt").exists() and time.time() < deadline:

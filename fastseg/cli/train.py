@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FastsegError
+from ..plan import AUGMENTS
 from . import run_cli
 
 
@@ -25,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
     p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
     p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--augment", choices=AUGMENTS, default="flip",
+                   help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
+                        "resize and flip; none")
     p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
@@ -40,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> dict:
     """Check everything that can be checked before a process is started or a step taken."""
-    from ..data import resolve_size
+    from ..plan import resolve_size
     from ..format import load_manifest
     from ..model import check_size
 
@@ -86,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.seed_everything(args.seed, workers=True, verbose=False)
     manifest = run["manifest"]
     data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
-                         train_split=args.split, val_split=args.val_split, checksums=not args.no_checksums)
+                         augment=args.augment, train_split=args.split, val_split=args.val_split, checksums=not args.no_checksums)
     module = SegModule([c.name for c in manifest.classes], [c.color for c in manifest.classes], manifest.mean,
                        manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
                        args.dice_weight, manifest.ignore_index)

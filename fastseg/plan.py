@@ -1,0 +1,195 @@
+"""The loader contract both backends import: the plan (split, slices, batches per epoch, padding rule) and the
+epoch/position bookkeeping that makes a loader resumable.
+
+Epoch semantics, matching DALI's webdataset reader: the split's samples (in manifest order) are cut into
+`world_size` contiguous slices; in epoch e, rank r reads slice (r + e) % world_size, shuffled when training. Every
+rank pads its epoch to ceil(longest slice / batch) batches by repeating its last sample, so all ranks run the same
+number of steps; padded samples get an all-ignore mask, so they never count in a loss or metric. Batches are
+{"image": float32 N×3×H×W normalized, "mask": int64 N×H×W (255 = ignore)} [+ "key"].
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .errors import FastsegError
+from .format import IGNORE_INDEX, Manifest
+
+# none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
+# native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
+# flipped through the same window.
+AUGMENTS = ("none", "flip", "crop")
+
+
+@dataclass
+class LoaderPlan:
+    """Everything a backend needs, resolved and checked once."""
+
+    root: Path
+    manifest: Manifest
+    split: str
+    shards: list[Path]
+    batch_size: int
+    size: tuple[int, int]  # (height, width)
+    augment: str  # one of AUGMENTS
+    scale: tuple[float, float]
+    vflip: bool
+    rank: int
+    world_size: int
+    seed: int
+    workers: int
+    device: torch.device
+    return_keys: bool
+
+    @property
+    def samples(self) -> int:
+        return self.manifest.splits[self.split].samples
+
+    @property
+    def shuffle(self) -> bool:
+        return self.augment != "none"
+
+    @property
+    def native(self) -> bool:
+        """Every image of the split already has the output size: without a crop there is nothing to resample."""
+        return self.manifest.sizes.get(self.split) == [[self.size[1], self.size[0]]]
+
+    def slice(self, shard_id: int) -> range:
+        """The samples of one rank slice, as DALI's reader cuts them."""
+        n, w = self.samples, self.world_size
+        return range(n * shard_id // w, n * (shard_id + 1) // w)
+
+    @property
+    def batches(self) -> int:
+        longest = max(len(self.slice(s)) for s in range(self.world_size))
+        return max(1, math.ceil(longest / self.batch_size))
+
+    def epoch_slice(self, epoch: int) -> range:
+        return self.slice((self.rank + epoch) % self.world_size)
+
+    def mark_padding(self, mask: torch.Tensor, epoch: int, batch_index: int) -> torch.Tensor:
+        """Set the masks of padded samples (past this rank's real samples for the epoch) to ignore."""
+        first_pad = len(self.epoch_slice(epoch)) - batch_index * self.batch_size
+        if first_pad < mask.shape[0]:
+            mask[max(first_pad, 0):] = IGNORE_INDEX
+        return mask
+
+    @property
+    def mean_std(self) -> tuple[list[float], list[float]]:
+        return self.manifest.mean, self.manifest.std
+
+
+def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:
+    if size is not None:
+        sides = [size] if isinstance(size, int) else list(size)
+        if len(sides) not in (1, 2):
+            raise FastsegError(f"an output size is H W or one number for a square, not {size!r}")
+        height, width = sides * 2 if len(sides) == 1 else sides
+        return int(height), int(width)
+    sizes = manifest.sizes.get(split, [])
+    if len(sizes) == 1:
+        width, height = sizes[0]
+        return height, width
+    listed = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
+    raise FastsegError(f"the {split} split has images of {len(sizes)} sizes ({listed}); give an output size "
+                       "(size=(H, W), or --image-size)")
+
+
+def resolve_augment(augment, split: str) -> str:
+    """None: flip for the train split, none otherwise; True/False: flip/none; or a name from AUGMENTS."""
+    if augment is None:
+        return "flip" if split == "train" else "none"
+    if isinstance(augment, bool):
+        return "flip" if augment else "none"
+    if augment not in AUGMENTS:
+        raise FastsegError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)}")
+    return augment
+
+
+class EpochLoader:
+    """What both backends share: len() = batches per epoch, and where the loader stands (epoch, batches taken).
+
+    Iterating starts the next epoch; an epoch left early (Lightning's sanity check takes two batches) is finished
+    first, so the reader stays in step with the epoch count. A loader restored from `state()` continues its epoch
+    from the exact next batch. Backends implement `_epoch(epoch, start)` (yield the batches from `start` on) and
+    may override `_finish(epoch, start)` (discard the rest of an abandoned epoch) and `_snapshot()`/`_seek()`.
+    """
+
+    def __init__(self, plan: LoaderPlan):
+        self.plan = plan
+        self.epoch = 0  # the epoch the loader is in
+        self.position = 0  # batches of that epoch already taken
+        self._continue = True  # the next iteration continues this epoch (a new or restored loader)
+        self._snapshots = {}  # position -> backend state right after that many batches of the current epoch
+
+    def __len__(self) -> int:
+        return self.plan.batches
+
+    @property
+    def next_epoch(self) -> int:
+        """The epoch the next iteration yields."""
+        return self.epoch if self._continue and self.position < len(self) else self.epoch + 1
+
+    def __iter__(self):
+        if self.next_epoch != self.epoch:
+            self._finish(self.epoch, self.position)
+            self.epoch, self.position, self._snapshots = self.epoch + 1, 0, {}
+        self._continue = False
+        self._record()
+        epoch = self.epoch
+        for batch in self._epoch(epoch, self.position):
+            self.position += 1
+            self._record()
+            yield batch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Make the next iteration yield `epoch` (the trainer's). The twin jumps there; DALI's reader can only
+        reach a later epoch by reading on, and never an earlier one."""
+        if epoch == self.next_epoch:
+            return
+        if not self._seekable:
+            if epoch < self.next_epoch:
+                raise FastsegError(f"the {self.plan.split} loader is at epoch {self.next_epoch} and cannot go back "
+                                   f"to epoch {epoch}; restore it from a checkpoint instead")
+            while self.next_epoch < epoch:
+                for _ in self:
+                    pass
+        self.epoch, self.position, self._continue, self._snapshots = epoch, 0, True, {}
+
+    _seekable = False  # True where any (epoch, position) can be reached without reading up to it
+
+    def state(self, taken: int | None = None) -> dict:
+        """Where the loader stands after `taken` batches of its current epoch (default: all it has yielded).
+
+        Lightning fetches a batch ahead of the step it trains, so a checkpoint asks for the position of the
+        batches actually trained, which may be one behind the loader's own."""
+        taken = self.position if taken is None else taken
+        if taken not in self._snapshots:
+            raise FastsegError(f"no loader state kept for batch {taken} of epoch {self.epoch} "
+                               f"(the loader stands at batch {self.position})")
+        return {"epoch": self.epoch, "position": taken, "backend": self._snapshots[taken]}
+
+    def restore(self, state: dict) -> None:
+        self.epoch, self.position, self._continue = state["epoch"], state["position"], True
+        self._seek(state)
+        self._snapshots = {self.position: state["backend"]}
+
+    def _record(self) -> None:
+        self._snapshots[self.position] = self._snapshot()
+        for old in [p for p in self._snapshots if p < self.position - 4]:  # a few behind cover any prefetch
+            del self._snapshots[old]
+
+    def _epoch(self, epoch: int, start: int):
+        raise NotImplementedError
+
+    def _finish(self, epoch: int, start: int) -> None:
+        """Discard the batches of `epoch` from `start` on (nothing to do where the reader has no position)."""
+
+    def _snapshot(self):
+        return None
+
+    def _seek(self, state: dict) -> None:
+        """Put the backend where `state` says (the bookkeeping above is already set)."""
