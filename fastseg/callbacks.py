@@ -1,4 +1,5 @@
-"""Training-side outputs that are not the model's concern: preview pictures and the final metrics report."""
+"""Training-side outputs that are not the model's concern: preview pictures, the batch-key log and the final
+metrics report."""
 from __future__ import annotations
 
 import json
@@ -23,6 +24,28 @@ class PreviewWriter(pl.Callback):
         h = module.hparams
         save_strip(self.folder / f"epoch_{trainer.current_epoch:03d}.png", images, truths, preds,
                    h.class_colors, h.mean, h.std)
+
+
+class BatchKeyLog(pl.Callback):
+    """One JSON line per training step and rank: which samples it trained on (padding left out). A resumed run
+    appends, so the file tells what every step of the whole run saw, an interrupted one included."""
+
+    def __init__(self, folder: Path):
+        self.folder = Path(folder)
+        self._file = None
+
+    def on_train_start(self, trainer, module):
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.folder / f"rank{trainer.global_rank}.jsonl", "a", buffering=1)
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+        real = (batch["mask"] != module.hparams.ignore_index).flatten(1).any(1).tolist()
+        keys = [k for k, keep in zip(batch["key"], real) if keep]
+        self._file.write(json.dumps({"step": trainer.global_step, "epoch": trainer.current_epoch,
+                                     "batch": batch_index, "keys": keys}) + "\n")
+
+    def on_train_end(self, trainer, module):
+        self._file.close()
 
 
 def _clean(value: float) -> float | None:

@@ -69,7 +69,8 @@ class SegDataModule(pl.LightningDataModule):
 
     def __init__(self, shards: str, backend: str = "dali", batch_size: int = 16, size=None, workers: int | None = None,
                  seed: int = 0, augment: str = "flip", scale=(0.5, 1.0), vflip: bool = False,
-                 train_split: str = "train", val_split: str = "val", checksums: bool = True):
+                 train_split: str = "train", val_split: str = "val", checksums: bool = True,
+                 return_keys: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.manifest = load_manifest(shards)
@@ -85,7 +86,8 @@ class SegDataModule(pl.LightningDataModule):
             if split in self.manifest.splits and split not in self.loaders:
                 self.loaders[split] = make_loader(
                     h.shards, split, h.backend, h.batch_size, h.size, augment, device, rank, world, h.seed,
-                    workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums)
+                    workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums,
+                    return_keys=h.return_keys and split == h.train_split)
 
     def train_dataloader(self):
         loader = self.loaders[self.hparams.train_split]

@@ -28,6 +28,7 @@ from .errors import FastsegError
 from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
                      shard_name)
 from .pairs import Pair, find_pairs, split_off_val
+from .partial import partial_path, sweep_stale
 
 EXIF_ORIENTATION = 0x0112
 STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
@@ -181,7 +182,9 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
         if out.is_file() or (any(out.iterdir()) and not ((out / MANIFEST).exists() or any(out.glob("*.tar")))):
             raise FastsegError(f"{out} holds files that are not a shard set; not overwriting it")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    for stale in sweep_stale(out):
+        print(f"removed {stale}, left by a fastseg-shard run that was killed")
+    tmp = partial_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     return tmp

@@ -109,6 +109,9 @@ class TorchLoader(EpochLoader):
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=plan.workers,
             pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
+            # workers start from a clean process, never a fork of one that runs threads (DALI, CUDA) that may hold
+            # a lock at the moment of the fork
+            multiprocessing_context="forkserver" if plan.workers else None,
         )
         mean, std = plan.mean_std
         self.mean = torch.tensor(mean, device=plan.device).view(1, 3, 1, 1)

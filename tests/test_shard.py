@@ -260,6 +260,21 @@ def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):
     with pytest.raises(FastsegError, match="unfinished fastseg-shard run"):
         load_manifest(partial)
 
+    # the next run to the same OUT sweeps what the dead writer left, but never a folder still being written
+    small = make_dataset(tmp_path / "small", count=4, size=(32, 24))
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        live = tmp_path / f".out.partial-{alive.pid}"
+        (live / "train-000000.tar").parent.mkdir()
+        (live / "train-000000.tar").write_bytes(b"being written")
+        result = subprocess.run([sys.executable, "-m", "fastseg.cli.shard", str(small), str(out), "--workers", "1",
+                                 "--quiet"], capture_output=True, text=True, timeout=120)
+        assert result.returncode == 0, result.stderr
+        assert f"removed {partial}" in result.stdout
+        assert not partial.exists() and live.exists() and load_manifest(out).splits["train"].samples
+    finally:
+        alive.kill()
+
 
 def test_real_davis_and_camvid(tmp_path):
     davis = shared("davis2016_subset")

@@ -21,7 +21,8 @@ from fastseg.shard import Options, shard
 
 from .conftest import make_dataset, save, textured
 
-TRAIN = ["--width", "4", "--batch-size", "4", "--accelerator", "cpu", "--workers", "1", "--no-checksums"]
+TRAIN = ["--width", "4", "--batch-size", "4", "--accelerator", "cpu", "--workers", "1", "--no-checksums",
+         "--log-every", "1"]
 
 
 @pytest.fixture(scope="module")

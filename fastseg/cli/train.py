@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -12,6 +14,8 @@ import torch
 from ..errors import FastsegError
 from ..plan import AUGMENTS
 from . import run_cli
+
+PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,7 +37,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
-    p.add_argument("--precision", help="default 16-mixed on GPU, 32-true on CPU (fp16 needs a GPU; bf16-mixed runs on CPU)")
+    p.add_argument("--precision", choices=PRECISIONS,
+                   help="default 16-mixed on GPU, 32-true on CPU (fp16 needs a GPU; bf16-mixed runs on CPU)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
+                   help="channels-last memory format for the model and batches (default: on for GPU)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the UNet (pays off on long GPU runs: compiling takes about a minute)")
+    p.add_argument("--log-every", type=int, default=50, help="log the training loss every N steps (default 50)")
+    p.add_argument("--checkpoint-every", type=int, metavar="N",
+                   help="also write last.ckpt every N training steps, for an exact resume from mid-epoch")
+    p.add_argument("--log-batch-keys", action="store_true",
+                   help="write OUT/batches/rankR.jsonl: the sample keys of every training step")
     p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there) or a checkpoint path")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="training split (default train)")
@@ -44,9 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve(args) -> dict:
     """Check everything that can be checked before a process is started or a step taken."""
-    from ..plan import resolve_size
+    from ..checkpoints import datamodule_state
+    from ..data import check_resumable
     from ..format import load_manifest
     from ..model import check_size
+    from ..plan import resolve_size
 
     manifest = load_manifest(args.shards)
     for split, flag in ((args.split, "--split"), (args.val_split, "--val-split")):
@@ -60,10 +76,12 @@ def resolve(args) -> dict:
     if accelerator == "gpu" and args.devices > gpus:
         raise FastsegError(f"--devices {args.devices} on the GPU, but {gpus} CUDA device(s) are visible; "
                            "lower --devices or use --accelerator cpu")
-    if args.devices < 1:
-        raise FastsegError("--devices must be at least 1")
+    for flag, value in (("--devices", args.devices), ("--log-every", args.log_every),
+                        ("--checkpoint-every", args.checkpoint_every or 1)):
+        if value < 1:
+            raise FastsegError(f"{flag} must be at least 1")
     precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
-    if accelerator == "cpu" and precision in ("16-mixed", "16", "16-true"):
+    if accelerator == "cpu" and precision == "16-mixed":
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
     resume = args.resume
     if resume == "auto":
@@ -71,9 +89,17 @@ def resolve(args) -> dict:
         resume = str(last) if last.exists() else None
     elif resume and not Path(resume).exists():
         raise FastsegError(f"--resume {resume}: no such checkpoint")
+    if resume:
+        state = datamodule_state(Path(resume))
+        if state:
+            check_resumable(state, args.devices * args.num_nodes, args.batch_size, args.loader)
     workers = args.workers or max(1, (os.cpu_count() or 1) // args.devices)
+    # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
+    ranks = args.devices * args.num_nodes
+    steps = max(1, math.ceil(math.ceil(manifest.splits[args.split].samples / ranks) / args.batch_size))
+    channels_last = accelerator == "gpu" if args.channels_last is None else args.channels_last
     return dict(manifest=manifest, size=size, accelerator=accelerator, precision=precision, resume=resume,
-                workers=workers)
+                workers=workers, channels_last=channels_last, log_every=min(args.log_every, steps))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -83,40 +109,62 @@ def main(argv: list[str] | None = None) -> int:
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
-    from ..callbacks import PreviewWriter, metrics_report, write_report
+    from ..callbacks import BatchKeyLog, PreviewWriter, metrics_report, write_report
+    from ..checkpoints import AtomicCheckpointIO
     from ..data import SegDataModule
+    from ..losses import out_channels
+    from ..meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
     from ..module import SegModule
 
+    # the loaders restore their exact position, so Lightning's warning about mid-epoch resumes does not apply
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
     pl.seed_everything(args.seed, workers=True, verbose=False)
     manifest = run["manifest"]
     data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
-                         augment=args.augment, train_split=args.split, val_split=args.val_split, checksums=not args.no_checksums)
+                         augment=args.augment, train_split=args.split, val_split=args.val_split,
+                         checksums=not args.no_checksums, return_keys=args.log_batch_keys)
     module = SegModule([c.name for c in manifest.classes], [c.color for c in manifest.classes], manifest.mean,
                        manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
-                       args.dice_weight, manifest.ignore_index)
-    checkpoints = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="best", monitor="val_miou", mode="max",
+                       args.dice_weight, manifest.ignore_index, run["channels_last"], args.compile)
+    folder = args.out / "checkpoints"
+    checkpoints = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_miou", mode="max",
                                   enable_version_counter=False)
     # Lightning's save_last refreshes last.ckpt only when a better best.ckpt is saved; resume needs every epoch
-    last = ModelCheckpoint(dirpath=args.out / "checkpoints", filename="last", enable_version_counter=False)
+    callbacks = [checkpoints, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)]
+    if args.checkpoint_every:
+        callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False,
+                                         every_n_train_steps=args.checkpoint_every, save_on_train_epoch_end=False))
+    timer = FetchTimer()
+    device = torch.device("cuda" if run["accelerator"] == "gpu" else "cpu")
+    meter = ThroughputMeter(timer, flops_per_image(out_channels(manifest.num_classes), args.width, run["size"]),
+                            peak_flops(device, run["precision"]))
+    callbacks += [meter, PreviewWriter(args.out / "previews"), TQDMProgressBar(refresh_rate=run["log_every"])]
+    if args.log_batch_keys:
+        callbacks.append(BatchKeyLog(args.out / "batches"))
     trainer = pl.Trainer(
         accelerator=run["accelerator"], devices=args.devices, num_nodes=args.num_nodes,
         strategy="ddp" if args.devices * args.num_nodes > 1 else "auto", precision=run["precision"],
         max_epochs=args.epochs, default_root_dir=args.out, use_distributed_sampler=False,
         logger=[TensorBoardLogger(args.out / "logs", name="tensorboard"), CSVLogger(args.out / "logs", name="csv")],
-        callbacks=[checkpoints, last, PreviewWriter(args.out / "previews"), TQDMProgressBar()],
-        log_every_n_steps=1, enable_model_summary=False,
+        callbacks=callbacks, log_every_n_steps=run["log_every"], enable_model_summary=False,
+        benchmark=run["accelerator"] == "gpu", profiler=timer, plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
         args.out.mkdir(parents=True, exist_ok=True)
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         config.update(image_size=list(run["size"]), accelerator=run["accelerator"], precision=run["precision"],
-                      world_size=trainer.world_size, resumed_from=run["resume"])
+                      channels_last=run["channels_last"], workers=run["workers"], world_size=trainer.world_size,
+                      resumed_from=run["resume"])
         (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     trainer.fit(module, datamodule=data, ckpt_path=run["resume"])
     if trainer.is_global_zero and module.last_scores is not None:
         report = metrics_report(module.last_scores, module.hparams.class_names)
         report.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
+        if meter.epochs:
+            report["throughput"] = meter.report(args.loader, run["workers"], run["accelerator"])
         write_report(args.out / "metrics.json", report)
+        if meter.epochs:
+            print(f"throughput: {report['throughput']['verdict']}")
     return 0
 
 

@@ -1,0 +1,38 @@
+"""Checkpoints that survive a kill: written beside the target and renamed into place, so a kill during the write
+leaves the previous checkpoint intact; and the loader position a checkpoint holds, read before a resume starts."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+from lightning_fabric.plugins import TorchCheckpointIO
+
+from .errors import FastsegError
+from .partial import partial_path, sweep_stale
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep_stale(path)  # what a killed writer left
+        tmp = partial_path(path)
+        try:
+            with open(tmp, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)  # atomic: readers see the old file or the new one, never a part
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+def datamodule_state(path: Path) -> dict:
+    """The SegDataModule state saved in a checkpoint ({} if it has none)."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise FastsegError(f"{path}: not a readable checkpoint ({err}); pass another one to --resume, "
+                           "or start a new run") from err
+    return checkpoint.get("SegDataModule", {})
