@@ -76,13 +76,19 @@ class ThroughputMeter(pl.Callback):
     def __init__(self, timer: FetchTimer, flops: int | None = None, peak: float | None = None):
         self.timer, self.flops, self.peak = timer, flops, peak
         self.epochs: list[dict] = []
-        self._images = 0
-        self._steps = 0
+        self._start = None
 
     def on_train_epoch_start(self, trainer, module):
+        self._begin()
+
+    def _begin(self):
         self._images, self._steps = 0, 0
         self._fetch_start = self.timer.seconds
         self._start = time.perf_counter()
+
+    def on_train_batch_start(self, trainer, module, batch, batch_index):
+        if self._start is None:  # a run resumed mid-epoch skips on_train_epoch_start
+            self._begin()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
         self._images += batch["image"].shape[0]  # a shape: no device sync
@@ -91,7 +97,7 @@ class ThroughputMeter(pl.Callback):
     def on_train_epoch_end(self, trainer, module):
         if module.device.type == "cuda":
             torch.cuda.synchronize(module.device)  # once an epoch, so the last steps count in its time
-        seconds = time.perf_counter() - self._start
+        seconds, self._start = time.perf_counter() - self._start, None
         stall = (self.timer.seconds - self._fetch_start) / seconds if seconds else 0.0
         figures = torch.tensor([self._images, seconds, stall], dtype=torch.float64, device=module.device)
         if trainer.world_size > 1:  # images summed over ranks; time and stall from the slowest rank

@@ -1,0 +1,124 @@
+"""Exact resume: a run killed mid-epoch and resumed with --resume auto trains on exactly the batches an
+uninterrupted run sees, on every rank, with both loaders, and ends with the same metrics."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastseg.checkpoints import AtomicCheckpointIO
+from fastseg.shard import Options, shard
+
+from .conftest import make_dataset
+
+STEPS = 8  # per epoch: 16 training samples, batch 2 on one rank or batch 1 on each of two
+EVERY = 3  # --checkpoint-every: steps 9, 12 and 15 fall inside the second epoch (steps 9-16)
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    root = tmp_path_factory.mktemp("resume")
+    make_dataset(root / "data/train", count=16, size=(64, 64), image_ext="jpg", mask="index", classes=3)
+    make_dataset(root / "data/val", count=5, size=(64, 64), image_ext="jpg", mask="index", classes=3, first_seed=50)
+    shard(root / "data", root / "shards", Options(max_count=5, progress=False, workers=2))
+    return root / "shards"
+
+
+def command(shards: Path, out: Path, backend: str, world: int, *extra) -> list[str]:
+    return [sys.executable, "-m", "fastseg.cli.train", "--shards", str(shards), "--out", str(out), "--epochs", "3",
+            "--loader", backend, "--devices", str(world), "--batch-size", str(2 // world), "--width", "8",
+            "--accelerator", "cpu", "--precision", "32-true", "--workers", "1", "--no-checksums", "--augment", "crop",
+            "--log-every", "1", "--checkpoint-every", str(EVERY), "--log-batch-keys", *extra]
+
+
+def steps_seen(out: Path, rank: int) -> list[dict]:
+    lines = (out / "batches" / f"rank{rank}.jsonl").read_text().splitlines()
+    return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def final_per_step(records: list[dict]) -> dict[int, list[str]]:
+    """The keys each global step trained on; where a resumed run redid a step, the redo counts."""
+    return {r["step"]: r["keys"] for r in records}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("world", [1, 2])
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_killed_run_resumes_with_exactly_the_batches_of_an_uninterrupted_one(backend, world, shards, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    done = subprocess.run(command(shards, a, backend, world), capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    proc = subprocess.Popen(command(shards, b, backend, world), start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:  # kill it inside the second epoch, after step 12
+        if (b / "batches/rank0.jsonl").exists() and any(r["step"] > 12 for r in steps_seen(b, 0)):
+            break
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(b / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    at = saved["global_step"]
+    assert saved["epoch"] == 1 and at % STEPS, f"want a mid-epoch checkpoint of the second epoch, got step {at}"
+    assert not (b / "metrics.json").exists()
+
+    resumed = subprocess.run(command(shards, b, backend, world, "--resume", "auto"), capture_output=True, text=True,
+                             timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from a checkpoint that ended before the epoch ended" not in resumed.stderr
+    for rank in range(world):
+        records = steps_seen(b, rank)
+        restart = next(i for i in range(1, len(records)) if records[i]["step"] <= records[i - 1]["step"])
+        assert records[restart]["step"] == at + 1  # the resumed run began with the exact next batch
+        uninterrupted = final_per_step(steps_seen(a, rank))
+        assert sorted(uninterrupted) == list(range(1, 3 * STEPS + 1))
+        assert final_per_step(records) == uninterrupted  # every step, before and after the kill, same samples
+    metrics_a, metrics_b = (json.loads((run / "metrics.json").read_text()) for run in (a, b))
+    for key in ("val_miou", "val_dice", "val_pixel_acc", "val_precision", "val_recall"):
+        assert metrics_b[key] == pytest.approx(metrics_a[key], abs=1e-6)
+    for name, iou in metrics_a["per_class_iou"].items():
+        assert metrics_b["per_class_iou"][name] == pytest.approx(iou, abs=1e-6, nan_ok=True)
+
+    if world == 1:  # another world size or batch size than the checkpoint's is refused before anything runs
+        for extra, message in ((["--batch-size", "4"], "batch size 2"), (["--loader", "dali" if backend == "torch"
+                                                                          else "torch"], f"loader {backend}")):
+            refused = subprocess.run(command(shards, b, backend, world, "--resume", "auto") + extra,
+                                     capture_output=True, text=True, timeout=120)
+            assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr
+
+
+SLOW_PICKLE = """
+import sys, time, torch
+from fastseg.checkpoints import AtomicCheckpointIO
+
+class Slow:  # pickling it takes a while, so the test can kill the writer mid-write
+    def __reduce__(self):
+        time.sleep(60)
+        return (Slow, ())
+
+AtomicCheckpointIO().save_checkpoint({"version": 2, "weights": torch.ones(1 << 20), "slow": Slow()}, sys.argv[1])
+"""
+
+
+def test_a_kill_during_the_checkpoint_write_leaves_the_previous_one(tmp_path):
+    target = tmp_path / "checkpoints/last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"version": 1}, target)
+    proc = subprocess.Popen([sys.executable, "-c", SLOW_PICKLE, str(target)])
+    deadline = time.time() + 60
+    while not list(target.parent.glob(".last.ckpt.partial-*")) and time.time() < deadline:
+        time.sleep(0.01)
+    partial = next(target.parent.glob(".last.ckpt.partial-*"))
+    time.sleep(0.2)  # well into the write: the tensor is out, the slow object is being pickled
+    proc.kill()
+    proc.wait()
+    assert torch.load(target, weights_only=False) == {"version": 1}  # the previous checkpoint, whole
+    AtomicCheckpointIO().save_checkpoint({"version": 3}, target)  # the next save sweeps the dead writer's part
+    assert not partial.exists() and torch.load(target, weights_only=False) == {"version": 3}
