@@ -93,11 +93,12 @@ class ThroughputMeter(pl.Callback):
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
         self._images += batch["image"].shape[0]  # a shape: no device sync
         self._steps += 1
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and module.device.type == "cuda":
+            torch.cuda.synchronize(module.device)  # once an epoch, so its last steps count in its time
+        self._end = time.perf_counter()  # validation, which Lightning runs before on_train_epoch_end, is left out
 
     def on_train_epoch_end(self, trainer, module):
-        if module.device.type == "cuda":
-            torch.cuda.synchronize(module.device)  # once an epoch, so the last steps count in its time
-        seconds, self._start = time.perf_counter() - self._start, None
+        seconds, self._start = self._end - self._start, None
         stall = (self.timer.seconds - self._fetch_start) / seconds if seconds else 0.0
         figures = torch.tensor([self._images, seconds, stall], dtype=torch.float64, device=module.device)
         if trainer.world_size > 1:  # images summed over ranks; time and stall from the slowest rank

@@ -40,3 +40,24 @@ def test_gpu_augmentation_keeps_classes_and_counts(jpeg_shards):
         assert set(torch.cat([b["mask"].unique() for b in batches]).tolist()) <= {0, 1, 255}
         keys = [k for b in batches for k, m in zip(b["key"], b["mask"]) if not (m == 255).all()]
         assert sorted(keys) == sorted(set(keys)) and len(keys) == 9
+
+
+def test_fastseg_train_on_the_gpu_with_its_fast_defaults(jpeg_shards, tmp_path):
+    import json
+
+    from fastseg.cli import run_cli
+    from fastseg.cli.train import main as train_main
+
+    out = tmp_path / "run"
+    assert run_cli("fastseg-train", train_main, ["--shards", str(jpeg_shards), "--out", str(out), "--epochs", "2",
+                                                 "--width", "8", "--batch-size", "4", "--image-size", "48", "64",
+                                                 "--workers", "2", "--val-split", "train"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert (config["precision"], config["channels_last"], config["accelerator"]) == ("16-mixed", True, "gpu")
+    report = json.loads((out / "metrics.json").read_text())
+    assert 0 <= report["val_miou"] <= 1
+    throughput = report["throughput"]
+    assert [e["images"] for e in throughput["per_epoch"]] == [12, 12]  # 9 samples in 3 batches of 4, padded
+    assert all(0 <= e["data_stall"] <= 1 for e in throughput["per_epoch"])
+    if throughput["peak_flops"]:  # a GPU whose peak is known (H100, H200, A100, ...)
+        assert 0 < throughput["mfu"] < 1
