@@ -28,8 +28,7 @@ def stage_pipeline(plan, stage: str, threads: int):
 
     @pipeline_def(batch_size=plan.batch_size, num_threads=threads, device_id=None, seed=0)
     def pipe():
-        image, mask = fn.readers.webdataset(paths=[str(p) for p in plan.shards],
-                                            index_paths=[str(p.with_suffix(".idx")) for p in plan.shards],
+        image, mask = fn.readers.webdataset(paths=plan.shards, index_paths=[str(p) for p in plan.indexes],
                                             ext=[";".join(IMAGE_EXTS), MASK_EXT], pad_last_batch=True)
         if stage == "read":
             return image, mask

@@ -221,7 +221,8 @@ def main() -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
                    help="one or more worker/thread counts (default: the number of cores)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", "--epochs", dest="rounds", type=int, default=3,
+                   help="timed rounds (--epochs: its older name, kept for scripts that use it)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
     p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=list(LOADERS))
     p.add_argument("--json", type=Path)

@@ -57,8 +57,8 @@ def _resize(image, mask, size, window=None):
 @pipeline_def
 def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
     image, mask, *meta = fn.readers.webdataset(
-        paths=[str(p) for p in plan.shards],
-        index_paths=[str(p.with_suffix(".idx")) for p in plan.shards],
+        paths=plan.shards,  # s3:// URLs too: DALI's reader streams them itself
+        index_paths=[str(p) for p in plan.indexes],
         ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.return_keys else []),
         missing_component_behavior="error",
         shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
@@ -125,7 +125,7 @@ class DaliLoader(EpochLoader):
             return self.pipe.run()
         except RuntimeError as err:  # DALI reports a bad sample with a long C++ trace; say what to do instead
             detail = str(err).strip().splitlines()[0][:300]
-            shards = ", ".join(p.name for p in self.plan.shards)
+            shards = ", ".join(p.rpartition("/")[2] for p in self.plan.shards)
             raise FastsegError(f"{self.plan.root}: DALI could not read a sample of {shards} ({detail}); "
                                f"check the set with fastseg-shard --verify {self.plan.root}") from err
 

@@ -6,8 +6,6 @@ import; this module only checks the arguments and picks a backend.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-
 import pytorch_lightning as pl
 import torch
 
@@ -41,9 +39,9 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         raise FastsegError("device 'cuda' asked for, but no CUDA device is visible; use device='cpu'")
     manifest = load_manifest(shards)
     manifest.split(split)
+    paths, indexes = check_shards(shards, manifest, split, checksums)
     plan = LoaderPlan(
-        root=Path(shards), manifest=manifest, split=split,
-        shards=check_shards(shards, manifest, split, checksums), batch_size=batch_size,
+        root=shards, manifest=manifest, split=split, shards=paths, indexes=indexes, batch_size=batch_size,
         size=resolve_size(manifest, split, size), augment=resolve_augment(augment, split),
         scale=tuple(scale), vflip=vflip, rank=rank, world_size=world_size, seed=seed,
         workers=workers or os.cpu_count() or 1, device=device,

@@ -12,6 +12,7 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from . import remote
 from .errors import FastsegError
 
 FORMAT_VERSION = 1
@@ -121,7 +122,42 @@ class Manifest:
 
 
 def load_manifest(shards: str | os.PathLike) -> Manifest:
-    """Read and check `manifest.json`; every reader starts here."""
+    """Read and check `manifest.json` of a folder or an s3:// prefix; every reader starts here."""
+    text, where = _manifest_text(shards)
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise FastsegError(f"{where}: unreadable manifest ({err}); shard the data again") from err
+    version = raw.get("format_version") if isinstance(raw, dict) else None
+    if version != FORMAT_VERSION:
+        raise FastsegError(
+            f"{where}: format version {version!r}, this fastseg reads version {FORMAT_VERSION}; "
+            "re-shard with this fastseg version"
+        )
+    try:
+        return Manifest.from_dict(raw)
+    except (KeyError, TypeError) as err:
+        raise FastsegError(f"{where}: manifest is missing a field ({err}); shard the data again") from err
+
+
+def _unfinished(root, tars: int) -> FastsegError:
+    return FastsegError(f"{root} has {tars} shard(s) but no {MANIFEST}: an unfinished fastseg-shard run; "
+                        "shard the data again (fastseg-shard ... --overwrite)")
+
+
+def _manifest_text(shards) -> tuple[str, str]:
+    if remote.is_remote(shards):
+        root = str(shards).rstrip("/")
+        remote.check_bucket(root)
+        listed = remote.names(root)
+        if MANIFEST not in listed:
+            tars = [n for n in listed if n.endswith(".tar")]
+            if tars:
+                raise _unfinished(root, len(tars))
+            raise FastsegError(f"{root}: no {MANIFEST} under this prefix; not a fastseg shard set (make one with "
+                               f"fastseg-shard DATA {root})")
+        where = remote.join(root, MANIFEST)
+        return remote.read(where).decode(), where
     root = Path(shards)
     if not root.is_dir():
         raise FastsegError(f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
@@ -129,25 +165,12 @@ def load_manifest(shards: str | os.PathLike) -> Manifest:
     if not path.exists():
         tars = sorted(root.glob("*.tar"))
         if tars:
-            raise FastsegError(
-                f"{root} has {len(tars)} shard(s) but no {MANIFEST}: an unfinished fastseg-shard run; "
-                "shard the data again (fastseg-shard ... --overwrite)"
-            )
+            raise _unfinished(root, len(tars))
         raise FastsegError(f"{root}: no {MANIFEST}; this is not a fastseg shard set (make one with fastseg-shard)")
     try:
-        raw = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
+        return path.read_text(), str(path)
+    except OSError as err:
         raise FastsegError(f"{path}: unreadable manifest ({err}); shard the data again") from err
-    version = raw.get("format_version") if isinstance(raw, dict) else None
-    if version != FORMAT_VERSION:
-        raise FastsegError(
-            f"{path}: format version {version!r}, this fastseg reads version {FORMAT_VERSION}; "
-            "re-shard with this fastseg version"
-        )
-    try:
-        return Manifest.from_dict(raw)
-    except (KeyError, TypeError) as err:
-        raise FastsegError(f"{path}: manifest is missing a field ({err}); shard the data again") from err
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -158,8 +181,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def check_shards(root: str | os.PathLike, manifest: Manifest, split: str, checksums: bool = True) -> list[Path]:
-    """The split's shard paths, after checking that each exists with the size (and hash) the manifest records."""
+def check_shards(root: str | os.PathLike, manifest: Manifest, split: str,
+                 checksums: bool = True) -> tuple[list[str], list[Path]]:
+    """The split's shards (paths, or s3:// URLs) and their local index files, after checking that each shard is
+    there with the size the manifest records, and on disk (with `checksums`) its sha256 too.
+
+    In a bucket the sha256 is not checked at start-up: that would read every byte before the first batch and
+    defeat streaming. Sizes are, from one listing; `fastseg-shard --verify s3://...` checks everything."""
+    if remote.is_remote(root):
+        return _check_remote(str(root).rstrip("/"), manifest, split)
     root = Path(root)
     paths = []
     for shard in manifest.split(split).shards:
@@ -173,4 +203,31 @@ def check_shards(root: str | os.PathLike, manifest: Manifest, split: str, checks
         if checksums and sha256_file(path) != shard.sha256:
             raise FastsegError(f"{path}: sha256 does not match the manifest; the shard is damaged, re-shard")
         paths.append(path)
-    return paths
+    return [str(p) for p in paths], [root / s.index for s in manifest.split(split).shards]
+
+
+def index_cache() -> Path:
+    """Where the index files of remote sets are kept (small: one line per sample), by shard sha256."""
+    return Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "indexes"
+
+
+def _check_remote(root: str, manifest: Manifest, split: str) -> tuple[list[str], list[Path]]:
+    sizes = remote.sizes(root)
+    urls, indexes = [], []
+    for shard in manifest.split(split).shards:
+        url = remote.join(root, shard.name)
+        if shard.name not in sizes or shard.index not in sizes:
+            raise FastsegError(f"{url}: listed in the manifest but missing from the bucket (or its index is); "
+                               "re-shard or restore it")
+        if sizes[shard.name] != shard.bytes:
+            raise FastsegError(f"{url}: {sizes[shard.name]} bytes, the manifest says {shard.bytes}; the shard is "
+                               "damaged, re-shard")
+        local = index_cache() / f"{shard.sha256}.idx"
+        if not local.exists():  # written beside and renamed, so a cached index is always whole
+            local.parent.mkdir(parents=True, exist_ok=True)
+            tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
+            tmp.write_bytes(remote.read(remote.join(root, shard.index)))
+            os.replace(tmp, local)
+        urls.append(url)
+        indexes.append(local)
+    return urls, indexes

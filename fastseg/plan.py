@@ -28,10 +28,11 @@ AUGMENTS = ("none", "flip", "crop")
 class LoaderPlan:
     """Everything a backend needs, resolved and checked once."""
 
-    root: Path
+    root: str | Path  # a folder, or an s3:// prefix
     manifest: Manifest
     split: str
-    shards: list[Path]
+    shards: list[str]  # paths, or s3:// URLs
+    indexes: list[Path]  # the DALI index of each shard, on local disk
     batch_size: int
     size: tuple[int, int]  # (height, width)
     augment: str  # one of AUGMENTS

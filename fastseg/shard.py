@@ -14,9 +14,10 @@ import random
 import shutil
 import signal
 import tarfile
+import tempfile
 import time
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,7 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from . import masks as maskmod
+from . import remote
 from .errors import FastsegError
 from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
                      shard_name)
@@ -204,7 +206,10 @@ def _term_as_exit(*_):
     raise SystemExit(143)
 
 
-def shard(src: Path, out: Path, opts: Options) -> Manifest:
+def shard(src: Path, out, opts: Options) -> Manifest:
+    """Shard SRC into OUT: a folder, or an s3:// prefix (written locally first, then uploaded, manifest last)."""
+    if remote.is_remote(out):
+        return _shard_to_bucket(src, str(out).rstrip("/"), opts)
     start = time.perf_counter()
     found = find_pairs(src, opts.images, opts.masks)
     if found.unpaired:
@@ -234,6 +239,34 @@ def shard(src: Path, out: Path, opts: Options) -> Manifest:
         shutil.rmtree(tmp, ignore_errors=True)
     _summary(manifest, out, time.perf_counter() - start)
     return manifest
+
+
+def _shard_to_bucket(src: Path, root: str, opts: Options) -> Manifest:
+    remote.check_bucket(root)
+    existing = remote.sizes(root)
+    if existing:
+        if not opts.overwrite:
+            raise FastsegError(f"{root} already holds {len(existing)} object(s); pass --overwrite to replace the set "
+                               "there, or choose another prefix")
+        if MANIFEST not in existing and not any(name.endswith(".tar") for name in existing):
+            raise FastsegError(f"{root} holds objects that are not a shard set; not overwriting them")
+    with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
+        manifest = shard(src, Path(tmp) / "set", replace(opts, overwrite=False))
+        publish(Path(tmp) / "set", root, existing, opts.progress)
+    print(f"uploaded to {root}")
+    return manifest
+
+
+def publish(folder: Path, root: str, existing: dict[str, int], progress: bool = True) -> None:
+    """Upload a finished shard set under an s3:// prefix so that it never looks complete before it is: an old
+    manifest goes first, the new one last; objects of the old set that the new one lacks are removed before."""
+    if MANIFEST in existing:
+        remote.delete(root, [MANIFEST])
+    files = sorted(p for p in folder.iterdir() if p.name != MANIFEST)
+    for path in tqdm(files, unit="file", desc="uploading", disable=not progress):
+        remote.upload(path, remote.join(root, path.name))
+    remote.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST}))
+    remote.upload(folder / MANIFEST, remote.join(root, MANIFEST))
 
 
 def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Options) -> Manifest:

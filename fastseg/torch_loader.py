@@ -16,6 +16,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from . import remote
 from .errors import FastsegError
 from .format import MASK_EXT, parse_index
 from .plan import EpochLoader, LoaderPlan
@@ -36,16 +37,22 @@ class ShardSamples(Dataset):
     def __init__(self, plan: LoaderPlan):
         self.plan = plan
         self.members = []  # per sample: (shard path, key, {ext: (offset, size)}); the key is in the member names
-        for path in plan.shards:
-            for sample in parse_index(path.with_suffix(".idx").read_text(), str(path.with_suffix(".idx"))):
+        for path, index in zip(plan.shards, plan.indexes):
+            for sample in parse_index(index.read_text(), str(index)):
                 key = sample[0][3].partition(".")[0]
-                self.members.append((str(path), key, {ext: (offset, size) for ext, offset, size, _ in sample}))
+                self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
         self._files = {}
+        # the AWS settings of the process that made the loader: workers from a forkserver started earlier would
+        # otherwise read with whatever the environment held then
+        self.aws = remote.settings() if any(remote.is_remote(p) for p in plan.shards) else {}
 
     def __len__(self) -> int:
         return len(self.members)
 
     def _read(self, path: str, span: tuple[int, int]) -> bytes:
+        if remote.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
+            remote.use_settings(self.aws)
+            return remote.read_range(path, *span)
         if path not in self._files:  # one descriptor per shard per worker process
             self._files[path] = os.open(path, os.O_RDONLY)
         return os.pread(self._files[path], span[1], span[0])
@@ -58,6 +65,8 @@ class ShardSamples(Dataset):
             image = Image.open(io.BytesIO(self._read(path, members[image_ext]))).convert("RGB")
             mask = Image.open(io.BytesIO(self._read(path, members[MASK_EXT])))
             mask.load()
+        except FastsegError:
+            raise
         except Exception as err:
             raise FastsegError(f"{path}: sample {key} does not decode ({err}); run fastseg-shard --verify") from err
         plan = self.plan

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
+from . import remote
 from .errors import FastsegError
 from .format import IGNORE_INDEX, MASK_EXT, index_name, load_manifest, parse_index, sha256_file
 
@@ -57,12 +59,21 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
     return problems
 
 
-def verify(root: Path, progress: bool = True) -> list[str]:
-    """Every problem found (empty when the set is sound)."""
+def verify(root, progress: bool = True) -> list[str]:
+    """Every problem found (empty when the set is sound). A set in a bucket is read shard by shard into a
+    temporary folder and checked the same way."""
     manifest = load_manifest(root)
     valid_ids = {c.id for c in manifest.classes} | {IGNORE_INDEX}
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
-        problems += _check_shard(root, shard, valid_ids)
+        if not remote.is_remote(root):
+            problems += _check_shard(root, shard, valid_ids)
+            continue
+        with tempfile.TemporaryDirectory(prefix="fastseg-verify-") as tmp:
+            present = remote.sizes(str(root))
+            for name in (shard.name, shard.index):
+                if name in present:
+                    remote.download(remote.join(str(root), name), Path(tmp) / name)
+            problems += [p.replace(tmp, str(root).rstrip("/")) for p in _check_shard(Path(tmp), shard, valid_ids)]
     return problems

@@ -11,6 +11,7 @@ from PIL import Image, ImageOps
 
 from ..errors import FastsegError
 from ..pairs import IMAGE_SUFFIXES
+from ..remote import location
 from . import run_cli
 
 
@@ -20,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", type=Path, help="an image, or a folder of images")
     p.add_argument("--out", type=Path, required=True, help="where masks (or metrics.json) go")
     p.add_argument("--overlay", action="store_true", help="also write the mask blended over each image")
-    p.add_argument("--shards", type=Path, help="evaluate on a shard split instead of predicting files")
+    p.add_argument("--shards", type=location, help="evaluate on a shard split instead of predicting files")
     p.add_argument("--split", default="val")
     p.add_argument("--loader", choices=("dali", "torch"), default="torch")
     p.add_argument("--batch-size", type=int, default=8)

@@ -6,6 +6,8 @@ import os
 import sys
 from pathlib import Path
 
+from .. import remote
+from ..remote import location
 from ..shard import Options, shard
 from ..verify import verify
 from . import run_cli
@@ -23,9 +25,11 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-shard", description=__doc__)
-    p.add_argument("src", type=Path, nargs="?", help="data folder (images/ + masks/, train/val/test splits, or trainA/trainB)")
-    p.add_argument("out", type=Path, nargs="?", help="output folder for shards and manifest.json")
-    p.add_argument("--verify", type=Path, metavar="OUT", help="re-check an existing shard set and exit")
+    p.add_argument("src", type=location, nargs="?", help="data folder (images/ + masks/, train/val/test splits, or trainA/trainB)")
+    p.add_argument("out", type=location, nargs="?",
+                   help="output folder (or s3://bucket/prefix) for shards and manifest.json")
+    p.add_argument("--verify", type=location, metavar="OUT", help="re-check an existing shard set (folder or "
+                   "s3:// prefix) and exit")
     p.add_argument("--images", type=Path, help="image folder (with --masks, instead of SRC's layout)")
     p.add_argument("--masks", type=Path, help="mask folder matching --images")
     p.add_argument("--classes", type=Path, help='JSON list of {"name", "color"}; order gives the class ids')
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         resize_masks=args.resize_masks, skip_unpaired=args.skip_unpaired, overwrite=args.overwrite,
         workers=args.workers, progress=not args.quiet,
     )
+    if remote.is_remote(args.src or ""):
+        parser.error("SRC must be a local folder; only OUT may be an s3:// prefix")
     shard(args.src or Path("."), args.out, opts)
     return 0
 

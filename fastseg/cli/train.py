@@ -13,6 +13,7 @@ import torch
 
 from ..errors import FastsegError
 from ..plan import AUGMENTS
+from ..remote import location
 from . import run_cli
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
@@ -20,7 +21,7 @@ PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-train", description=__doc__)
-    p.add_argument("--shards", type=Path, required=True, help="a shard set made by fastseg-shard")
+    p.add_argument("--shards", type=location, required=True, help="a shard set made by fastseg-shard")
     p.add_argument("--out", type=Path, default=Path("runs/fastseg"), help="checkpoints, logs, metrics (default runs/fastseg)")
     p.add_argument("--epochs", type=int, default=20)
     p.add_argument("--batch-size", type=int, default=16, help="per device")

@@ -1,0 +1,177 @@
+"""Shard sets in S3-compatible object storage (`s3://bucket/prefix`): the only module that imports boto3.
+
+Credentials, region and endpoint come from the standard AWS settings (environment, ~/.aws/config and credentials,
+AWS_PROFILE, and AWS_ENDPOINT_URL for S3-compatible services such as MinIO or Ceph); fastseg never writes them
+anywhere. Every failure of the client becomes one FastsegError that names the URL and the fix.
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import FastsegError
+
+SCHEME = "s3://"
+
+
+def is_remote(location) -> bool:
+    return str(location).startswith(SCHEME)
+
+
+def location(text: str):
+    """A command-line location: an s3:// URL stays a string (a Path would fold its '//'), anything else a Path."""
+    return text.rstrip("/") if is_remote(text) else Path(text)
+
+
+def join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def split_url(url: str) -> tuple[str, str]:
+    bucket, _, key = url[len(SCHEME):].partition("/")
+    if not bucket:
+        raise FastsegError(f"{url}: no bucket in the URL; write s3://BUCKET/PREFIX")
+    return bucket, key
+
+
+_clients = {}
+
+
+def settings() -> dict[str, str]:
+    """The AWS_* environment (endpoint, profile, credentials) of this process, to hand to loader workers; kept in
+    memory only."""
+    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+
+
+def use_settings(aws: dict[str, str]) -> None:
+    if aws and any(os.environ.get(k) != v for k, v in aws.items()):
+        os.environ.update(aws)
+        _clients.pop(os.getpid(), None)
+
+
+def client():
+    """One client per process (the twin's workers each make their own), with short timeouts and few retries, so
+    an unreachable endpoint is reported in seconds rather than minutes."""
+    pid = os.getpid()
+    if pid not in _clients:
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError as err:  # pragma: no cover - depends on the install
+            raise FastsegError("s3:// needs boto3: pip install boto3") from err
+        config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+                        max_pool_connections=32)
+        _clients[pid] = boto3.session.Session().client("s3", config=config)
+    return _clients[pid]
+
+
+def endpoint() -> str:
+    return client().meta.endpoint_url
+
+
+@contextmanager
+def errors(url: str, missing: str | None = None):
+    """Turn the client's exceptions into one line naming `url` and the fix; `missing` is the message for a key that
+    is not there (None: say so plainly)."""
+    from botocore import exceptions as bx
+
+    try:
+        yield
+    except bx.ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        bucket, _ = split_url(url)
+        if code in ("NoSuchBucket",):
+            raise FastsegError(f"{url}: no bucket {bucket!r} at {endpoint()}; create it, or fix the URL or "
+                               "AWS_ENDPOINT_URL") from None
+        if code in ("NoSuchKey", "404", "NotFound"):
+            raise FastsegError(missing or f"{url}: not found in the bucket") from None
+        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
+                    "ExpiredToken"):
+            raise FastsegError(f"{url}: access denied ({code}); check the credentials (AWS_ACCESS_KEY_ID and "
+                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the bucket's permissions") from None
+        raise FastsegError(f"{url}: the S3 request failed ({code or err}); check the URL and the service") from None
+    except bx.NoCredentialsError:
+        raise FastsegError(f"{url}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
+                           "or AWS_PROFILE") from None
+    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as err:
+        raise FastsegError(f"{url}: cannot reach the S3 endpoint {endpoint()} ({type(err).__name__}); check "
+                           "AWS_ENDPOINT_URL and the network") from None
+    except bx.BotoCoreError as err:
+        raise FastsegError(f"{url}: S3 client error ({err}); check the AWS settings") from None
+
+
+def check_bucket(url: str) -> None:
+    bucket, _ = split_url(url)
+    with errors(url):
+        try:
+            client().head_bucket(Bucket=bucket)
+        except Exception as err:  # head_bucket reports a missing bucket as a bare 404
+            code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+            if code in ("404", "NoSuchBucket", "NotFound"):
+                raise FastsegError(f"{url}: no bucket {bucket!r} at {endpoint()}; create it, or fix the URL or "
+                                   "AWS_ENDPOINT_URL") from None
+            raise
+
+
+def read(url: str, missing: str | None = None) -> bytes:
+    bucket, key = split_url(url)
+    with errors(url, missing):
+        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+
+
+def read_range(url: str, offset: int, size: int) -> bytes:
+    bucket, key = split_url(url)
+    with errors(url):
+        body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
+        return body.read()
+
+
+def size_of(url: str) -> int | None:
+    """The object's size, or None if it is not there."""
+    bucket, key = split_url(url)
+    from botocore.exceptions import ClientError
+
+    with errors(url):
+        try:
+            return client().head_object(Bucket=bucket, Key=key)["ContentLength"]
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise
+
+
+def sizes(root: str) -> dict[str, int]:
+    """Name -> size of the objects directly under the prefix `root` (no deeper folders), from one listing."""
+    bucket, prefix = split_url(root)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    found = {}
+    with errors(root):
+        for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
+            found.update((item["Key"][len(prefix):], item["Size"]) for item in page.get("Contents", []))
+    return found
+
+
+def names(root: str) -> list[str]:
+    return sorted(sizes(root))
+
+
+def upload(path: Path, url: str) -> None:
+    bucket, key = split_url(url)
+    with errors(url):
+        client().upload_file(str(path), bucket, key)
+
+
+def download(url: str, path: Path) -> None:
+    bucket, key = split_url(url)
+    with errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
+        client().download_file(bucket, key, str(path))
+
+
+def delete(root: str, names_to_delete: list[str]) -> None:
+    bucket, prefix = split_url(root)
+    prefix = prefix.rstrip("/") + "/" if prefix else ""
+    for start in range(0, len(names_to_delete), 1000):
+        batch = [{"Key": prefix + n} for n in names_to_delete[start:start + 1000]]
+        with errors(root):
+            client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})

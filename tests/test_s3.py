@@ -1,0 +1,217 @@
+"""Shard sets in a bucket, against a real S3-compatible server (moto's standalone server) on 127.0.0.1: shard to
+it, read back with both loaders, train from it, DDP slices, and every bad input as one clear line."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from fastseg.cli import run_cli
+from fastseg.cli.shard import main as shard_main
+from fastseg.cli.train import main as train_main
+from fastseg.data import make_loader
+from fastseg.errors import FastsegError
+
+from .conftest import make_dataset
+
+POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+KEYS = {}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """moto's S3 server in its own process (DALI's client blocks the GIL of the process that calls it), checking
+    credentials: its first three requests (an IAM user, its policy, its key) are free, every later one is signed
+    with that key."""
+    binary = Path(sys.executable).parent / "moto_server"
+    if not binary.exists():
+        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
+    port = free_port()
+    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"))
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    else:
+        proc.kill()
+        pytest.skip("moto's server did not start")
+    import boto3
+
+    iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup",
+                       aws_secret_access_key="setup")
+    iam.create_user(UserName="fastseg")
+    iam.put_user_policy(UserName="fastseg", PolicyName="all", PolicyDocument=POLICY)
+    key = iam.create_access_key(UserName="fastseg")["AccessKey"]
+    KEYS.update(AWS_ACCESS_KEY_ID=key["AccessKeyId"], AWS_SECRET_ACCESS_KEY=key["SecretAccessKey"],
+                AWS_DEFAULT_REGION="us-east-1")
+    saved = {k: os.environ.get(k) for k in [*KEYS, "AWS_ENDPOINT_URL"]}
+    os.environ.update(KEYS, AWS_ENDPOINT_URL=url)
+    boto3.client("s3").create_bucket(Bucket="sets")
+    yield url
+    proc.kill()
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("s3data")
+    make_dataset(root / "train", count=10, size=(48, 32), mask="index", classes=3)
+    make_dataset(root / "val", count=4, size=(48, 32), mask="index", classes=3, first_seed=30)
+    return root
+
+
+def shard_cli(capsys, *argv) -> tuple[int, str]:
+    code = run_cli("fastseg-shard", shard_main, [str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def bucket_set(server, data, tmp_path_factory):
+    """The same data sharded to disk and to s3://sets/camvid-like (shard rollover on both)."""
+    disk = tmp_path_factory.mktemp("disk") / "shards"
+    for out in (disk, "s3://sets/tiny"):
+        assert run_cli("fastseg-shard", shard_main, [str(data), str(out), "--max-count", "3", "--workers", "1",
+                                                     "--quiet"]) == 0
+    return "s3://sets/tiny", disk
+
+
+def test_shard_to_a_bucket_writes_the_set_and_refuses_to_clobber_it(bucket_set, data, capsys):
+    import boto3
+
+    url, disk = bucket_set
+    keys = sorted(o["Key"] for o in boto3.client("s3").list_objects_v2(Bucket="sets", Prefix="tiny/")["Contents"])
+    assert keys == sorted(f"tiny/{p.name}" for p in disk.iterdir())
+    remote_manifest = json.loads(boto3.client("s3").get_object(Bucket="sets", Key="tiny/manifest.json")["Body"].read())
+    assert remote_manifest == json.loads((disk / "manifest.json").read_text())  # same shards, same sha256
+    code, err = shard_cli(capsys, data, url, "--workers", "1", "--quiet")
+    assert code == 1 and "s3://sets/tiny already holds" in err and "--overwrite" in err
+    code, _ = shard_cli(capsys, "--verify", url, "--quiet")
+    assert code == 0
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_both_loaders_read_the_bucket_as_they_read_the_disk(bucket_set, backend):
+    url, disk = bucket_set
+    for split in ("train", "val"):
+        remote_batches, disk_batches = (list(make_loader(s, split, backend, batch_size=3, augment="none",
+                                                         return_keys=True, workers=1)) for s in (url, disk))
+        assert [b["key"] for b in remote_batches] == [b["key"] for b in disk_batches]
+        for a, b in zip(remote_batches, disk_batches):
+            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_ddp_slices_from_the_bucket_are_disjoint_and_complete(bucket_set, backend):
+    url, _ = bucket_set
+    keys = []
+    for rank in range(2):
+        loader = make_loader(url, "train", backend, batch_size=2, augment="flip", rank=rank, world_size=2,
+                             return_keys=True, workers=1)
+        keys.append([k for b in loader for k, m in zip(b["key"], b["mask"]) if not (m == 255).all()])
+    assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == 10
+
+
+def test_train_one_epoch_from_the_bucket(bucket_set, tmp_path):
+    url, _ = bucket_set
+    out = tmp_path / "run"
+    assert run_cli("fastseg-train", train_main, ["--shards", url, "--out", str(out), "--epochs", "1", "--width", "4",
+                                                 "--batch-size", "2", "--accelerator", "cpu", "--workers", "1",
+                                                 "--image-size", "32", "48"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["val_pixels"] == 4 * 32 * 48 and metrics["throughput"]["per_epoch"][0]["images"] == 10
+    config = (out / "config.json").read_text()
+    assert '"shards": "s3://sets/tiny"' in config
+    assert KEYS["AWS_SECRET_ACCESS_KEY"] not in config and KEYS["AWS_ACCESS_KEY_ID"] not in config
+    for path in out.rglob("*"):
+        if path.is_file() and path.suffix in (".json", ".csv", ".yaml", ".txt"):
+            assert KEYS["AWS_SECRET_ACCESS_KEY"] not in path.read_text()
+
+
+def test_an_upload_cut_short_never_looks_complete(server, data, tmp_path, monkeypatch, capsys):
+    from fastseg import remote
+
+    uploaded = []
+
+    def failing_upload(path, url):  # the third file fails, as a killed or cut-off run would
+        if len(uploaded) == 2:
+            raise FastsegError(f"{url}: connection lost")
+        uploaded.append(url)
+        real_upload(path, url)
+
+    real_upload = remote.upload
+    monkeypatch.setattr(remote, "upload", failing_upload)
+    code, err = shard_cli(capsys, data, "s3://sets/cut", "--max-count", "3", "--workers", "1", "--quiet")
+    assert code == 1 and "connection lost" in err
+    assert uploaded and "manifest.json" not in remote.names("s3://sets/cut")
+    with pytest.raises(FastsegError, match=r"s3://sets/cut has 1 shard\(s\) but no manifest.json: an unfinished"):
+        make_loader("s3://sets/cut")
+
+
+def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypatch, tmp_path, capsys):
+    import boto3
+
+    url, disk = bucket_set
+    cases = [
+        ("s3://missing-bucket/x", "s3://missing-bucket/x: no bucket 'missing-bucket'"),
+        ("s3://sets/nothing-here", "s3://sets/nothing-here: no manifest.json under this prefix"),
+    ]
+    for shards, message in cases:
+        code = run_cli("fastseg-train", train_main, ["--shards", shards, "--out", str(tmp_path / "o")])
+        err = capsys.readouterr().err
+        assert code == 1 and message in err and "Traceback" not in err and err.count("\n") == 1
+
+    # a shard missing from the bucket
+    client = boto3.client("s3")
+    for path in disk.iterdir():
+        client.upload_file(str(path), "sets", f"holey/{path.name}")
+    client.delete_object(Bucket="sets", Key="holey/train-000001.tar")
+    with pytest.raises(FastsegError, match="s3://sets/holey/train-000001.tar: listed in the manifest but missing"):
+        make_loader("s3://sets/holey", backend="torch")
+
+    # wrong credentials, for fastseg-shard and the loaders alike
+    from fastseg import remote
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
+    monkeypatch.setattr(remote, "_clients", {})
+    code, err = shard_cli(capsys, "--verify", url, "--quiet")
+    assert code == 1 and f"{url}: access denied" in err and "AWS_SECRET_ACCESS_KEY" in err and "Traceback" not in err
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY")
+    monkeypatch.setattr(remote, "_clients", {})
+    with pytest.raises(FastsegError, match=f"{url}: access denied"):
+        make_loader(url, backend="dali")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AWS_SECRET_ACCESS_KEY"])
+
+    # an unreachable endpoint: said within seconds, naming it
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setattr(remote, "_clients", {})
+    start = time.time()
+    with pytest.raises(FastsegError, match=r"s3://sets/tiny: cannot reach the S3 endpoint http://127.0.0.1:\d+"):
+        make_loader(url)
+    assert time.time() - start < 60
+    monkeypatch.setattr(remote, "_clients", {})
