@@ -30,6 +30,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import decode_rate, host, publish, run_child  # noqa: E402
 
+from fastseg.remote import is_remote, location  # noqa: E402
+
 # name -> (backend, device); vanilla is the tutorial recipe below
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda")}
@@ -67,19 +69,35 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
                       persistent_workers=workers > 0)
 
 
-def train_pairs(shards: Path) -> list[tuple[str, str]]:
-    """(image, mask) source files of the train split, from the json member of each sample."""
-    from fastseg.format import load_manifest, parse_index
+def train_pairs(shards) -> list[tuple[str, str]]:
+    """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
+    bucket: read by offset through the index either way)."""
+    from fastseg import remote
+    from fastseg.format import check_shards, load_manifest, parse_index
 
+    manifest = load_manifest(shards)
     pairs = []
-    for shard in load_manifest(shards).splits["train"].shards:
-        with open(shards / shard.name, "rb") as tar:
-            for sample in parse_index((shards / shard.index).read_text(), shard.index):
-                _, offset, size, _ = next(m for m in sample if m[0] == "json")
-                tar.seek(offset)
-                meta = json.loads(tar.read(size))
-                pairs.append((meta["image"], meta["mask"]))
+    for path, index in zip(*check_shards(shards, manifest, "train", checksums=False)):
+        for sample in parse_index(index.read_text(), str(index)):
+            _, offset, size, _ = next(m for m in sample if m[0] == "json")
+            if remote.is_remote(path):
+                meta = json.loads(remote.read_range(path, offset, size))
+            else:
+                with open(path, "rb") as tar:
+                    tar.seek(offset)
+                    meta = json.loads(tar.read(size))
+            pairs.append((meta["image"], meta["mask"]))
     return pairs
+
+
+def disk_copy(url: str, folder: Path) -> Path:
+    """The shard set under an s3:// prefix, downloaded whole, for the side-by-side rate from disk."""
+    from fastseg import remote
+
+    folder.mkdir(parents=True)
+    for name in remote.names(url):
+        remote.download(remote.join(url, name), folder / name)
+    return folder
 
 
 def child(args) -> None:
@@ -167,12 +185,14 @@ def chart(result: dict, path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
     workers = [run["workers"] for run in result["runs"]]
-    names = [n for n in LOADERS if any("samples_per_s" in run["loaders"].get(n, {}) for run in result["runs"])]
+    names = list(dict.fromkeys(n for run in result["runs"] for n, r in run["loaders"].items() if "samples_per_s" in r))
+    color = {n: COLORS[n.split(" ")[0]] for n in names}  # "NAME (s3)": the loader's colour, dashed or hatched
     if len(workers) > 1:
         for name in names:
             points = [(run["workers"], run["loaders"][name]["samples_per_s"]) for run in result["runs"]
                       if "samples_per_s" in run["loaders"].get(name, {})]
-            ax.plot(*zip(*points), marker="o", label=name, color=COLORS[name])
+            ax.plot(*zip(*points), marker="o", label=name, color=color[name],
+                    linestyle="--" if name.endswith("(s3)") else "-")
         ax.plot(workers, [run["decode_limit_samples_per_s"] for run in result["runs"]], linestyle="--",
                 color="black", linewidth=1, label="decode-bound limit")
         ax.set_xscale("log", base=2)
@@ -182,7 +202,8 @@ def chart(result: dict, path: Path) -> None:
     else:
         run = result["runs"][0]
         rates = [run["loaders"][n]["samples_per_s"] for n in names]
-        bars = ax.bar(names, rates, color=[COLORS[n] for n in names])
+        bars = ax.bar(names, rates, color=[color[n] for n in names],
+                      hatch=["//" if n.endswith("(s3)") else "" for n in names])
         ax.axhline(run["decode_limit_samples_per_s"], color="black", linestyle="--", linewidth=1)
         ax.text(len(names) - 0.5, run["decode_limit_samples_per_s"], " decode-bound limit", va="bottom",
                 ha="right", fontsize=8)
@@ -195,8 +216,8 @@ def chart(result: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def measure_loader(name: str, workers: int, args, limit: float, mb: float) -> dict:
-    argv = [__file__, "--child", name, "--shards", str(args.shards), "--batch-size", str(args.batch_size),
+def measure_loader(name: str, workers: int, args, limit: float, mb: float, shards=None) -> dict:
+    argv = [__file__, "--child", name, "--shards", str(shards or args.shards), "--batch-size", str(args.batch_size),
             "--workers", str(workers), "--rounds", str(args.rounds), "--min-seconds", str(args.min_seconds),
             "--augment", args.augment, "--size", *map(str, args.size)]
     figures, monitor, _ = run_child(argv)
@@ -215,7 +236,8 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float) -> di
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path)
-    p.add_argument("--shards", type=Path)
+    p.add_argument("--shards", type=location, help="a shard set: a folder, or an s3:// prefix (then each fastseg "
+                   "loader also runs from a copy on disk, side by side)")
     p.add_argument("--augment", choices=("flip", "crop"), default="flip")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
@@ -259,19 +281,26 @@ def main() -> int:
                   "augment": args.augment, "size": args.size, "rounds": args.rounds, "min_seconds": args.min_seconds,
                   "device_kind": "GPU" if cuda else "CPU", "decode_single_core_samples_per_s": round(rate, 2),
                   "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
-        jobs = [(w, n) for w in args.workers for n in args.loaders]
-        progress = tqdm(jobs, desc="loaders", unit="run")
+        # from a bucket: each fastseg loader reads the bucket ("NAME (s3)") and a copy on disk, side by side
+        sources = [(name, None) for name in args.loaders]
+        if is_remote(args.shards):
+            copy = disk_copy(args.shards, Path(tmp) / "disk-copy")
+            sources = [(name, copy) for name in args.loaders] + [
+                (f"{name} (s3)", args.shards) for name in args.loaders if name != "vanilla"]
+            result["shards"] = args.shards
+        progress = tqdm(total=len(args.workers) * len(sources), desc="loaders", unit="run")
         for workers in args.workers:
             # the limit: as many cores as this run may use, each decoding at the single-core Pillow rate
             run = {"workers": workers, "limit_cores": min(workers, cores),
                    "decode_limit_samples_per_s": round(rate * min(workers, cores), 2), "loaders": {}}
-            for name in args.loaders:
+            for name, shards in sources:
+                base = name.split(" ")[0]
                 progress.set_postfix_str(f"{name}, {workers} workers")
-                if LOADERS[name][1] == "cuda" and not cuda:
+                if LOADERS[base][1] == "cuda" and not cuda:
                     run["loaders"][name] = {"skipped": "no CUDA device"}
                 else:
-                    run["loaders"][name] = measure_loader(name, workers, args, run["decode_limit_samples_per_s"],
-                                                          mb_per_sample)
+                    run["loaders"][name] = measure_loader(base, workers, args, run["decode_limit_samples_per_s"],
+                                                          mb_per_sample, shards)
                 progress.update()
             vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
             for r in run["loaders"].values():

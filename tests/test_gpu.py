@@ -21,8 +21,10 @@ def jpeg_shards(tmp_path_factory):
 
 
 def test_mixed_decoding_matches_the_cpu_twin(jpeg_shards):
-    gpu = list(make_loader(jpeg_shards, backend="dali", batch_size=4, augment=False, device="cuda", return_keys=True))
-    cpu = list(make_loader(jpeg_shards, backend="torch", batch_size=4, augment=False, device="cpu", return_keys=True))
+    gpu = list(make_loader(jpeg_shards, backend="dali", batch_size=4, augment=False, device="cuda", return_keys=True,
+                           workers=2))
+    cpu = list(make_loader(jpeg_shards, backend="torch", batch_size=4, augment=False, device="cpu", return_keys=True,
+                           workers=2))
     assert len(gpu) == len(cpu) == 3
     for a, b in zip(gpu, cpu):
         assert a["image"].is_cuda and a["mask"].is_cuda and a["mask"].dtype == torch.int64
@@ -32,8 +34,8 @@ def test_mixed_decoding_matches_the_cpu_twin(jpeg_shards):
 
 
 def test_gpu_augmentation_keeps_classes_and_counts(jpeg_shards):
-    loader = make_loader(jpeg_shards, backend="dali", batch_size=4, size=(32, 32), augment=True, vflip=True,
-                         device="cuda", return_keys=True)
+    loader = make_loader(jpeg_shards, backend="dali", batch_size=4, size=(32, 32), augment="crop", vflip=True,
+                         device="cuda", return_keys=True, workers=2)
     for _ in range(2):
         batches = list(loader)
         assert len(batches) == len(loader)

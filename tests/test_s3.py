@@ -150,6 +150,12 @@ def test_train_one_epoch_from_the_bucket(bucket_set, tmp_path):
     for path in out.rglob("*"):
         if path.is_file() and path.suffix in (".json", ".csv", ".yaml", ".txt"):
             assert KEYS["AWS_SECRET_ACCESS_KEY"] not in path.read_text()
+    # fastseg-predict evaluates a split straight from the bucket
+    from fastseg.cli.predict import main as predict_main
+
+    assert run_cli("fastseg-predict", predict_main, ["--checkpoint", str(out / "checkpoints/last.ckpt"), "--shards",
+                                                     url, "--split", "val", "--out", str(tmp_path / "eval"), "--workers", "1"]) == 0
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["val_pixels"] == 4 * 32 * 48
 
 
 def test_an_upload_cut_short_never_looks_complete(server, data, tmp_path, monkeypatch, capsys):
@@ -215,3 +221,17 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
         make_loader(url)
     assert time.time() - start < 60
     monkeypatch.setattr(remote, "_clients", {})
+
+
+def test_loader_bench_reads_the_bucket_beside_the_disk(bucket_set, data, tmp_path):
+    url, _ = bucket_set
+    out = tmp_path / "bench.json"
+    result = subprocess.run([sys.executable, str(Path(__file__).parents[1] / "benchmarks/loader_bench.py"),
+                             "--data", str(data), "--shards", url, "--size", "32", "48", "--rounds", "1",
+                             "--min-seconds", "0.2", "--batch-size", "4", "--workers", "1", "--loaders", "torch",
+                             "dali_cpu", "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaders = json.loads(out.read_text())["runs"][0]["loaders"]
+    assert set(loaders) == {"torch", "dali_cpu", "torch (s3)", "dali_cpu (s3)"}
+    assert all(r["samples_per_s"] > 0 for r in loaders.values())
+    assert "| dali_cpu (s3) | 1 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()

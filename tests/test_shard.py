@@ -37,7 +37,7 @@ def decode(data: bytes) -> np.ndarray:
 
 
 def cli(argv, capsys):
-    code = run_cli("fastseg-shard", shard_main, [str(a) for a in argv] + ["--quiet"])
+    code = run_cli("fastseg-shard", shard_main, [str(a) for a in argv] + ["--quiet", "--workers", "2"])
     return code, capsys.readouterr().err
 
 

@@ -40,7 +40,7 @@ def run_loader_bench(data, shards, out, *extra):
 
 def test_loader_bench_runs_and_reports(tmp_path):
     data = generate(tmp_path / "synth", count=16, seed=1)
-    shard(data, tmp_path / "shards", Options(classes=data / "classes.json", val_fraction=0, progress=False))
+    shard(data, tmp_path / "shards", Options(classes=data / "classes.json", val_fraction=0, progress=False, workers=2))
     out = tmp_path / "bench.json"
     report = run_loader_bench(data, tmp_path / "shards", out, "--workers", "1", "2", "--augment", "crop")
     assert [run["workers"] for run in report["runs"]] == [1, 2] and report["augment"] == "crop"

@@ -68,7 +68,7 @@ def test_train_then_predict_end_to_end(loader, shards, tmp_path):
     assert set(np.unique(np.asarray(a))) <= {0, 1, 2}
     assert Image.open(tmp_path / "pred/a_overlay.jpg").size == (45, 30)
     assert run(["--checkpoint", out / "checkpoints/best.ckpt", "--shards", shards, "--split", "val", "--out",
-                tmp_path / "eval"], predict_main, "fastseg-predict") == 0
+                tmp_path / "eval", "--workers", "1"], predict_main, "fastseg-predict") == 0
     evaluated = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert evaluated["val_pixels"] == metrics["val_pixels"]
 

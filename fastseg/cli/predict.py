@@ -25,6 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val")
     p.add_argument("--loader", choices=("dali", "torch"), default="torch")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--workers", type=int, help="loader threads/processes for --shards (default: the cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     return p
 
@@ -110,7 +111,7 @@ def evaluate(module, args) -> None:
 
     h = module.hparams
     loader = make_loader(args.shards, args.split, args.loader, args.batch_size, tuple(h.image_size), augment=False,
-                         device=args.device)
+                         device=args.device, workers=args.workers)
     confusion = confusion_metric(len(h.class_names), h.ignore_index).to(args.device)
     for batch in tqdm(loader, unit="batch", desc=f"evaluating {args.split}"):
         confusion.update(predict(module(batch["image"])), batch["mask"])
