@@ -106,7 +106,7 @@ class ThroughputMeter(pl.Callback):
             slowest = trainer.strategy.reduce(figures[1:].clone(), reduce_op="max")
             figures = torch.cat([total, slowest])
         images, seconds, stall = figures.tolist()
-        epoch = {"epoch": trainer.current_epoch, "images": int(images), "seconds": round(seconds, 3),
+        epoch = {"epoch": trainer.current_epoch, "images": int(images), "seconds": round(seconds, 4),
                  "images_per_s": round(images / seconds, 2), "step_ms": round(1000 * seconds / max(self._steps, 1), 1),
                  "data_stall": round(min(max(stall, 0.0), 1.0), 4)}
         if self.flops and self.peak:

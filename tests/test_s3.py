@@ -235,3 +235,17 @@ def test_loader_bench_reads_the_bucket_beside_the_disk(bucket_set, data, tmp_pat
     assert set(loaders) == {"torch", "dali_cpu", "torch (s3)", "dali_cpu (s3)"}
     assert all(r["samples_per_s"] > 0 for r in loaders.values())
     assert "| dali_cpu (s3) | 1 |" in out.with_suffix(".md").read_text() and out.with_suffix(".png").exists()
+
+
+def test_ddp_training_from_the_bucket(bucket_set, tmp_path):
+    url, _ = bucket_set
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "fastseg.cli.train", "--shards", url, "--out", str(out),
+                             "--epochs", "1", "--devices", "2", "--width", "4", "--batch-size", "1", "--accelerator",
+                             "cpu", "--workers", "1", "--image-size", "32", "48", "--log-batch-keys"],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    keys = [[k for line in (out / f"batches/rank{r}.jsonl").read_text().splitlines()
+             for k in json.loads(line)["keys"]] for r in range(2)]
+    assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == 10  # disjoint and complete
+    assert json.loads((out / "metrics.json").read_text())["val_pixels"] == 4 * 32 * 48

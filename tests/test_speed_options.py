@@ -99,8 +99,9 @@ def test_fastseg_train_reports_its_throughput(tmp_path, capsys):
     for epoch in throughput["per_epoch"]:
         assert epoch["images"] == 16  # images counted = images trained: 4 steps of 4
         assert 0 <= epoch["data_stall"] <= 1 and epoch["images_per_s"] > 0
+        # the figures agree with each other (up to the rounding of the stored seconds and milliseconds)
         assert epoch["images_per_s"] == pytest.approx(epoch["images"] / epoch["seconds"], rel=0.01)
-        assert epoch["step_ms"] == pytest.approx(1000 * epoch["seconds"] / 4, rel=0.01)
+        assert epoch["step_ms"] == pytest.approx(1000 * epoch["seconds"] / 4, rel=0.01, abs=0.06)
     assert throughput["epochs_measured"] == [1, 2]  # the first epoch is the warm-up
     assert throughput["flops_per_image"] == flops_per_image(3, 4, (32, 32))
     assert throughput["mfu"] is None  # no known peak for a CPU
