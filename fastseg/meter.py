@@ -11,7 +11,6 @@ table are used.
 from __future__ import annotations
 
 import time
-from collections import defaultdict
 
 import pytorch_lightning as pl
 import torch

@@ -206,8 +206,9 @@ def _term_as_exit(*_):
     raise SystemExit(143)
 
 
-def shard(src: Path, out, opts: Options) -> Manifest:
-    """Shard SRC into OUT: a folder, or an s3:// prefix (written locally first, then uploaded, manifest last)."""
+def shard(src: Path, out, opts: Options, *, shown_as: str | None = None) -> Manifest:
+    """Shard SRC into OUT: a folder, or an s3:// prefix (written locally first, then uploaded, manifest last).
+    `shown_as` names the destination in the summary line when OUT is only a staging folder."""
     if remote.is_remote(out):
         return _shard_to_bucket(src, str(out).rstrip("/"), opts)
     start = time.perf_counter()
@@ -237,7 +238,7 @@ def shard(src: Path, out, opts: Options) -> Manifest:
     finally:
         signal.signal(signal.SIGTERM, previous)
         shutil.rmtree(tmp, ignore_errors=True)
-    _summary(manifest, out, time.perf_counter() - start)
+    _summary(manifest, shown_as or out, time.perf_counter() - start)
     return manifest
 
 
@@ -251,9 +252,9 @@ def _shard_to_bucket(src: Path, root: str, opts: Options) -> Manifest:
         if MANIFEST not in existing and not any(name.endswith(".tar") for name in existing):
             raise FastsegError(f"{root} holds objects that are not a shard set; not overwriting them")
     with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
-        manifest = shard(src, Path(tmp) / "set", replace(opts, overwrite=False))
+        manifest = shard(src, Path(tmp) / "set", replace(opts, overwrite=False), shown_as=f"{root} (uploading)")
         publish(Path(tmp) / "set", root, existing, opts.progress)
-    print(f"uploaded to {root}")
+    print(f"uploaded to {root}, manifest last")
     return manifest
 
 

@@ -14,9 +14,8 @@ import pytest
 import torch
 
 from fastseg.checkpoints import AtomicCheckpointIO
-from fastseg.shard import Options, shard
 
-from .conftest import make_dataset
+from .conftest import split_shards
 
 STEPS = 8  # per epoch: 16 training samples, batch 2 on one rank or batch 1 on each of two
 EVERY = 3  # --checkpoint-every: steps 9, 12 and 15 fall inside the second epoch (steps 9-16)
@@ -24,11 +23,7 @@ EVERY = 3  # --checkpoint-every: steps 9, 12 and 15 fall inside the second epoch
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resume")
-    make_dataset(root / "data/train", count=16, size=(64, 64), image_ext="jpg", mask="index", classes=3)
-    make_dataset(root / "data/val", count=5, size=(64, 64), image_ext="jpg", mask="index", classes=3, first_seed=50)
-    shard(root / "data", root / "shards", Options(max_count=5, progress=False, workers=2))
-    return root / "shards"
+    return split_shards(tmp_path_factory.mktemp("resume"), size=(64, 64), image_ext="jpg", val=5)
 
 
 def command(shards: Path, out: Path, backend: str, world: int, *extra) -> list[str]:

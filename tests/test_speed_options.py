@@ -13,9 +13,8 @@ from fastseg.losses import segmentation_loss
 from fastseg.meter import flops_per_image, verdict
 from fastseg.model import UNet
 from fastseg.module import SegModule
-from fastseg.shard import Options, shard
 
-from .conftest import make_dataset
+from .conftest import split_shards
 
 
 def module(**options) -> SegModule:
@@ -75,23 +74,17 @@ def test_flops_count_forward_and_backward():
 
 
 def test_verdict_names_the_bottleneck():
-    slow_input = {"images_per_s": 50.0, "step_ms": 300.0, "data_stall": 0.4, "mfu": None}
-    assert verdict(slow_input, "torch", 4, "gpu").startswith("input-bound")
-    assert "--loader dali" in verdict(slow_input, "torch", 4, "gpu") and "--workers (now 4)" in verdict(
-        slow_input, "torch", 4, "gpu")
-    busy = {"images_per_s": 350.0, "step_ms": 45.0, "data_stall": 0.01, "mfu": 0.42}
-    assert verdict(busy, "dali", 16, "gpu").startswith("compute-bound") and "MFU 42.0%" in verdict(busy, "dali", 16,
-                                                                                                     "gpu")
+    slow_input = verdict({"images_per_s": 50.0, "step_ms": 300.0, "data_stall": 0.4, "mfu": None}, "torch", 4, "gpu")
+    assert slow_input.startswith("input-bound") and "--loader dali" in slow_input and "--workers (now 4)" in slow_input
+    busy = verdict({"images_per_s": 350.0, "step_ms": 45.0, "data_stall": 0.01, "mfu": 0.42}, "dali", 16, "gpu")
+    assert busy.startswith("compute-bound") and "MFU 42.0%" in busy and "--compile" in busy
 
 
 def test_fastseg_train_reports_its_throughput(tmp_path, capsys):
-    make_dataset(tmp_path / "data/train", count=16, size=(32, 32), image_ext="png", mask="index", classes=3)
-    make_dataset(tmp_path / "data/val", count=4, size=(32, 32), image_ext="png", mask="index", classes=3,
-                 first_seed=40)
-    shard(tmp_path / "data", tmp_path / "shards", Options(progress=False, workers=2))
+    shards = split_shards(tmp_path, val=4)
     out = tmp_path / "run"
     code = run_cli("fastseg-train", train_main, [
-        "--shards", str(tmp_path / "shards"), "--out", str(out), "--epochs", "3", "--width", "4", "--batch-size", "4",
+        "--shards", str(shards), "--out", str(out), "--epochs", "3", "--width", "4", "--batch-size", "4",
         "--accelerator", "cpu", "--workers", "1", "--log-every", "2", "--channels-last", "--precision", "bf16-mixed"])
     assert code == 0
     throughput = json.loads((out / "metrics.json").read_text())["throughput"]

@@ -17,9 +17,8 @@ from PIL import Image
 from fastseg.cli import run_cli
 from fastseg.cli.predict import main as predict_main
 from fastseg.cli.train import main as train_main
-from fastseg.shard import Options, shard
 
-from .conftest import make_dataset, save, textured
+from .conftest import save, split_shards, textured
 
 TRAIN = ["--width", "4", "--batch-size", "4", "--accelerator", "cpu", "--workers", "1", "--no-checksums",
          "--log-every", "1"]
@@ -27,11 +26,7 @@ TRAIN = ["--width", "4", "--batch-size", "4", "--accelerator", "cpu", "--workers
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    make_dataset(root / "data/train", count=16, size=(32, 32), image_ext="png", mask="index", classes=3)
-    make_dataset(root / "data/val", count=6, size=(32, 32), image_ext="png", mask="index", classes=3, first_seed=50)
-    shard(root / "data", root / "shards", Options(max_count=5, progress=False, workers=2))
-    return root / "shards"
+    return split_shards(tmp_path_factory.mktemp("train"))
 
 
 def run(argv, main=train_main, prog="fastseg-train"):
