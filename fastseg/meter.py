@@ -116,7 +116,7 @@ class ThroughputMeter(pl.Callback):
                 module.log(f"perf/{key}", float(epoch[key]), on_step=False, on_epoch=True, sync_dist=False,
                            rank_zero_only=True)
 
-    def report(self, loader: str, workers: int, accelerator: str) -> dict:
+    def report(self, loader: str, workers: int, accelerator: str, augment: str = "flip") -> dict:
         """The figures for metrics.json, over the epochs after the first (warm-up: cudnn autotuning, compile,
         first reads) where there are more than one, and the verdict."""
         steady = self.epochs[1:] or self.epochs
@@ -129,11 +129,11 @@ class ThroughputMeter(pl.Callback):
                    "flops_per_image": self.flops, "peak_flops": self.peak,
                    "mfu": round(self.flops * images / seconds / self.peak, 4) if self.flops and self.peak
                    and seconds else None, "per_epoch": self.epochs}
-        summary["verdict"] = verdict(summary, loader, workers, accelerator)
+        summary["verdict"] = verdict(summary, loader, workers, accelerator, augment)
         return summary
 
 
-def verdict(summary: dict, loader: str, workers: int, accelerator: str) -> str:
+def verdict(summary: dict, loader: str, workers: int, accelerator: str, augment: str = "flip") -> str:
     rate = f"{summary['images_per_s']:.1f} images/s, {summary['step_ms']:.0f} ms a step"
     waiting = f"{summary['data_stall']:.1%} of the time waiting for data"
     if summary["data_stall"] >= STALL_BOUND:
@@ -144,7 +144,7 @@ def verdict(summary: dict, loader: str, workers: int, accelerator: str) -> str:
         if accelerator == "gpu":
             tips.append("GPU decoding (--loader dali decodes on the GPU)" if loader != "dali" else
                         "a smaller --image-size or JPEG images (nvJPEG decodes them on the GPU)")
-        else:
+        elif augment == "crop":
             tips.append("--augment flip (no resampling at the native size)")
         return f"input-bound: {rate}, {waiting}; try {', '.join(tips)}"
     mfu = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") else ""

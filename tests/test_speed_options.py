@@ -76,6 +76,9 @@ def test_flops_count_forward_and_backward():
 def test_verdict_names_the_bottleneck():
     slow_input = verdict({"images_per_s": 50.0, "step_ms": 300.0, "data_stall": 0.4, "mfu": None}, "torch", 4, "gpu")
     assert slow_input.startswith("input-bound") and "--loader dali" in slow_input and "--workers (now 4)" in slow_input
+    on_cpu = {"images_per_s": 9.0, "step_ms": 900.0, "data_stall": 0.3, "mfu": None}
+    assert "--augment flip" in verdict(on_cpu, "dali", 2, "cpu", "crop")
+    assert "--augment flip" not in verdict(on_cpu, "dali", 2, "cpu", "flip")  # already the cheap mode
     busy = verdict({"images_per_s": 350.0, "step_ms": 45.0, "data_stall": 0.01, "mfu": 0.42}, "dali", 16, "gpu")
     assert busy.startswith("compute-bound") and "MFU 42.0%" in busy and "--compile" in busy
 

@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         report = metrics_report(module.last_scores, module.hparams.class_names)
         report.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
         if meter.epochs:
-            report["throughput"] = meter.report(args.loader, run["workers"], run["accelerator"])
+            report["throughput"] = meter.report(args.loader, run["workers"], run["accelerator"], args.augment)
         write_report(args.out / "metrics.json", report)
         if meter.epochs:
             print(f"throughput: {report['throughput']['verdict']}")
