@@ -71,7 +71,7 @@ def main() -> int:
     p.add_argument("--augment", choices=("flip", "crop"), default="flip")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--batches", type=int, default=20)
+    p.add_argument("--batches", type=int, default=60, help="whole epochs until this many batches have passed")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     from fastseg.data import make_loader
@@ -94,15 +94,27 @@ def main() -> int:
     del outputs
     for _ in loader:  # a warm-up epoch, then whole epochs until --batches have passed
         pass
+    # every thread's CPU time over the timed loader run: how many cores the loader really keeps busy
+    import psutil
+
+    me = psutil.Process()
+    cpu_before = {t.id: t.user_time + t.system_time for t in me.threads()}
     taken, epochs, start = 0, 0, time.perf_counter()
     while taken < args.batches:
         taken += sum(1 for _ in loader)
         epochs += 1
-    result["loader_samples_per_s"] = round(epochs * plan.samples / (time.perf_counter() - start), 1)
+    wall = time.perf_counter() - start
+    result["loader_samples_per_s"] = round(epochs * plan.samples / wall, 1)
+    busy = sorted(((t.user_time + t.system_time - cpu_before.get(t.id, 0.0)) / wall for t in me.threads()),
+                  reverse=True)
+    result["loader_thread_cores"] = [round(b, 3) for b in busy if b >= 0.005]
+    result["loader_cores"] = round(sum(busy), 3)
     rows = ["| pipeline cut after | samples/s |", "|---|---:|"]
     rows += [f"| {s} | {r:.1f} |" for s, r in result["stages_samples_per_s"].items()]
     rows += [f"| whole fastseg loader (incl. hand-off to torch) | {result['loader_samples_per_s']:.1f} |",
-             "", f"Hand-off to torch tensors: {result['to_torch_ms_per_batch']:.2f} ms per batch of {args.batch_size}."]
+             "", f"Hand-off to torch tensors: {result['to_torch_ms_per_batch']:.2f} ms per batch of {args.batch_size}.",
+             "", f"The whole loader kept {result['loader_cores']:.2f} cores busy, by thread (busiest first): "
+             + ", ".join(f"{c:.2f}" for c in result["loader_thread_cores"]) + "."]
     publish(rows, args.json, result, f"DALI CPU stages: {args.shards.name}, output {plan.size[0]}x{plan.size[1]}, "
             f"augment {args.augment}, {args.threads} threads")
     return 0
