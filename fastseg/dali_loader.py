@@ -99,7 +99,7 @@ class DaliLoader(EpochLoader):
     def _build(self, checkpoint: str | None) -> None:
         gpu = self.plan.device.type == "cuda"
         self.pipe = segmentation_pipeline(
-            self.plan, gpu, batch_size=self.plan.batch_size, num_threads=self.plan.workers,
+            self.plan, gpu, batch_size=self.plan.batch_size, num_threads=max(1, self.plan.workers),
             device_id=(self.plan.device.index or 0) if gpu else None, seed=self.plan.seed * 1009 + self.plan.rank,
             prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
         )

@@ -32,6 +32,8 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
     """
     if backend not in BACKENDS:
         raise FastsegError(f"unknown loader backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if workers is not None and workers < 0:
+        raise FastsegError(f"workers must be 0 or more, not {workers}")
     if not 0 <= rank < world_size:
         raise FastsegError(f"rank {rank} is outside world size {world_size}")
     device = torch.device(device or default_device())
@@ -44,7 +46,7 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         root=shards, manifest=manifest, split=split, shards=paths, indexes=indexes, batch_size=batch_size,
         size=resolve_size(manifest, split, size), augment=resolve_augment(augment, split),
         scale=tuple(scale), vflip=vflip, rank=rank, world_size=world_size, seed=seed,
-        workers=workers or os.cpu_count() or 1, device=device,
+        workers=(os.cpu_count() or 1) if workers is None else workers, device=device,
         return_keys=return_keys,
     )
     if plan.samples < world_size:

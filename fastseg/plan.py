@@ -41,7 +41,7 @@ class LoaderPlan:
     rank: int
     world_size: int
     seed: int
-    workers: int
+    workers: int  # DALI threads (at least 1), or the twin's worker processes (0: load in the main process)
     device: torch.device
     return_keys: bool
 

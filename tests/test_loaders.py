@@ -12,7 +12,13 @@ from fastseg.shard import Options, shard
 from .conftest import make_dataset, save
 
 BACKENDS = ["dali", "torch"]
+# the CPU everywhere; on a machine with CUDA also the GPU path (mixed decoding, GPU operators, GPU normalizing)
+DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
 QUIET = dict(progress=False, workers=2)
+# loaders in the main process (the twin) or one thread (DALI) keep these tests quick; the worker-process path is
+# covered where it matters (DDP slices, errors raised inside a worker) and by the training tests
+INLINE = 0
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +50,7 @@ def real_keys(batches):
 def test_backends_agree_without_augmentation(fixture, size, request):
     shards = request.getfixturevalue(fixture)
     dali, twin = (epoch(make_loader(shards, backend=b, batch_size=4, size=size, augment=False, return_keys=True,
-                                    workers=1)) for b in BACKENDS)
+                                    workers=INLINE)) for b in BACKENDS)
     assert [b["key"] for b in dali] == [b["key"] for b in twin]  # same order when not shuffling
     for a, b in zip(dali, twin):
         assert a["image"].dtype == torch.float32 and a["mask"].dtype == torch.int64
@@ -60,9 +66,10 @@ def test_backends_agree_without_augmentation(fixture, size, request):
             assert diff.mean() < 3.0  # both bilinear, implementations round differently
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("augment,size", [("crop", (32, 32)), ("flip", (48, 64)), ("flip", (32, 32))])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size, tmp_path):
+def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size, device, tmp_path):
     # The image's red channel encodes the class of each pixel; class = position cell, so a crop, flip or
     # resize applied differently to image and mask would show up as disagreement.
     h, w = 48, 64
@@ -76,7 +83,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
     flips = 0
     for seed in range(6):
         loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=size, augment=augment,
-                             vflip=True, seed=seed, scale=(0.2, 1.0), workers=1)
+                             vflip=True, seed=seed, scale=(0.2, 1.0), workers=INLINE, device=device)
         for batch in loader:
             red = batch["image"][:, 0] * loader.plan.manifest.std[0] + loader.plan.manifest.mean[0]
             decoded = torch.round((red - 20) / 40).long()
@@ -93,10 +100,10 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_augmentation_flips_and_crops_with_different_draws(backend, png_shards):
     loader = make_loader(png_shards, backend=backend, batch_size=10, size=(40, 48), augment="crop", seed=3,
-                         return_keys=True, workers=1)
+                         return_keys=True, workers=INLINE)
     first, second = next(iter(loader)), next(iter(loader))
     plain = next(iter(make_loader(png_shards, backend=backend, batch_size=10, augment=False, return_keys=True,
-                                  workers=1)))
+                                  workers=INLINE)))
     by_key = dict(zip(plain["key"], plain["mask"]))
     changed = [not torch.equal(m, by_key[k]) for k, m in zip(first["key"], first["mask"])]
     assert sum(changed) >= 5  # most samples were cropped or flipped
@@ -123,7 +130,7 @@ def test_ddp_ranks_are_disjoint_complete_and_equal(backend, world, png_shards):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
-    loader = make_loader(png_shards, backend=backend, batch_size=4, augment=False, return_keys=True, workers=1)
+    loader = make_loader(png_shards, backend=backend, batch_size=4, augment=False, return_keys=True, workers=INLINE)
     batches = epoch(loader)
     assert len(loader) == len(batches) == 3  # 10 samples in batches of 4: the last has 2 real, 2 padding
     last = batches[-1]
@@ -133,7 +140,7 @@ def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_epoch_left_early_does_not_shift_the_next(backend, png_shards):
-    loader = make_loader(png_shards, backend=backend, batch_size=2, augment=False, return_keys=True, workers=1)
+    loader = make_loader(png_shards, backend=backend, batch_size=2, augment=False, return_keys=True, workers=INLINE)
     for batch in loader:  # like Lightning's sanity check: two batches, then leave
         break
     full = epoch(loader)
@@ -176,7 +183,7 @@ def test_mixed_sizes_need_an_output_size(backend, tmp_path):
     shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
     with pytest.raises(FastsegError, match="images of 2 sizes .*give an output size"):
         make_loader(tmp_path / "shards", backend=backend)
-    batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=1)))
+    batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=INLINE)))
     assert batch["image"].shape == (6, 3, 16, 24) and batch["mask"].shape == (6, 16, 24)
 
 
@@ -199,7 +206,7 @@ def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
 
 def test_dali_batches_stay_valid_while_held(png_shards):
     # zero-copy hand-off: batch k is a view of DALI's buffer, which must live on untouched while torch holds it
-    loader = make_loader(png_shards, backend="dali", batch_size=2, augment="flip", return_keys=True, workers=1)
+    loader = make_loader(png_shards, backend="dali", batch_size=2, augment="flip", return_keys=True, workers=INLINE)
     batches = iter(loader)
     held = next(batches)
     copy = {k: v.clone() for k, v in held.items() if k != "key"}
@@ -213,12 +220,13 @@ def keyed(batches):
     return [(b["key"], b["mask"].clone(), b["image"].clone()) for b in batches]
 
 
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("augment", ["flip", "crop"])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_restored_loader_continues_with_the_exact_next_batch(backend, augment, png_shards):
+def test_a_restored_loader_continues_with_the_exact_next_batch(backend, augment, device, png_shards):
     def fresh():
         return make_loader(png_shards, backend=backend, batch_size=2, size=(40, 48), augment=augment, vflip=True,
-                           rank=1, world_size=2, seed=5, return_keys=True, workers=1)
+                           device=device, rank=1, world_size=2, seed=5, return_keys=True, workers=INLINE)
 
     reference = fresh()
     epochs = [keyed(reference) for _ in range(3)]  # 3 batches an epoch (5 samples per rank, padded)
@@ -241,7 +249,7 @@ def test_a_restored_loader_continues_with_the_exact_next_batch(backend, augment,
 def test_set_epoch_follows_the_trainer(backend, png_shards):
     def fresh():
         return make_loader(png_shards, backend=backend, batch_size=4, rank=0, world_size=2, seed=1,
-                           return_keys=True, workers=1)
+                           return_keys=True, workers=INLINE)
 
     reference = fresh()
     third = [keyed(reference) for _ in range(3)][2]

@@ -34,7 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
                         "resize and flip; none")
-    p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices)")
+    p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices; "
+                                                   "0: the twin loads in the main process)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
@@ -94,7 +95,7 @@ def resolve(args) -> dict:
         state = datamodule_state(Path(resume))
         if state:
             check_resumable(state, args.devices * args.num_nodes, args.batch_size, args.loader)
-    workers = args.workers or max(1, (os.cpu_count() or 1) // args.devices)
+    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.devices)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
     ranks = args.devices * args.num_nodes
     steps = max(1, math.ceil(math.ceil(manifest.splits[args.split].samples / ranks) / args.batch_size))
