@@ -165,6 +165,9 @@ def main() -> int:
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             result["runs"].append(row)
+            if args.json:  # as it goes: a run cut short by a time box still leaves what it measured
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(result, indent=2) + "\n")
     rows = ["| loader | path | batch | images/s | data stall | step | MFU |", "|---|---|---:|---:|---:|---:|---:|"]
     for r in result["runs"]:
         if "skipped" in r:

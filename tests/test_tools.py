@@ -63,3 +63,17 @@ def test_loader_bench_runs_and_reports(tmp_path):
                               "dali_cpu", "torch")
     assert list(subset["runs"][0]["loaders"]) == ["dali_cpu", "torch"]
     assert "vs_vanilla" not in subset["runs"][0]["loaders"]["torch"]
+
+
+def test_train_bench_runs_both_paths(tmp_path):
+    out = tmp_path / "train.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_bench.py"), "--size", "32", "32", "--width",
+                             "4", "--steps", "3", "--warmup", "1", "--workers", "1", "--loaders", "vanilla", "dali",
+                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(r["loader"], r["path"]) for r in report["runs"]] == [
+        ("vanilla", "plain"), ("dali", "plain"), ("dali", "fastseg-train")]  # vanilla has no shards for the CLI
+    for run in report["runs"]:
+        assert run["images_per_s"] > 0 and 0 <= run["data_stall_fraction"] <= 1 and run["step_ms"] > 0
+    assert report["flops_per_image"] > 0 and report["runs"][-1]["steps"] >= 3
