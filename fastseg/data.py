@@ -113,22 +113,28 @@ class SegDataModule(pl.LightningDataModule):
             ranks = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(ranks, state)  # every rank saves; rank 0 writes the file
         return {"loader": ranks, "world_size": len(ranks), "batch_size": self.hparams.batch_size,
-                "backend": self.hparams.backend, "augment": self.hparams.augment}
+                "backend": self.hparams.backend, "augment": self.hparams.augment, "seed": self.hparams.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
         world = self.trainer.world_size if self.trainer else 1
-        check_resumable(state, world, self.hparams.batch_size, self.hparams.backend)
+        h = self.hparams
+        check_resumable(state, world, h.batch_size, h.backend, h.augment, h.seed)
         self._pending = state["loader"][self.trainer.global_rank if self.trainer else 0]
 
 
-def check_resumable(state: dict, world_size: int, batch_size: int, backend: str) -> None:
-    """A loader position is only exact for the world size, batch size and backend that made it."""
-    wrote = (state["world_size"], state["batch_size"], state["backend"])
-    if wrote != (world_size, batch_size, backend):
-        raise FastsegError(
-            f"the checkpoint was written by {wrote[0]} rank(s) with batch size {wrote[1]} and the {wrote[2]} loader; "
-            f"this run has {world_size} rank(s), batch size {batch_size}, loader {backend}. Resume with "
-            f"--devices/--num-nodes giving {wrote[0]} rank(s), --batch-size {wrote[1]} and --loader {wrote[2]}, "
-            "or start a new run (--out elsewhere)")
+def check_resumable(state: dict, world_size: int, batch_size: int, backend: str, augment: str, seed: int) -> None:
+    """A loader position is only exact for the world size, batch size, loader, augmentation and seed that made it."""
+    wrote = {"rank(s)": (state["world_size"], world_size, "--devices/--num-nodes giving"),
+             "batch size": (state["batch_size"], batch_size, "--batch-size"),
+             "loader": (state["backend"], backend, "--loader"),
+             "augmentation": (state.get("augment", augment), augment, "--augment"),
+             "seed": (state.get("seed", seed), seed, "--seed")}
+    differ = {name: v for name, v in wrote.items() if v[0] != v[1]}
+    if differ:
+        saved = ", ".join(f"{name} {was}" for name, (was, _, _) in differ.items())
+        now = ", ".join(f"{name} {new}" for name, (_, new, _) in differ.items())
+        fix = " ".join(f"{flag} {was}" for was, _, flag in differ.values())
+        raise FastsegError(f"the checkpoint was written with {saved}; this run has {now}. Resume with {fix}, or "
+                           "start a new run (--out elsewhere)")

@@ -66,12 +66,12 @@ def verify(root, progress: bool = True) -> list[str]:
     valid_ids = {c.id for c in manifest.classes} | {IGNORE_INDEX}
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
+    present = remote.sizes(str(root)) if remote.is_remote(root) else {}
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
         if not remote.is_remote(root):
             problems += _check_shard(root, shard, valid_ids)
             continue
         with tempfile.TemporaryDirectory(prefix="fastseg-verify-") as tmp:
-            present = remote.sizes(str(root))
             for name in (shard.name, shard.index):
                 if name in present:
                     remote.download(remote.join(str(root), name), Path(tmp) / name)

@@ -82,9 +82,13 @@ def test_a_killed_run_resumes_with_exactly_the_batches_of_an_uninterrupted_one(b
     for name, iou in metrics_a["per_class_iou"].items():
         assert metrics_b["per_class_iou"][name] == pytest.approx(iou, abs=1e-6, nan_ok=True)
 
-    if world == 1:  # another world size or batch size than the checkpoint's is refused before anything runs
-        for extra, message in ((["--batch-size", "4"], "batch size 2"), (["--loader", "dali" if backend == "torch"
-                                                                          else "torch"], f"loader {backend}")):
+    if world == 1:  # another world size, batch size, loader or augmentation is refused before anything runs
+        other = "dali" if backend == "torch" else "torch"
+        for extra, message in ((["--batch-size", "4"], "written with batch size 2; this run has batch size 4. "
+                                                       "Resume with --batch-size 2"),
+                               (["--loader", other], f"loader {backend}; this run has loader {other}"),
+                               (["--augment", "flip"], "Resume with --augment crop"),
+                               (["--devices", "2"], "Resume with --devices/--num-nodes giving 1")):
             refused = subprocess.run(command(shards, b, backend, world, "--resume", "auto") + extra,
                                      capture_output=True, text=True, timeout=120)
             assert refused.returncode == 1 and message in refused.stderr and "Traceback" not in refused.stderr

@@ -94,7 +94,8 @@ def resolve(args) -> dict:
     if resume:
         state = datamodule_state(Path(resume))
         if state:
-            check_resumable(state, args.devices * args.num_nodes, args.batch_size, args.loader)
+            check_resumable(state, args.devices * args.num_nodes, args.batch_size, args.loader, args.augment,
+                            args.seed)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.devices)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
     ranks = args.devices * args.num_nodes
