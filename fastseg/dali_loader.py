@@ -92,9 +92,9 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
 class DaliLoader(EpochLoader):
     """Iterates exactly `len(self)` batches per epoch; an epoch left early is finished before the next starts."""
 
-    def __init__(self, plan: LoaderPlan, checkpoint: str | None = None):
+    def __init__(self, plan: LoaderPlan):
         super().__init__(plan)
-        self._build(checkpoint)
+        self._build(checkpoint=None)
 
     def _build(self, checkpoint: str | None) -> None:
         gpu = self.plan.device.type == "cuda"

@@ -6,6 +6,7 @@ import; this module only checks the arguments and picks a backend.
 from __future__ import annotations
 
 import os
+
 import pytorch_lightning as pl
 import torch
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from . import remote
 from .errors import FastsegError
+from .partial import partial_path
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -225,7 +226,7 @@ def _check_remote(root: str, manifest: Manifest, split: str) -> tuple[list[str],
         local = index_cache() / f"{shard.sha256}.idx"
         if not local.exists():  # written beside and renamed, so a cached index is always whole
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_name(f".{local.name}.partial-{os.getpid()}")
+            tmp = partial_path(local)
             tmp.write_bytes(remote.read(remote.join(root, shard.index)))
             os.replace(tmp, local)
         urls.append(url)

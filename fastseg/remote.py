@@ -70,6 +70,10 @@ def endpoint() -> str:
     return client().meta.endpoint_url
 
 
+def _no_bucket(url: str) -> str:
+    return f"{url}: no bucket {split_url(url)[0]!r} at {endpoint()}; create it, or fix the URL or AWS_ENDPOINT_URL"
+
+
 @contextmanager
 def errors(url: str, missing: str | None = None):
     """Turn the client's exceptions into one line naming `url` and the fix; `missing` is the message for a key that
@@ -80,10 +84,8 @@ def errors(url: str, missing: str | None = None):
         yield
     except bx.ClientError as err:
         code = str(err.response.get("Error", {}).get("Code", ""))
-        bucket, _ = split_url(url)
-        if code in ("NoSuchBucket",):
-            raise FastsegError(f"{url}: no bucket {bucket!r} at {endpoint()}; create it, or fix the URL or "
-                               "AWS_ENDPOINT_URL") from None
+        if code == "NoSuchBucket":
+            raise FastsegError(_no_bucket(url)) from None
         if code in ("NoSuchKey", "404", "NotFound"):
             raise FastsegError(missing or f"{url}: not found in the bucket") from None
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
@@ -103,15 +105,8 @@ def errors(url: str, missing: str | None = None):
 
 def check_bucket(url: str) -> None:
     bucket, _ = split_url(url)
-    with errors(url):
-        try:
-            client().head_bucket(Bucket=bucket)
-        except Exception as err:  # head_bucket reports a missing bucket as a bare 404
-            code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
-            if code in ("404", "NoSuchBucket", "NotFound"):
-                raise FastsegError(f"{url}: no bucket {bucket!r} at {endpoint()}; create it, or fix the URL or "
-                                   "AWS_ENDPOINT_URL") from None
-            raise
+    with errors(url, missing=_no_bucket(url)):  # head_bucket reports a missing bucket as a bare 404
+        client().head_bucket(Bucket=bucket)
 
 
 def read(url: str, missing: str | None = None) -> bytes:
@@ -125,20 +120,6 @@ def read_range(url: str, offset: int, size: int) -> bytes:
     with errors(url):
         body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
         return body.read()
-
-
-def size_of(url: str) -> int | None:
-    """The object's size, or None if it is not there."""
-    bucket, key = split_url(url)
-    from botocore.exceptions import ClientError
-
-    with errors(url):
-        try:
-            return client().head_object(Bucket=bucket, Key=key)["ContentLength"]
-        except ClientError as err:
-            if str(err.response.get("Error", {}).get("Code", "")) in ("404", "NoSuchKey", "NotFound"):
-                return None
-            raise
 
 
 def sizes(root: str) -> dict[str, int]:

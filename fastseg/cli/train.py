@@ -85,6 +85,7 @@ def resolve(args) -> dict:
     precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
     if accelerator == "cpu" and precision == "16-mixed":
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    ranks = args.devices * args.num_nodes
     resume = args.resume
     if resume == "auto":
         last = args.out / "checkpoints" / "last.ckpt"
@@ -94,11 +95,9 @@ def resolve(args) -> dict:
     if resume:
         state = datamodule_state(Path(resume))
         if state:
-            check_resumable(state, args.devices * args.num_nodes, args.batch_size, args.loader, args.augment,
-                            args.seed)
+            check_resumable(state, ranks, args.batch_size, args.loader, args.augment, args.seed)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.devices)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
-    ranks = args.devices * args.num_nodes
     steps = max(1, math.ceil(math.ceil(manifest.splits[args.split].samples / ranks) / args.batch_size))
     channels_last = accelerator == "gpu" if args.channels_last is None else args.channels_last
     return dict(manifest=manifest, size=size, accelerator=accelerator, precision=precision, resume=resume,
