@@ -71,7 +71,8 @@ def main() -> int:
             "one core: shard work / decode | peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for data in args.data:
         pairs = [p for ps in find_pairs(data).splits.values() for p in ps]
-        single = decode_rate([(p.image, p.mask) for p in pairs])
+        decode = decode_rate([(p.image, p.mask) for p in pairs])
+        single = decode["samples_per_s"]
         limit = single * args.workers
         encode = encode_rate(pairs)
         with tempfile.TemporaryDirectory() as tmp:
@@ -88,6 +89,7 @@ def main() -> int:
         result["datasets"][data.name] = {
             "samples": figures["samples"], "samples_per_s": round(rate, 2),
             "decode_limit_samples_per_s": round(limit, 2), "of_limit": round(rate / limit, 3),
+            "decode_single_core_rounds": decode["rounds"],
             "encode_single_core_samples_per_s": round(encode, 2),
             "encode_of_decode_single_core": round(encode / single, 3),
             "steady_samples_per_s": round(steady, 2), "steady_of_limit": round(steady / limit, 3),

@@ -66,7 +66,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
-        images += image.shape[0]
+        images += batch.get("real", image.shape[0])  # fastseg's loaders pad the last batch: count real samples
     if cuda:
         torch.cuda.synchronize()
     total = time.perf_counter() - start
@@ -93,7 +93,7 @@ def fastseg_train(shards: Path, loader: str, args, batch_size: int, out: Path) -
     if run_cli("fastseg-train", train_main, argv) != 0:
         raise RuntimeError(f"fastseg-train {' '.join(argv)} failed")
     meter = json.loads((out / "metrics.json").read_text())["throughput"]
-    steps = sum(e["images"] for e in meter["per_epoch"][1:]) // batch_size
+    steps = sum(e["steps"] for e in meter["per_epoch"][1:])
     return {"images_per_s": meter["images_per_s"], "data_stall_fraction": meter["data_stall"],
             "step_ms": meter["step_ms"], "mfu": meter["mfu"], "steps": steps, "epochs_measured": len(meter["epochs_measured"])}
 

@@ -11,14 +11,18 @@ batch can be saved and restored (EpochLoader.state()).
 """
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 import torch
+from PIL import Image
 
 from .errors import FastsegError
-from .format import IMAGE_EXTS, MASK_EXT, META_EXT
+from .format import IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
+from .remote import read_span
 from .plan import EpochLoader, LoaderPlan
+from .processes import note_native_threads
 
 try:
     from nvidia.dali import fn, math as dmath, pipeline_def, types
@@ -89,6 +93,23 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
     return image, mask, *meta
 
 
+def find_undecodable(plan: LoaderPlan, samples: range) -> tuple[str, str, str] | None:
+    """(shard, key, error) of the first sample in `samples` (split order) whose image or mask Pillow cannot decode.
+    DALI's decoder does not say which sample failed; this reads the slice it was reading, member by member."""
+    number = 0
+    for shard, index in zip(plan.shards, plan.indexes):
+        rows = parse_index(index.read_text(), str(index))
+        for members in rows[max(samples.start - number, 0): max(samples.stop - number, 0)]:
+            for ext, offset, size, name in members:
+                if ext.startswith("image.") or ext == MASK_EXT:
+                    try:
+                        Image.open(io.BytesIO(read_span(shard, offset, size))).load()
+                    except Exception as err:  # Pillow raises several types for corrupt data
+                        return shard, name.partition(".")[0], f"{name}: {str(err).split(' <')[0]}"
+        number += len(rows)
+    return None
+
+
 class DaliLoader(EpochLoader):
     """Iterates exactly `len(self)` batches per epoch; an epoch left early is finished before the next starts."""
 
@@ -104,6 +125,7 @@ class DaliLoader(EpochLoader):
             prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
         )
         self.pipe.build()
+        note_native_threads()
 
     def _epoch(self, epoch: int, start: int):
         for index in range(start, len(self)):
@@ -123,11 +145,26 @@ class DaliLoader(EpochLoader):
     def _run(self):
         try:
             return self.pipe.run()
-        except RuntimeError as err:  # DALI reports a bad sample with a long C++ trace; say what to do instead
-            detail = str(err).strip().splitlines()[0][:300]
-            shards = ", ".join(p.rpartition("/")[2] for p in self.plan.shards)
-            raise FastsegError(f"{self.plan.root}: DALI could not read a sample of {shards} ({detail}); "
-                               f"check the set with fastseg-shard --verify {self.plan.root}") from err
+        except RuntimeError as err:  # DALI's long C++ report, turned into what happened and what to do
+            raise self._explain(str(err)) from err
+
+    def _explain(self, report: str) -> Exception:
+        """A decode failure names the shard and sample; out of memory names the batch size to lower; a failure
+        of the reader (storage, a damaged tar) keeps its own message; anything else stays DALI's error."""
+        cause = report.partition("encountered:")[2].strip().split("Current pipeline object")[0].strip() or report
+        root, plan = self.plan.root, self.plan
+        if "out of memory" in report.lower() or "bad_alloc" in report or "MemoryAllocation" in report:
+            return FastsegError(f"out of memory while loading batches of {plan.batch_size} at {plan.size[0]}x"
+                                f"{plan.size[1]} ({cause[:200]}); lower --batch-size or --image-size")
+        if "decoders.image" in report:
+            bad = find_undecodable(plan, plan.epoch_slice(self.epoch))
+            where = (f"{bad[0]}: sample {bad[1]} does not decode ({bad[2]})" if bad else
+                     f"a sample of {', '.join(p.rpartition('/')[2] for p in plan.shards)} does not decode "
+                     f"({cause[:200]})")
+            return FastsegError(f"{where}; check the set with fastseg-shard --verify {root}")
+        if "readers.webdataset" in report:
+            return FastsegError(f"{root}: reading the shards failed: {cause[:500]}")
+        return RuntimeError(report)
 
     def _to_torch(self, outputs, epoch: int, index: int) -> dict:
         images, masks, *metas = outputs

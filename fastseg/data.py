@@ -24,8 +24,11 @@ def default_device() -> str:
 def make_loader(shards, split: str = "train", backend: str = "dali", batch_size: int = 16, size=None,
                 augment: str | bool | None = None, device=None, rank: int = 0, world_size: int = 1, seed: int = 0,
                 return_keys: bool = False, workers: int | None = None, scale=(0.5, 1.0), vflip: bool = False,
-                checksums: bool = True):
+                checksums: bool = True, shuffle: bool | None = None):
     """An iterable over batches with len() = batches per epoch, reusable for any number of epochs.
+
+    shuffle: a new sample order every epoch (default: on for the train split, off for the others), whatever the
+    augmentation.
 
     augment: "flip" (the default for the train split): a horizontal flip (and vertical with vflip) at the output
     size; "crop": a random scale-crop (area fraction in `scale`, aspect 3/4..4/3) resized to the output size and
@@ -48,7 +51,7 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         size=resolve_size(manifest, split, size), augment=resolve_augment(augment, split),
         scale=tuple(scale), vflip=vflip, rank=rank, world_size=world_size, seed=seed,
         workers=(os.cpu_count() or 1) if workers is None else workers, device=device,
-        return_keys=return_keys,
+        return_keys=return_keys, shuffle=split == "train" if shuffle is None else shuffle,
     )
     if plan.samples < world_size:
         raise FastsegError(f"the {split} split has {plan.samples} samples, fewer than the {world_size} ranks")
@@ -88,7 +91,7 @@ class SegDataModule(pl.LightningDataModule):
                 self.loaders[split] = make_loader(
                     h.shards, split, h.backend, h.batch_size, h.size, augment, device, rank, world, h.seed,
                     workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums,
-                    return_keys=h.return_keys and split == h.train_split)
+                    return_keys=h.return_keys and split == h.train_split, shuffle=split == h.train_split)
 
     def train_dataloader(self):
         loader = self.loaders[self.hparams.train_split]

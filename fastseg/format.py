@@ -41,6 +41,25 @@ def index_name(tar_name: str) -> str:
     return tar_name[: -len(".tar")] + ".idx"
 
 
+_SET_FILE = re.compile(rf"^({'|'.join(SPLITS)})-\d{{6}}\.(tar|idx)$")
+
+
+def listing(names: list[str], most: int = 5) -> str:
+    return ", ".join(names[:most]) + (f" and {len(names) - most} more" if len(names) > most else "")
+
+
+def check_replaceable(where: str, names: list[str]) -> None:
+    """Refuse to replace a folder or prefix unless it is empty or holds a shard set and nothing else: `names` are
+    its entries (folders with a trailing '/'). --overwrite must never delete a file fastseg did not write."""
+    foreign = sorted(n for n in names if n != MANIFEST and not _SET_FILE.match(n))
+    if names and MANIFEST not in names:
+        raise FastsegError(f"{where} is not a fastseg shard set (no {MANIFEST}) and holds {listing(sorted(names))}; "
+                           "not overwriting it: choose another OUT, or empty it yourself")
+    if foreign:
+        raise FastsegError(f"{where} holds a shard set and also {listing(foreign)}, which fastseg did not write; "
+                           "not overwriting it: move those away, or choose another OUT")
+
+
 # --- DALI index files -------------------------------------------------------------------------------
 # The format DALI's `wds2idx` writes: a header "v1.2 SAMPLES", then one line per sample holding, for each
 # member, "EXT OFFSET SIZE NAME" (OFFSET is where the member's data starts in the tar).
@@ -73,6 +92,7 @@ class ShardInfo:
     bytes: int
     sha256: str
     index: str
+    index_sha256: str | None = None  # sets written before fastseg 0.1.1 lack it
 
 
 @dataclass
@@ -203,6 +223,9 @@ def check_shards(root: str | os.PathLike, manifest: Manifest, split: str,
             )
         if checksums and sha256_file(path) != shard.sha256:
             raise FastsegError(f"{path}: sha256 does not match the manifest; the shard is damaged, re-shard")
+        if checksums and shard.index_sha256 and sha256_file(root / shard.index) != shard.index_sha256:
+            raise FastsegError(f"{root / shard.index}: sha256 does not match the manifest; the index is damaged, "
+                               "re-shard")
         paths.append(path)
     return [str(p) for p in paths], [root / s.index for s in manifest.split(split).shards]
 

@@ -22,9 +22,14 @@ from .model import UNet
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"
 STALL_BOUND = 0.10  # a run whose steps wait this long for data is input-bound
 
-# Dense tensor-core peaks. Lightning's table lists the H200 by sparse figures (2x), and misses the plain
-# "NVIDIA H200" name; its compute equals the H100 SXM's.
-DENSE_PEAKS = {"h200": {torch.float16: 989.4e12, torch.bfloat16: 989.4e12, torch.float32: 66.9e12}}
+# Dense (not sparse) peaks of the boards whose names Lightning's table misreads: it lists the H200s by their
+# sparse figures and matches "h200" inside "h200 nvl" as well. Keyed by the exact name torch reports; from NVIDIA's
+# H200 datasheet (tensor-core figures halved: the datasheet quotes them with sparsity).
+TF32 = "tfloat32"  # Lightning's key for the TF32 tensor-core peak
+DENSE_PEAKS = {
+    "nvidia h200": {torch.float16: 989.4e12, torch.bfloat16: 989.4e12, TF32: 494.7e12, torch.float32: 66.9e12},
+    "nvidia h200 nvl": {torch.float16: 835.5e12, torch.bfloat16: 835.5e12, TF32: 417.5e12, torch.float32: 60.3e12},
+}
 PRECISION_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": torch.float32}
 
 
@@ -58,15 +63,24 @@ def flops_per_image(out_channels: int, width: int, size: tuple[int, int]) -> int
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:
-    """The device's dense peak for the run's compute dtype, or None where it is not known (the CPU)."""
+    """The device's dense peak for the run's compute dtype, or None where it is not known (the CPU).
+
+    With 32-true, the convolutions run on TF32 tensor cores whenever cudnn may use them (PyTorch's default), so the
+    TF32 peak is the honest one; the plain FP32 figure would put the MFU past 100%."""
     dtype = PRECISION_DTYPES.get(precision)
     if device.type != "cuda" or dtype is None:
         return None
-    name = torch.cuda.get_device_name(device).lower()
-    for chip, peaks in DENSE_PEAKS.items():
-        if chip in name:
-            return peaks.get(dtype)
+    if dtype is torch.float32 and torch.backends.cudnn.allow_tf32:
+        dtype = TF32
+    name = torch.cuda.get_device_name(device).strip().lower()
+    if name in DENSE_PEAKS:
+        return DENSE_PEAKS[name].get(dtype)
     return get_available_flops(device, dtype)
+
+
+def mfu(flops: int | None, images_per_s: float, peak: float | None, devices: int) -> float | None:
+    """Model FLOPs utilisation: the FLOPs done per second over the peak of all the devices that did them."""
+    return flops * images_per_s / (peak * devices) if flops and peak else None
 
 
 class ThroughputMeter(pl.Callback):
@@ -75,6 +89,7 @@ class ThroughputMeter(pl.Callback):
     def __init__(self, timer: FetchTimer, flops: int | None = None, peak: float | None = None):
         self.timer, self.flops, self.peak = timer, flops, peak
         self.epochs: list[dict] = []
+        self.devices = 1
         self._start = None
 
     def on_train_epoch_start(self, trainer, module):
@@ -90,7 +105,7 @@ class ThroughputMeter(pl.Callback):
             self._begin()
 
     def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
-        self._images += batch["image"].shape[0]  # a shape: no device sync
+        self._images += batch["real"]  # padding is not an image trained on; a host int: no device sync
         self._steps += 1
         if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch and module.device.type == "cuda":
             torch.cuda.synchronize(module.device)  # once an epoch, so its last steps count in its time
@@ -105,11 +120,13 @@ class ThroughputMeter(pl.Callback):
             slowest = trainer.strategy.reduce(figures[1:].clone(), reduce_op="max")
             figures = torch.cat([total, slowest])
         images, seconds, stall = figures.tolist()
-        epoch = {"epoch": trainer.current_epoch, "images": int(images), "seconds": round(seconds, 4),
-                 "images_per_s": round(images / seconds, 2), "step_ms": round(1000 * seconds / max(self._steps, 1), 1),
-                 "data_stall": round(min(max(stall, 0.0), 1.0), 4)}
+        self.devices = trainer.world_size
+        # the stall is not clamped: a figure outside [0, 1] means the timing is wrong, and the tests would see it
+        epoch = {"epoch": trainer.current_epoch, "images": int(images), "steps": self._steps,
+                 "seconds": round(seconds, 4), "images_per_s": round(images / seconds, 2),
+                 "step_ms": round(1000 * seconds / max(self._steps, 1), 1), "data_stall": round(stall, 4)}
         if self.flops and self.peak:
-            epoch["mfu"] = round(self.flops * images / seconds / (self.peak * trainer.world_size), 4)
+            epoch["mfu"] = mfu(self.flops, images / seconds, self.peak, self.devices)  # full precision: tiny runs
         self.epochs.append(epoch)
         for key in ("images_per_s", "step_ms", "data_stall", "mfu"):
             if key in epoch:
@@ -127,8 +144,8 @@ class ThroughputMeter(pl.Callback):
                    "step_ms": round(sum(e["step_ms"] for e in steady) / len(steady), 1) if steady else None,
                    "data_stall": round(stall, 4), "epochs_measured": [e["epoch"] for e in steady],
                    "flops_per_image": self.flops, "peak_flops": self.peak,
-                   "mfu": round(self.flops * images / seconds / self.peak, 4) if self.flops and self.peak
-                   and seconds else None, "per_epoch": self.epochs}
+                   "mfu": mfu(self.flops, images / seconds, self.peak, self.devices) if seconds else None,
+                   "devices": self.devices, "per_epoch": self.epochs}
         summary["verdict"] = verdict(summary, loader, workers, accelerator, augment)
         return summary
 

@@ -1,7 +1,9 @@
 """Work in progress beside its target: `.NAME.partial-PID`, renamed into place only when complete.
 
 A killed writer leaves its partial path behind; the next writer to the same target sweeps those whose process is
-gone (never one that is still being written: its process is alive).
+gone (never one that is still being written: its process is alive). A writer replacing a folder first moves the old
+one aside to `.NAME.old-PID`; if it was killed before the new one took its place, the sweep moves the old one back,
+so no kill point loses the last complete version.
 """
 from __future__ import annotations
 
@@ -25,15 +27,24 @@ def writer_alive(pid: int) -> bool:
     return True
 
 
-def sweep_stale(target: Path) -> list[Path]:
-    """Remove the partial (and half-swapped `.old`) paths of `target` left by writers that no longer run."""
+def old_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.old-{os.getpid()}"
+
+
+def sweep_stale(target: Path) -> list[str]:
+    """Clean up after writers of `target` that no longer run: an `.old` path whose target is missing is moved
+    back into place; other partial and `.old` paths are removed. Returns what was done, one line each."""
     pattern = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)$")
-    swept = []
+    done = []
     if not target.parent.is_dir():
-        return swept
-    for path in target.parent.iterdir():
-        found = pattern.match(path.name)
-        if found and int(found.group(2)) != os.getpid() and not writer_alive(int(found.group(2))):
-            shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-            swept.append(path)
-    return swept
+        return done
+    stale = [path for path in target.parent.iterdir() if (found := pattern.match(path.name))
+             and int(found.group(2)) != os.getpid() and not writer_alive(int(found.group(2)))]
+    for path in sorted(stale, key=lambda p: ".old-" not in p.name):  # restore before anything is removed
+        if ".old-" in path.name and not target.exists():
+            path.rename(target)
+            done.append(f"restored {target} from {path.name}, where a killed run had moved it")
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        done.append(f"removed {path}, left by a run that was killed")
+    return done

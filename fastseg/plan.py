@@ -5,7 +5,9 @@ Epoch semantics, matching DALI's webdataset reader: the split's samples (in mani
 `world_size` contiguous slices; in epoch e, rank r reads slice (r + e) % world_size, shuffled when training. Every
 rank pads its epoch to ceil(longest slice / batch) batches by repeating its last sample, so all ranks run the same
 number of steps; padded samples get an all-ignore mask, so they never count in a loss or metric. Batches are
-{"image": float32 N×3×H×W normalized, "mask": int64 N×H×W (255 = ignore)} [+ "key"].
+{"image": float32 N×3×H×W normalized, "mask": int64 N×H×W (255 = ignore), "real": int} [+ "key"]; "real" counts
+the real samples, which always come first (padding only ever fills the end of a batch), and is known on the host, so
+counting what was trained never waits for the device.
 """
 from __future__ import annotations
 
@@ -44,14 +46,11 @@ class LoaderPlan:
     workers: int  # DALI threads (at least 1), or the twin's worker processes (0: load in the main process)
     device: torch.device
     return_keys: bool
+    shuffle: bool  # a new order every epoch (the training split, whatever the augmentation)
 
     @property
     def samples(self) -> int:
         return self.manifest.splits[self.split].samples
-
-    @property
-    def shuffle(self) -> bool:
-        return self.augment != "none"
 
     @property
     def native(self) -> bool:
@@ -71,11 +70,16 @@ class LoaderPlan:
     def epoch_slice(self, epoch: int) -> range:
         return self.slice((self.rank + epoch) % self.world_size)
 
+    def real_samples(self, epoch: int, batch_index: int) -> int:
+        """How many samples of a batch are this rank's own; the rest of the batch is padding."""
+        left = len(self.epoch_slice(epoch)) - batch_index * self.batch_size
+        return min(max(left, 0), self.batch_size)
+
     def mark_padding(self, mask: torch.Tensor, epoch: int, batch_index: int) -> torch.Tensor:
         """Set the masks of padded samples (past this rank's real samples for the epoch) to ignore."""
-        first_pad = len(self.epoch_slice(epoch)) - batch_index * self.batch_size
-        if first_pad < mask.shape[0]:
-            mask[max(first_pad, 0):] = IGNORE_INDEX
+        real = self.real_samples(epoch, batch_index)
+        if real < mask.shape[0]:
+            mask[real:] = IGNORE_INDEX
         return mask
 
     @property
@@ -142,6 +146,7 @@ class EpochLoader:
         self._record()
         epoch = self.epoch
         for batch in self._epoch(epoch, self.position):
+            batch["real"] = self.plan.real_samples(epoch, self.position)
             self.position += 1
             self._record()
             yield batch

@@ -122,6 +122,15 @@ def read_range(url: str, offset: int, size: int) -> bytes:
         return body.read()
 
 
+def read_span(path: str, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset` of a local file or an s3:// object."""
+    if is_remote(path):
+        return read_range(path, offset, size)
+    with open(path, "rb") as f:
+        f.seek(offset)
+        return f.read(size)
+
+
 def sizes(root: str) -> dict[str, int]:
     """Name -> size of the objects directly under the prefix `root` (no deeper folders), from one listing."""
     bucket, prefix = split_url(root)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import multiprocessing
 import os
 import random
 import shutil
@@ -27,10 +26,11 @@ from tqdm import tqdm
 from . import masks as maskmod
 from . import remote
 from .errors import FastsegError
-from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
-                     shard_name)
+from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, check_replaceable, format_index, index_name,
+                     sha256_file, shard_name)
 from .pairs import Pair, find_pairs, split_off_val
-from .partial import partial_path, sweep_stale
+from .partial import old_path, partial_path, sweep_stale
+from .processes import workers_starting
 
 EXIF_ORIENTATION = 0x0112
 STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
@@ -178,14 +178,15 @@ class Stats:
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for line in sweep_stale(out):  # first: it may move a set back into place, which the checks below then see
+        print(line)
     if out.exists():
         if not overwrite:
             raise FastsegError(f"{out} already exists; pass --overwrite to replace it, or choose another folder")
-        if out.is_file() or (any(out.iterdir()) and not ((out / MANIFEST).exists() or any(out.glob("*.tar")))):
-            raise FastsegError(f"{out} holds files that are not a shard set; not overwriting it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in sweep_stale(out):
-        print(f"removed {stale}, left by a fastseg-shard run that was killed")
+        if not out.is_dir():
+            raise FastsegError(f"{out} is a file, not a shard set; not overwriting it: choose another OUT")
+        check_replaceable(str(out), [p.name + ("/" if p.is_dir() else "") for p in out.iterdir()])
     tmp = partial_path(out)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -193,8 +194,10 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
 
 
 def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished set into place. Replacing takes two renames; a kill between them leaves OUT missing and
+    the old set at its `.old` path, which the next run's sweep moves back (partial.sweep_stale)."""
     if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
+        old = old_path(out)
         out.rename(old)
         tmp.rename(out)
         shutil.rmtree(old)
@@ -227,8 +230,7 @@ def shard(src: Path, out, opts: Options, *, shown_as: str | None = None) -> Mani
     tmp = _prepare_out(out, opts.overwrite)
     previous = signal.signal(signal.SIGTERM, _term_as_exit)
     try:
-        # forkserver: workers start from a clean process, never a fork of one that runs threads (DALI, CUDA)
-        with multiprocessing.get_context("forkserver").Pool(max(1, opts.workers)) as pool:
+        with workers_starting() as context, context.Pool(max(1, opts.workers)) as pool:
             if spec.kind == "rgb" and not spec.fixed:
                 spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, [p.mask for p in everything], 8))
                 spec.names = [f"class_{i}" for i in range(len(spec.colors))]
@@ -249,8 +251,7 @@ def _shard_to_bucket(src: Path, root: str, opts: Options) -> Manifest:
         if not opts.overwrite:
             raise FastsegError(f"{root} already holds {len(existing)} object(s); pass --overwrite to replace the set "
                                "there, or choose another prefix")
-        if MANIFEST not in existing and not any(name.endswith(".tar") for name in existing):
-            raise FastsegError(f"{root} holds objects that are not a shard set; not overwriting them")
+        check_replaceable(root, sorted(existing))
     with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
         manifest = shard(src, Path(tmp) / "set", replace(opts, overwrite=False), shown_as=f"{root} (uploading)")
         publish(Path(tmp) / "set", root, existing, opts.progress)
@@ -291,8 +292,9 @@ def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Op
                     stats.add(split, result)
                     for ext, data in result.members.items():
                         _add(tar, f"{result.key}.{ext}", data)
+            index = tmp / index_name(path.name)
             shards.append(ShardInfo(path.name, write_index(path), path.stat().st_size, sha256_file(path),
-                                    index_name(path.name)))
+                                    index.name, sha256_file(index)))
         infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
     bar.close()
     if errors:

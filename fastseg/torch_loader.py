@@ -20,6 +20,7 @@ from . import remote
 from .errors import FastsegError
 from .format import MASK_EXT, parse_index
 from .plan import EpochLoader, LoaderPlan
+from .processes import workers_starting
 
 
 def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
@@ -68,7 +69,8 @@ class ShardSamples(Dataset):
         except FastsegError:
             raise
         except Exception as err:
-            raise FastsegError(f"{path}: sample {key} does not decode ({err}); run fastseg-shard --verify") from err
+            raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
+                               f"fastseg-shard --verify {self.plan.root}") from err
         plan = self.plan
         height, width = plan.size
         box = None
@@ -118,17 +120,29 @@ class TorchLoader(EpochLoader):
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=plan.workers,
             pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
-            # workers start from a clean process, never a fork of one that runs threads (DALI, CUDA) that may hold
-            # a lock at the moment of the fork
-            multiprocessing_context="forkserver" if plan.workers else None,
         )
         mean, std = plan.mean_std
         self.mean = torch.tensor(mean, device=plan.device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, device=plan.device).view(1, 3, 1, 1)
 
+    def _iterate(self):
+        """The DataLoader's iterator; its persistent workers start on the first call, forked where that is safe
+        (processes.py)."""
+        if not self.plan.workers:
+            return iter(self.loader)
+        with workers_starting() as context:
+            self.loader.multiprocessing_context = context
+            return iter(self.loader)
+
     def _epoch(self, epoch: int, start: int):
         self.order.epoch, self.order.start = epoch, start
-        for index, (image, mask, keys) in enumerate(self.loader, start):
+        try:
+            yield from self._batches(epoch, start)
+        except FastsegError as err:  # from a worker it carries the worker's traceback: keep the message only
+            raise FastsegError(str(err).strip().splitlines()[-1].rpartition("FastsegError: ")[2]) from None
+
+    def _batches(self, epoch: int, start: int):
+        for index, (image, mask, keys) in enumerate(self._iterate(), start):
             image = image.to(self.plan.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
             mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
             batch = {"image": image, "mask": mask}

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -12,7 +13,28 @@ from tqdm import tqdm
 
 from . import remote
 from .errors import FastsegError
-from .format import IGNORE_INDEX, MASK_EXT, index_name, load_manifest, parse_index, sha256_file
+from .format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, sha256_file
+
+
+def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
+    """Every index entry points at its member's data in the tar (offset and size), and every member is indexed."""
+    try:
+        with tarfile.open(path) as tar:
+            members = {m.name: (m.offset_data, m.size) for m in tar if m.isfile()}
+    except (OSError, tarfile.TarError):
+        return []  # the tar itself is reported unreadable below
+    problems, indexed = [], set()
+    for sample in index:
+        for _, offset, size, name in sample:
+            indexed.add(name)
+            if members.get(name) != (offset, size):
+                found = members.get(name)
+                where = f"offset {found[0]} size {found[1]}" if found else "no such member"
+                problems.append(f"{index_path}: {name} at offset {offset} size {size}, the tar has {where}")
+    missing = sorted(set(members) - indexed)
+    if missing:
+        problems.append(f"{index_path}: {len(missing)} member(s) of the tar are not indexed ({listing(missing)})")
+    return problems[:20] + ([f"{index_path}: … and {len(problems) - 20} more"] if len(problems) > 20 else [])
 
 
 def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
@@ -24,11 +46,18 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
         problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.bytes}")
     if sha256_file(path) != shard.sha256:
         problems.append(f"{path}: sha256 differs from the manifest")
+    index_path = root / shard.index
+    if not index_path.exists():
+        problems.append(f"{index_path}: missing")
+    elif shard.index_sha256 and sha256_file(index_path) != shard.index_sha256:
+        problems.append(f"{index_path}: sha256 differs from the manifest")
     try:
-        index = parse_index((root / index_name(shard.name)).read_text(), str(root / shard.index))
+        index = parse_index(index_path.read_text(), str(index_path))
     except (OSError, FastsegError) as err:
-        problems.append(f"{root / shard.index}: {err}")
+        problems.append(f"{index_path}: {err}")
         index = None
+    if index is not None:
+        problems += _check_index(path, index_path, index)
     count = 0
     try:
         for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
@@ -55,7 +84,7 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
     if count != shard.samples:
         problems.append(f"{path}: {count} samples, manifest says {shard.samples}")
     if index is not None and len(index) != shard.samples:
-        problems.append(f"{root / shard.index}: {len(index)} samples, manifest says {shard.samples}")
+        problems.append(f"{index_path}: {len(index)} samples, manifest says {shard.samples}")
     return problems
 
 

@@ -227,7 +227,62 @@ def test_bad_inputs_have_clear_messages(tmp_path, capsys):
     (tmp_path / "notshards").mkdir()
     (tmp_path / "notshards/thesis.tex").write_text("precious")
     code, err = cli([src, tmp_path / "notshards", "--skip-unpaired", "--overwrite"], capsys)
-    assert code == 1 and "not a shard set; not overwriting" in err and (tmp_path / "notshards/thesis.tex").exists()
+    assert code == 1 and "not a fastseg shard set" in err and (tmp_path / "notshards/thesis.tex").exists()
+
+
+def test_overwrite_replaces_only_a_shard_set(tmp_path, capsys):
+    src = make_dataset(tmp_path / "data", count=4)
+    # a stray .tar beside a user's file is not a shard set: refused, nothing deleted
+    mine = tmp_path / "mine"
+    save(textured(8, 8, 0), mine / "photo.png")
+    (mine / "backup.tar").write_bytes(b"a user's archive")
+    code, err = cli([src, mine, "--overwrite"], capsys)
+    assert code == 1 and "not a fastseg shard set (no manifest.json)" in err and "backup.tar, photo.png" in err
+    assert sorted(p.name for p in mine.iterdir()) == ["backup.tar", "photo.png"]
+    # a shard set with a user's file added to it: refused too, naming the file
+    out = tmp_path / "out"
+    assert cli([src, out], capsys)[0] == 0
+    (out / "notes.txt").write_text("mine")
+    code, err = cli([src, out, "--overwrite"], capsys)
+    assert code == 1 and "also notes.txt, which fastseg did not write" in err and (out / "notes.txt").exists()
+    # a shard set alone, or an empty folder, is replaced
+    (out / "notes.txt").unlink()
+    assert cli([src, out, "--overwrite"], capsys)[0] == 0
+    (tmp_path / "empty").mkdir()
+    assert cli([src, tmp_path / "empty", "--overwrite"], capsys)[0] == 0 and load_manifest(tmp_path / "empty")
+
+
+KILLED_MID_SWAP = """
+import os, sys
+from pathlib import Path
+from fastseg.shard import Options, shard
+
+renames = []
+real_rename = Path.rename
+def rename(self, target):  # the process dies between moving the old set aside and moving the new one in
+    renames.append(target)
+    if len(renames) == 2:
+        os._exit(9)
+    return real_rename(self, target)
+Path.rename = rename
+shard(Path(sys.argv[1]), Path(sys.argv[2]), Options(val_fraction=0, progress=False, workers=1, overwrite=True))
+"""
+
+
+def test_a_kill_between_the_swap_renames_loses_no_set(tmp_path, capsys):
+    old_src, new_src = make_dataset(tmp_path / "old", count=4), make_dataset(tmp_path / "new", count=6)
+    out = tmp_path / "out"
+    shard(old_src, out, Options(val_fraction=0, **QUIET))
+    before = (out / "manifest.json").read_text()
+    killed = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, str(new_src), str(out)], timeout=120)
+    assert killed.returncode == 9 and not out.exists() and list(tmp_path.glob(".out.old-*"))
+    # the next run puts the old set back before anything else: it is whole, and still needs --overwrite
+    code, err = cli([new_src, out], capsys)
+    assert code == 1 and "already exists; pass --overwrite" in err
+    assert (out / "manifest.json").read_text() == before and not list(tmp_path.glob(".out.*"))
+    assert cli(["--verify", out], capsys)[0] == 0
+    assert cli([new_src, out, "--overwrite", "--val-fraction", "0"], capsys)[0] == 0
+    assert load_manifest(out).splits["train"].samples == 6
 
 
 def test_verify_finds_a_damaged_shard(tmp_path, capsys):
@@ -241,6 +296,27 @@ def test_verify_finds_a_damaged_shard(tmp_path, capsys):
     tar.write_bytes(bytes(data))
     code, err = cli(["--verify", out], capsys)
     assert code == 1 and "train-000000.tar: sha256 differs" in err
+
+
+def test_verify_checks_every_index_entry(tmp_path, capsys):
+    src = make_dataset(tmp_path / "data", count=4)
+    out = tmp_path / "out"
+    manifest = shard(src, out, Options(val_fraction=0, **QUIET))
+    assert manifest.splits["train"].shards[0].index_sha256  # new sets record their indexes' sha256
+    index = out / "train-000000.idx"
+    samples = parse_index(index.read_text(), str(index))
+    ext, offset, size, name = samples[2][0]
+    samples[2][0] = (ext, offset + 512, size, name)  # one member's offset shifted by a tar block
+    index.write_text(format_index(samples))
+    code, err = cli(["--verify", out], capsys)
+    assert code == 1 and "train-000000.idx: sha256 differs from the manifest" in err
+    assert f"{name} at offset {offset + 512} size {size}, the tar has offset {offset} size {size}" in err
+    # the same shift in a set whose manifest has no index sha256 (written before it did) is still caught
+    raw = json.loads((out / "manifest.json").read_text())
+    del raw["splits"]["train"]["shards"][0]["index_sha256"]
+    (out / "manifest.json").write_text(json.dumps(raw))
+    code, err = cli(["--verify", out], capsys)
+    assert code == 1 and "sha256" not in err and f"{name} at offset {offset + 512}" in err
 
 
 def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):

@@ -5,6 +5,7 @@ import argparse
 import json
 import math
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -50,7 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write last.ckpt every N training steps, for an exact resume from mid-epoch")
     p.add_argument("--log-batch-keys", action="store_true",
                    help="write OUT/batches/rankR.jsonl: the sample keys of every training step")
-    p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there) or a checkpoint path")
+    p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there, else a new run) or a checkpoint path")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out that holds a previous one (its checkpoints, logs, previews and "
+                        "metrics are removed first; other files are left alone)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", default="val")
@@ -87,6 +91,8 @@ def resolve(args) -> dict:
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
     ranks = args.devices * args.num_nodes
     resume = args.resume
+    if resume and args.overwrite:
+        raise FastsegError("--resume continues the run in --out and --overwrite replaces it; give one of them")
     if resume == "auto":
         last = args.out / "checkpoints" / "last.ckpt"
         resume = str(last) if last.exists() else None
@@ -102,6 +108,27 @@ def resolve(args) -> dict:
     channels_last = accelerator == "gpu" if args.channels_last is None else args.channels_last
     return dict(manifest=manifest, size=size, accelerator=accelerator, precision=precision, resume=resume,
                 workers=workers, channels_last=channels_last, log_every=min(args.log_every, steps))
+
+
+# what fastseg-train writes under --out; --overwrite removes these and nothing else
+RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json")
+
+
+def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite: bool) -> None:
+    """Never train over a previous run by accident: an --out that holds one needs --resume or --overwrite."""
+    previous = sorted(p.name for p in (out / "checkpoints").glob("*.ckpt")) + (
+        ["metrics.json"] if (out / "metrics.json").exists() else [])
+    if resume_flag == "auto" and resume is None:
+        print(f"--resume auto: no checkpoint in {out / 'checkpoints'}; starting a new run")
+    if not previous or resume_flag:
+        return
+    if not overwrite:
+        raise FastsegError(f"{out} already holds a run ({', '.join(previous)}); continue it with --resume auto, "
+                           "replace it with --overwrite, or choose another --out")
+    removed = [name for name in RUN_OUTPUTS if (out / name).exists()]
+    for name in removed:
+        shutil.rmtree(out / name) if (out / name).is_dir() else (out / name).unlink()
+    print(f"--overwrite: removed the previous run's {', '.join(removed)} from {out}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         benchmark=run["accelerator"] == "gpu", profiler=timer, plugins=[AtomicCheckpointIO()],
     )
     if trainer.is_global_zero:
+        claim_out(args.out, args.resume, run["resume"], args.overwrite)
         args.out.mkdir(parents=True, exist_ok=True)
         config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
         config.update(image_size=list(run["size"]), accelerator=run["accelerator"], precision=run["precision"],
