@@ -136,6 +136,18 @@ def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
     last = batches[-1]
     assert (last["mask"][2:] == 255).all() and not (last["mask"][:2] == 255).all()
     assert last["key"][2] == last["key"][3] == last["key"][1]  # padding repeats this rank's last sample
+    assert [b["real"] for b in batches] == [4, 4, 2]  # counted on the host: no device sync to count images
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_the_training_split_is_shuffled_without_augmentation(backend, png_shards):
+    loader = make_loader(png_shards, backend=backend, batch_size=5, augment="none", return_keys=True, workers=INLINE)
+    first, second = (real_keys(epoch(loader)) for _ in range(2))
+    assert sorted(first) == sorted(second) and first != second  # a new order each epoch
+    fixed = make_loader(png_shards, backend=backend, batch_size=5, augment="none", return_keys=True,
+                        workers=INLINE, shuffle=False)
+    once, again = real_keys(epoch(fixed)), real_keys(epoch(fixed))
+    assert once == again and sorted(once) == sorted(first)  # off on request: the manifest's order every epoch
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -187,20 +199,32 @@ def test_mixed_sizes_need_an_output_size(backend, tmp_path):
     assert batch["image"].shape == (6, 3, 16, 24) and batch["mask"].shape == (6, 16, 24)
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
-    from fastseg.format import parse_index
+def corrupt_one_image(shards, copy) -> str:
+    """A copy of the set with one JPEG's header zeroed and the manifest's sha256 fixed up, so that the start-up
+    checks pass and only decoding can find it; returns the key of the broken sample."""
+    import json
 
-    for f in jpeg_shards.iterdir():
-        (tmp_path / f.name).write_bytes(f.read_bytes())
-    tar = tmp_path / "train-000000.tar"
-    members = parse_index((tmp_path / "train-000000.idx").read_text(), "idx")[2]
-    _, offset, size, _ = next(m for m in members if m[0] == "image.jpg")
+    from fastseg.format import parse_index, sha256_file
+
+    for f in shards.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    tar = copy / "train-000000.tar"
+    _, offset, size, name = next(m for m in parse_index((copy / "train-000000.idx").read_text(), "idx")[2]
+                                 if m[0] == "image.jpg")
     data = bytearray(tar.read_bytes())
     data[offset : offset + 64] = bytes(64)  # no JPEG header any more: same size, content broken
     tar.write_bytes(bytes(data))
-    with pytest.raises(FastsegError, match="train-000000.tar.*fastseg-shard --verify|train-000000.tar: sample"):
-        for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=False, checksums=False, workers=1):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(tar)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return name.partition(".")[0]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
+    key = corrupt_one_image(jpeg_shards, tmp_path)
+    with pytest.raises(FastsegError, match=f"train-000000.tar: sample {key} does not decode .*fastseg-shard --verify"):
+        for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=False, workers=1):
             pass
 
 

@@ -113,6 +113,19 @@ def test_shard_to_a_bucket_writes_the_set_and_refuses_to_clobber_it(bucket_set, 
     assert code == 0
 
 
+def test_overwrite_refuses_a_prefix_that_is_not_a_shard_set(server, data, capsys):
+    import boto3
+
+    s3 = boto3.client("s3")
+    for name, body in (("backup.tar", b"a user's archive"), ("report.pdf", b"precious")):
+        s3.put_object(Bucket="sets", Key=f"mine/{name}", Body=body)
+    code, err = shard_cli(capsys, data, "s3://sets/mine", "--overwrite", "--workers", "1", "--quiet")
+    assert code == 1 and "s3://sets/mine is not a fastseg shard set (no manifest.json)" in err
+    assert "backup.tar, report.pdf" in err
+    kept = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="sets", Prefix="mine/")["Contents"])
+    assert kept == ["mine/backup.tar", "mine/report.pdf"]
+
+
 @pytest.mark.parametrize("backend", ["dali", "torch"])
 def test_both_loaders_read_the_bucket_as_they_read_the_disk(bucket_set, backend):
     url, disk = bucket_set
