@@ -78,7 +78,7 @@ class SegDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.manifest = load_manifest(shards)
-        self.loaders = {}
+        self.loaders = {}  # by role, "train" and "val": one split may serve both, each with its own loader
         self._pending = None  # a loader state loaded before the loaders were made
 
     def setup(self, stage: str | None = None) -> None:
@@ -86,15 +86,15 @@ class SegDataModule(pl.LightningDataModule):
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
         h = self.hparams
-        for split, augment in ((h.train_split, h.augment), (h.val_split, "none")):
-            if split in self.manifest.splits and split not in self.loaders:
-                self.loaders[split] = make_loader(
+        for role, split, augment in (("train", h.train_split, h.augment), ("val", h.val_split, "none")):
+            if split in self.manifest.splits and role not in self.loaders:
+                self.loaders[role] = make_loader(
                     h.shards, split, h.backend, h.batch_size, h.size, augment, device, rank, world, h.seed,
                     workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums,
-                    return_keys=h.return_keys and split == h.train_split, shuffle=split == h.train_split)
+                    return_keys=h.return_keys and role == "train", shuffle=role == "train")
 
     def train_dataloader(self):
-        loader = self.loaders[self.hparams.train_split]
+        loader = self.loaders["train"]
         if self._pending is not None:
             loader.restore(self._pending)
             self._pending = None
@@ -103,10 +103,10 @@ class SegDataModule(pl.LightningDataModule):
         return loader
 
     def val_dataloader(self):
-        return self.loaders[self.hparams.val_split]
+        return self.loaders["val"]
 
     def state_dict(self) -> dict:
-        loader = self.loaders.get(self.hparams.train_split)
+        loader = self.loaders.get("train")
         if loader is None or self.trainer is None:
             return {}
         # Lightning fetches one batch ahead: the position to save is that of the batches trained

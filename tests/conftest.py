@@ -1,7 +1,6 @@
 """Tiny real files made in tmp_path, and the shared datasets beside the repository."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import numpy as np
@@ -62,10 +61,26 @@ def make_dataset(root: Path, count: int = 6, size=(40, 32), image_ext: str = "jp
     return root
 
 
-def png_bytes(array: np.ndarray) -> bytes:
-    out = io.BytesIO()
-    Image.fromarray(array).save(out, "PNG")
-    return out.getvalue()
+def corrupt_one_image(shards: Path, copy: Path) -> str:
+    """A copy of a shard set with one image's first bytes zeroed and the manifest's sha256 fixed up, so that the
+    start-up checks pass and only decoding can find it; returns the key of the broken sample."""
+    import json
+
+    from fastseg.format import parse_index, sha256_file
+
+    copy.mkdir(parents=True, exist_ok=True)
+    for f in shards.iterdir():
+        (copy / f.name).write_bytes(f.read_bytes())
+    tar = copy / "train-000000.tar"
+    _, offset, _, name = next(m for m in parse_index((copy / "train-000000.idx").read_text(), "idx")[2]
+                              if m[0].startswith("image."))
+    data = bytearray(tar.read_bytes())
+    data[offset : offset + 64] = bytes(64)  # no image header any more: same size, content broken
+    tar.write_bytes(bytes(data))
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(tar)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return name.partition(".")[0]
 
 
 def split_shards(root: Path, size=(32, 32), image_ext: str = "png", train: int = 16, val: int = 6) -> Path:

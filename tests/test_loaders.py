@@ -9,7 +9,7 @@ from fastseg.data import make_loader
 from fastseg.errors import FastsegError
 from fastseg.shard import Options, shard
 
-from .conftest import make_dataset, save
+from .conftest import corrupt_one_image, make_dataset, save
 
 BACKENDS = ["dali", "torch"]
 # the CPU everywhere; on a machine with CUDA also the GPU path (mixed decoding, GPU operators, GPU normalizing)
@@ -197,27 +197,6 @@ def test_mixed_sizes_need_an_output_size(backend, tmp_path):
         make_loader(tmp_path / "shards", backend=backend)
     batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=INLINE)))
     assert batch["image"].shape == (6, 3, 16, 24) and batch["mask"].shape == (6, 16, 24)
-
-
-def corrupt_one_image(shards, copy) -> str:
-    """A copy of the set with one JPEG's header zeroed and the manifest's sha256 fixed up, so that the start-up
-    checks pass and only decoding can find it; returns the key of the broken sample."""
-    import json
-
-    from fastseg.format import parse_index, sha256_file
-
-    for f in shards.iterdir():
-        (copy / f.name).write_bytes(f.read_bytes())
-    tar = copy / "train-000000.tar"
-    _, offset, size, name = next(m for m in parse_index((copy / "train-000000.idx").read_text(), "idx")[2]
-                                 if m[0] == "image.jpg")
-    data = bytearray(tar.read_bytes())
-    data[offset : offset + 64] = bytes(64)  # no JPEG header any more: same size, content broken
-    tar.write_bytes(bytes(data))
-    manifest = json.loads((copy / "manifest.json").read_text())
-    manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(tar)
-    (copy / "manifest.json").write_text(json.dumps(manifest))
-    return name.partition(".")[0]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

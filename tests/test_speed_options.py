@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 
 import pytest
+import pytorch_lightning as pl
 import torch
 
 from fastseg.cli import run_cli
 from fastseg.cli.train import main as train_main
 from fastseg.losses import segmentation_loss
-from fastseg.meter import flops_per_image, verdict
+from fastseg.meter import FetchTimer, ThroughputMeter, flops_per_image, mfu, peak_flops, verdict
 from fastseg.model import UNet
 from fastseg.module import SegModule
 
@@ -46,19 +48,49 @@ def test_channels_last_output_equals_contiguous():
     torch.testing.assert_close(fast(image), plain(image), rtol=1e-4, atol=1e-5)
 
 
+def first_step(seg: SegModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The logits and the gradients of one step on a fixed batch."""
+    seg.configure_model()
+    generator = torch.Generator().manual_seed(1)
+    image = torch.randn(2, 3, 32, 32, generator=generator)
+    mask = torch.randint(0, 3, (2, 32, 32), generator=generator)
+    logits = seg(image)
+    segmentation_loss(logits, mask).backward()
+    return logits.detach(), {name: p.grad for name, p in seg.named_parameters()}
+
+
+def assert_same_step(fast: SegModule, plain: SegModule) -> None:
+    # other kernels sum in another order: the same step agrees to float32 rounding, not to the bit
+    (logits, grads), (want_logits, want_grads) = first_step(fast), first_step(plain)
+    torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-5)
+    for name, grad in want_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=1e-3, atol=1e-4 * float(grad.abs().max()) + 1e-7)
+
+
+# Training amplifies those roundings step by step (seen: rel 1.3e-3 after four steps on another x86 CPU), so the
+# losses of a few steps agree within a tolerance that holds on any machine, still far below what a real change
+# (a wrong layout, a skipped update) does to them.
+LOSS_TOLERANCE = 2e-2
+
+
 @pytest.mark.parametrize("option", ["channels_last", "fused"])
 def test_speed_options_train_like_the_plain_path(option):
+    if option == "channels_last":
+        assert_same_step(module(channels_last=True), module())
     plain = losses_after_steps(module())
     fast = (losses_after_steps(module(channels_last=True)) if option == "channels_last"
             else losses_after_steps(module(), fused=True))
-    assert plain[0] != plain[-1]  # it did learn something
-    assert fast == pytest.approx(plain, rel=1e-4)
+    assert plain[-1] < 0.97 * plain[0]  # it did learn something: far more than the tolerance below
+    assert fast == pytest.approx(plain, rel=LOSS_TOLERANCE)
 
 
 @pytest.mark.slow
 def test_compile_trains_like_the_plain_path():
     compiled = module(compile=True)
-    assert losses_after_steps(compiled, steps=3) == pytest.approx(losses_after_steps(module(), steps=3), rel=1e-4)
+    assert_same_step(compiled, module())
+    compiled = module(compile=True)
+    assert losses_after_steps(compiled, steps=3) == pytest.approx(losses_after_steps(module(), steps=3),
+                                                                  rel=LOSS_TOLERANCE)
     assert compiled.model._compiled_call_impl is not None
     assert "inc.0.weight" in compiled.model.state_dict()  # checkpoints keep plain keys for fastseg-predict
 
@@ -71,6 +103,69 @@ def test_flops_count_forward_and_backward():
     total = flops_per_image(3, 8, (64, 64))
     assert 2.5 * only_forward < total < 3.5 * only_forward  # backward costs about twice the forward
     assert flops_per_image(3, 8, (128, 128)) == pytest.approx(4 * total, rel=0.01)  # linear in pixels
+
+
+class Sleepy:
+    """Batches that take `seconds` each to arrive."""
+
+    def __init__(self, seconds: float, batches: int = 8):
+        self.seconds, self.batches = seconds, batches
+
+    def __len__(self):
+        return self.batches
+
+    def __iter__(self):
+        for _ in range(self.batches):
+            time.sleep(self.seconds)
+            yield {"image": torch.zeros(2, 3, 4, 4), "real": 2}
+
+
+class KnownStep(pl.LightningModule):
+    """A training step of a known length."""
+
+    def __init__(self, seconds: float):
+        super().__init__()
+        self.seconds, self.weight = seconds, torch.nn.Parameter(torch.ones(1))
+
+    def training_step(self, batch, batch_index):
+        time.sleep(self.seconds)
+        return (self.weight * batch["image"].mean()).sum()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.1)
+
+
+@pytest.mark.parametrize("wait,step", [(0.03, 0.03), (0.0, 0.03)])
+def test_the_meter_reports_a_known_stall(wait, step):
+    timer = FetchTimer()
+    meter = ThroughputMeter(timer)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=2, profiler=timer, callbacks=[meter], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(KnownStep(step), train_dataloaders=Sleepy(wait))
+    for epoch in meter.epochs:
+        assert epoch["data_stall"] == pytest.approx(wait / (wait + step), abs=0.1)
+        assert epoch["images"] == 16 and epoch["steps"] == 8
+
+
+def test_the_run_mfu_is_per_device():
+    meter = ThroughputMeter(FetchTimer(), flops=1e12, peak=100e12)
+    meter.devices = 2  # two ranks trained these images together
+    meter.epochs = [{"epoch": e, "images": 200, "steps": 10, "seconds": 2.0, "images_per_s": 100.0, "step_ms": 200.0,
+                     "data_stall": 0.0, "mfu": mfu(1e12, 100.0, 100e12, 2)} for e in range(3)]
+    summary = meter.report("dali", 4, "gpu")
+    assert summary["mfu"] == pytest.approx(0.5) == meter.epochs[1]["mfu"]  # 1e14 FLOP/s over 2 × 1e14 peak
+    assert "MFU 50.0%" in summary["verdict"]
+
+
+@pytest.mark.parametrize("board,precision,tf32,peak", [
+    ("NVIDIA H200", "16-mixed", True, 989.4e12), ("NVIDIA H200 NVL", "bf16-mixed", True, 835.5e12),
+    ("NVIDIA H200", "32-true", True, 494.7e12), ("NVIDIA H200", "32-true", False, 66.9e12),
+    ("NVIDIA H100 80GB HBM3", "16-mixed", True, 989.4e12), ("NVIDIA H100 80GB HBM3", "32-true", True, 494.7e12)])
+def test_peaks_are_dense_exact_and_tf32_where_cudnn_uses_it(board, precision, tf32, peak, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: board)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", tf32)
+    assert peak_flops(torch.device("cuda", 0), precision) == pytest.approx(peak)
+    assert peak_flops(torch.device("cpu"), precision) is None
 
 
 def test_verdict_names_the_bottleneck():

@@ -69,7 +69,7 @@ def test_train_bench_runs_both_paths(tmp_path):
     out = tmp_path / "train.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_bench.py"), "--size", "32", "32", "--width",
                              "4", "--steps", "3", "--warmup", "1", "--workers", "1", "--loaders", "vanilla", "dali",
-                             "--json", str(out)], capture_output=True, text=True, timeout=300)
+                             "--sweep", "--json", str(out)], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(out.read_text())
     assert [(r["loader"], r["path"]) for r in report["runs"]] == [

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import shutil
@@ -110,6 +111,23 @@ def resolve(args) -> dict:
                 workers=workers, channels_last=channels_last, log_every=min(args.log_every, steps))
 
 
+class NoAdvert(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "litlogger" not in str(record.msg)
+
+
+def quiet_lightning() -> None:
+    """Silence what Lightning says that is not the user's business, narrowly, and keep every other warning: its
+    advert for a cloud logger, a deprecation inside its own pytree helper (torch deprecated LeafSpec, Lightning
+    still checks for it), the mid-epoch-resume warning (the loaders restore their exact position, so it does not
+    apply) and the one about a non-empty checkpoint folder (claim_out already decided that --out may be used)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(NoAdvert())
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
+                            category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
+    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
+
+
 # what fastseg-train writes under --out; --overwrite removes these and nothing else
 RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json")
 
@@ -145,8 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     from ..meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
     from ..module import SegModule
 
-    # the loaders restore their exact position, so Lightning's warning about mid-epoch resumes does not apply
-    warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
+    quiet_lightning()
     pl.seed_everything(args.seed, workers=True, verbose=False)
     manifest = run["manifest"]
     data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
