@@ -57,7 +57,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
             batch = next(batches)
         image = batch["image"].to(device, non_blocking=True)
         mask = batch["mask"].to(device, non_blocking=True)
-        if cuda:
+        if cuda:  # fastseg's loaders hand it over channels-last already (a no-op); the vanilla batch is copied
             image = image.contiguous(memory_format=torch.channels_last)
         wait += time.perf_counter() - fetch
         with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"), enabled=dtype is not None):
@@ -154,7 +154,8 @@ def main() -> int:
                                                 args.size)
                     else:
                         loader = make_loader(args.shards, "train", name, batch_size, tuple(args.size),
-                                             augment="flip", device=device, workers=args.workers)
+                                             augment="flip", device=device, workers=args.workers,
+                                             channels_last=device.type == "cuda")
                     model = UNet(classes, width=args.width).to(device)
                     if device.type == "cuda":
                         model = model.to(memory_format=torch.channels_last)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import torch
@@ -24,11 +25,26 @@ from .remote import read_span
 from .plan import EpochLoader, LoaderPlan
 from .processes import note_native_threads
 
+# What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
+# held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
+DALI_FLOOR = (2, 4)
 try:
+    import nvidia.dali
     from nvidia.dali import fn, math as dmath, pipeline_def, types
 except ImportError as err:  # pragma: no cover - depends on the install
     raise FastsegError("NVIDIA DALI is not installed: pip install nvidia-dali-cuda120 (or -cuda130), "
                        "or use the torch backend (--loader torch)") from err
+
+
+def check_dali_version(version: str) -> None:
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < DALI_FLOOR:
+        floor = ".".join(map(str, DALI_FLOOR))
+        raise FastsegError(f"NVIDIA DALI {version} is installed; fastseg needs {floor} or newer: "
+                           f"pip install -U 'nvidia-dali-cuda120>={floor}' (or -cuda130), or use --loader torch")
+
+
+check_dali_version(nvidia.dali.__version__)
 
 SHUFFLE_BUFFER = 256
 
@@ -88,7 +104,7 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
             image = fn.flip(image, horizontal=0, vertical=vflip)
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
-                                     output_layout="CHW")
+                                     output_layout="HWC" if plan.channels_last else "CHW")
     mask = fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)  # widened here, by DALI's threads
     return image, mask, *meta
 
@@ -143,7 +159,13 @@ class DaliLoader(EpochLoader):
         self._build(state["backend"])
 
     def _run(self):
+        """The next outputs. On CUDA they are returned on torch's current stream, so the consumer waits for exactly
+        this batch's work and not for what DALI has queued since for the batches it prefetches; `run()` without a
+        stream would also block the host until then. (DALI takes the stream positionally only: as a keyword it
+        would be read as a pipeline input.)"""
         try:
+            if self.plan.device.type == "cuda":
+                return self.pipe.run(torch.cuda.current_stream(self.plan.device).cuda_stream)
             return self.pipe.run()
         except RuntimeError as err:  # DALI's long C++ report, turned into what happened and what to do
             raise self._explain(str(err)) from err
@@ -171,6 +193,8 @@ class DaliLoader(EpochLoader):
         with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive
             image = torch.from_dlpack(images.as_tensor())
             mask = torch.from_dlpack(masks.as_tensor())
+        if self.plan.channels_last:
+            image = image.permute(0, 3, 1, 2)  # N×H×W×C from the pipeline: this view is channels-last already
         batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
         if self.plan.return_keys:
             batch["key"] = [json.loads(np.array(metas[0][i]).tobytes())["key"] for i in range(len(metas[0]))]

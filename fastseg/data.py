@@ -24,11 +24,12 @@ def default_device() -> str:
 def make_loader(shards, split: str = "train", backend: str = "dali", batch_size: int = 16, size=None,
                 augment: str | bool | None = None, device=None, rank: int = 0, world_size: int = 1, seed: int = 0,
                 return_keys: bool = False, workers: int | None = None, scale=(0.5, 1.0), vflip: bool = False,
-                checksums: bool = True, shuffle: bool | None = None):
+                checksums: bool = True, shuffle: bool | None = None, channels_last: bool = False):
     """An iterable over batches with len() = batches per epoch, reusable for any number of epochs.
 
     shuffle: a new sample order every epoch (default: on for the train split, off for the others), whatever the
-    augmentation.
+    augmentation. channels_last: the image batch comes in channels-last memory format (the layout a channels-last
+    model reads), made so by the pipeline itself rather than by a copy.
 
     augment: "flip" (the default for the train split): a horizontal flip (and vertical with vflip) at the output
     size; "crop": a random scale-crop (area fraction in `scale`, aspect 3/4..4/3) resized to the output size and
@@ -52,6 +53,7 @@ def make_loader(shards, split: str = "train", backend: str = "dali", batch_size:
         scale=tuple(scale), vflip=vflip, rank=rank, world_size=world_size, seed=seed,
         workers=(os.cpu_count() or 1) if workers is None else workers, device=device,
         return_keys=return_keys, shuffle=split == "train" if shuffle is None else shuffle,
+        channels_last=channels_last,
     )
     if plan.samples < world_size:
         raise FastsegError(f"the {split} split has {plan.samples} samples, fewer than the {world_size} ranks")
@@ -74,7 +76,7 @@ class SegDataModule(pl.LightningDataModule):
     def __init__(self, shards: str, backend: str = "dali", batch_size: int = 16, size=None, workers: int | None = None,
                  seed: int = 0, augment: str = "flip", scale=(0.5, 1.0), vflip: bool = False,
                  train_split: str = "train", val_split: str = "val", checksums: bool = True,
-                 return_keys: bool = False):
+                 return_keys: bool = False, channels_last: bool = False):
         super().__init__()
         self.save_hyperparameters()
         self.manifest = load_manifest(shards)
@@ -91,7 +93,8 @@ class SegDataModule(pl.LightningDataModule):
                 self.loaders[role] = make_loader(
                     h.shards, split, h.backend, h.batch_size, h.size, augment, device, rank, world, h.seed,
                     workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums,
-                    return_keys=h.return_keys and role == "train", shuffle=role == "train")
+                    return_keys=h.return_keys and role == "train", shuffle=role == "train",
+                    channels_last=h.channels_last)
 
     def train_dataloader(self):
         loader = self.loaders["train"]

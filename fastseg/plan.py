@@ -47,6 +47,7 @@ class LoaderPlan:
     device: torch.device
     return_keys: bool
     shuffle: bool  # a new order every epoch (the training split, whatever the augmentation)
+    channels_last: bool  # images leave the pipeline as N×H×W×C, so the N×C×H×W view is channels-last at no cost
 
     @property
     def samples(self) -> int:

@@ -88,7 +88,9 @@ class ShardSamples(Dataset):
             image, mask = image[:, ::-1], mask[:, ::-1]
         if flip_v:
             image, mask = image[::-1], mask[::-1]
-        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.copy()), key
+        if not plan.channels_last:  # else the main process takes an N×C×H×W view of the H×W×C batch: no copy
+            image = image.transpose(2, 0, 1)
+        return torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()), key
 
 
 class RankEpochSampler(Sampler):
@@ -143,7 +145,10 @@ class TorchLoader(EpochLoader):
 
     def _batches(self, epoch: int, start: int):
         for index, (image, mask, keys) in enumerate(self._iterate(), start):
-            image = image.to(self.plan.device, non_blocking=True).float().sub_(self.mean).div_(self.std)
+            image = image.to(self.plan.device, non_blocking=True)
+            if self.plan.channels_last:
+                image = image.permute(0, 3, 1, 2)  # a channels-last view; float() below keeps the layout
+            image = image.float().sub_(self.mean).div_(self.std)
             mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
             batch = {"image": image, "mask": mask}
             if self.plan.return_keys:

@@ -1,6 +1,7 @@
 """Tiny real files made in tmp_path, and the shared datasets beside the repository."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +9,18 @@ import pytest
 from PIL import Image
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def pytest_runtest_setup(item):
+    """A `cuda` test skips where there is no CUDA device, unless the run asked for one (FASTSEG_REQUIRE_CUDA=1, as
+    the GPU device kit sets): then a missing CUDA (a CPU build of torch on a GPU machine, say) is a failure."""
+    import torch
+
+    if item.get_closest_marker("cuda") is None or torch.cuda.is_available():
+        return
+    if os.environ.get("FASTSEG_REQUIRE_CUDA") == "1":
+        pytest.fail(f"FASTSEG_REQUIRE_CUDA=1 but torch {torch.__version__} sees no CUDA device", pytrace=False)
+    pytest.skip("needs a CUDA GPU")
 
 
 def shared(name: str) -> Path:

@@ -13,8 +13,7 @@ from .conftest import corrupt_one_image, make_dataset, save
 
 BACKENDS = ["dali", "torch"]
 # the CPU everywhere; on a machine with CUDA also the GPU path (mixed decoding, GPU operators, GPU normalizing)
-DEVICES = ["cpu", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(
-    not torch.cuda.is_available(), reason="needs a CUDA GPU")])]
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # conftest.py skips (or fails) without CUDA
 QUIET = dict(progress=False, workers=2)
 # loaders in the main process (the twin) or one thread (DALI) keep these tests quick; the worker-process path is
 # covered where it matters (DDP slices, errors raised inside a worker) and by the training tests
@@ -50,7 +49,7 @@ def real_keys(batches):
 def test_backends_agree_without_augmentation(fixture, size, request):
     shards = request.getfixturevalue(fixture)
     dali, twin = (epoch(make_loader(shards, backend=b, batch_size=4, size=size, augment=False, return_keys=True,
-                                    workers=INLINE)) for b in BACKENDS)
+                                    workers=INLINE, shuffle=False)) for b in BACKENDS)
     assert [b["key"] for b in dali] == [b["key"] for b in twin]  # same order when not shuffling
     for a, b in zip(dali, twin):
         assert a["image"].dtype == torch.float32 and a["mask"].dtype == torch.int64
@@ -140,6 +139,20 @@ def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("device", DEVICES)
+def test_channels_last_batches_are_made_so_by_the_pipeline(backend, device, png_shards):
+    def batches(channels_last):
+        return epoch(make_loader(png_shards, backend=backend, batch_size=4, augment=False, device=device,
+                                 workers=INLINE, channels_last=channels_last))
+
+    for plain, fast in zip(batches(False), batches(True)):
+        assert plain["image"].is_contiguous() and fast["image"].is_contiguous(memory_format=torch.channels_last)
+        assert fast["image"].shape == plain["image"].shape
+        torch.testing.assert_close(fast["image"], plain["image"], rtol=0, atol=1e-6)  # the same values
+        assert torch.equal(fast["mask"], plain["mask"])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_the_training_split_is_shuffled_without_augmentation(backend, png_shards):
     loader = make_loader(png_shards, backend=backend, batch_size=5, augment="none", return_keys=True, workers=INLINE)
     first, second = (real_keys(epoch(loader)) for _ in range(2))
@@ -152,7 +165,8 @@ def test_the_training_split_is_shuffled_without_augmentation(backend, png_shards
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_an_epoch_left_early_does_not_shift_the_next(backend, png_shards):
-    loader = make_loader(png_shards, backend=backend, batch_size=2, augment=False, return_keys=True, workers=INLINE)
+    loader = make_loader(png_shards, backend=backend, batch_size=2, augment=False, return_keys=True, workers=INLINE,
+                         shuffle=False)
     for batch in loader:  # like Lightning's sanity check: two batches, then leave
         break
     full = epoch(loader)
@@ -212,7 +226,7 @@ def test_dali_batches_stay_valid_while_held(png_shards):
     loader = make_loader(png_shards, backend="dali", batch_size=2, augment="flip", return_keys=True, workers=INLINE)
     batches = iter(loader)
     held = next(batches)
-    copy = {k: v.clone() for k, v in held.items() if k != "key"}
+    copy = {k: held[k].clone() for k in ("image", "mask")}
     later = [next(batches) for _ in range(3)]
     assert held["mask"].dtype == torch.int64 and held["mask"].shape == (2, 40, 48)  # widened inside the pipeline
     assert torch.equal(held["image"], copy["image"]) and torch.equal(held["mask"], copy["mask"])

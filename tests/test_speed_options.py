@@ -48,6 +48,18 @@ def test_channels_last_output_equals_contiguous():
     torch.testing.assert_close(fast(image), plain(image), rtol=1e-4, atol=1e-5)
 
 
+def test_a_channels_last_batch_reaches_the_model_without_a_copy():
+    seg = module(channels_last=True)
+    seen = []
+    seg.model.register_forward_pre_hook(lambda model, args: seen.append(args[0].data_ptr()))
+    batch = torch.randn(2, 32, 32, 3).permute(0, 3, 1, 2)  # as the loaders hand it over with channels_last=True
+    seg(batch)
+    assert seen == [batch.data_ptr()]
+    plain = torch.randn(2, 3, 32, 32)
+    seg(plain)
+    assert seen[-1] != plain.data_ptr()  # an N×C×H×W batch would be copied into the layout
+
+
 def first_step(seg: SegModule) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The logits and the gradients of one step on a fixed batch."""
     seg.configure_model()

@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = run["manifest"]
     data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
                          augment=args.augment, train_split=args.split, val_split=args.val_split,
-                         checksums=not args.no_checksums, return_keys=args.log_batch_keys)
+                         checksums=not args.no_checksums, return_keys=args.log_batch_keys,
+                         channels_last=run["channels_last"])
     module = SegModule([c.name for c in manifest.classes], [c.color for c in manifest.classes], manifest.mean,
                        manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
                        args.dice_weight, manifest.ignore_index, run["channels_last"], args.compile)
