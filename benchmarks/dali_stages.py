@@ -2,9 +2,10 @@
 
     python benchmarks/dali_stages.py --shards DIR [--size H W] [--augment flip|crop] [--threads 2] [--json PATH]
 
-Each stage is its own pipeline (reader → decode → + augment (crop: the crop/flip resize; flip: the mask flip, and
-a resize only where the output size differs) → + normalize (which mirrors the image in flip mode)), timed alone;
-then the full fastseg loader's per-batch hand-off to torch tensors is timed on its own.
+Each stage is the loader's own pipeline cut after it (its public `stop_after` option: reader → decode → + augment
+(crop: the crop/flip resize; flip: the mask flip, and a resize only where the output size differs)), timed alone,
+then the whole pipeline (+ normalize, which mirrors the image in flip mode, and the int64 mask cast); then the
+loader's per-batch hand-off to torch tensors is timed on its own.
 """
 from __future__ import annotations
 
@@ -17,42 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import host, publish  # noqa: E402
 
-STAGES = ("read", "decode", "augment", "normalize")
-
-
-def stage_pipeline(plan, stage: str, threads: int):
-    from nvidia.dali import fn, pipeline_def, types
-
-    from fastseg.dali_loader import _crop_window, _resize
-    from fastseg.format import IMAGE_EXTS, MASK_EXT
-
-    @pipeline_def(batch_size=plan.batch_size, num_threads=threads, device_id=None, seed=0)
-    def pipe():
-        image, mask = fn.readers.webdataset(paths=plan.shards, index_paths=[str(p) for p in plan.indexes],
-                                            ext=[";".join(IMAGE_EXTS), MASK_EXT], pad_last_batch=True)
-        if stage == "read":
-            return image, mask
-        image = fn.decoders.image(image, device="cpu", output_type=types.RGB)
-        mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
-        if stage == "decode":
-            return image, mask
-        coin = fn.random.coin_flip()
-        if plan.augment == "crop":
-            image, mask = _resize(image, mask, plan.size, _crop_window(plan.scale, coin, None))
-        else:
-            if not plan.native:
-                image, mask = _resize(image, mask, plan.size)
-            mask = fn.flip(mask, horizontal=coin)
-        if stage == "augment":
-            return image, mask
-        mean, std = plan.mean_std
-        image = fn.crop_mirror_normalize(image, mirror=0 if plan.augment == "crop" else coin, mean=mean, std=std,
-                                         dtype=types.FLOAT, output_layout="CHW")
-        return image, mask
-
-    p = pipe()
-    p.build()
-    return p
+STAGES = ("read", "decode", "augment", "normalize")  # normalize: the whole pipeline, nothing cut
 
 
 def rate(run, batches: int, batch_size: int) -> float:
@@ -74,22 +40,25 @@ def main() -> int:
     p.add_argument("--batches", type=int, default=60, help="whole epochs until this many batches have passed")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    from fastseg.data import make_loader
+    from fastseg.loading import make_loader
 
-    loader = make_loader(args.shards, "train", "dali", args.batch_size, tuple(args.size) if args.size else None,
+    loader = make_loader(args.shards, backend="dali", batch_size=args.batch_size,
+                         size=tuple(args.size) if args.size else None,
                          augment=args.augment, device="cpu", workers=args.threads)
     plan = loader.plan
     result = {"shards": str(args.shards), "size": list(plan.size), "augment": args.augment, "threads": args.threads,
               "batch_size": args.batch_size, "stages_samples_per_s": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
+    from fastseg.loading.dali import build_pipeline
+
     for stage in STAGES:
-        pipe = stage_pipeline(plan, stage, args.threads)
+        pipe = build_pipeline(plan, stop_after=None if stage == "normalize" else stage)
         result["stages_samples_per_s"][stage] = round(rate(pipe.run, args.batches, args.batch_size), 1)
         del pipe
     outputs = loader.pipe.run()
     start = time.perf_counter()
     for _ in range(5):
-        loader._to_torch(outputs, 0, 0)
+        loader.to_torch(outputs, 0, 0)
     result["to_torch_ms_per_batch"] = round(1000 * (time.perf_counter() - start) / 5, 2)
     del outputs
     for _ in loader:  # a warm-up epoch, then whole epochs until --batches have passed

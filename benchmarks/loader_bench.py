@@ -1,13 +1,13 @@
 """Loaders side by side on the same samples, doing the same work: the vanilla tutorial recipe, fastseg's
-DataLoader twin, and the DALI pipeline on the CPU (and, where there is a GPU, DALI with `mixed` decoding and the
-twin normalizing on the GPU).
+torch loader (a DataLoader), and the DALI pipeline on the CPU (and, where there is a GPU, DALI with `mixed`
+decoding and the torch loader normalizing on the GPU).
 
     python benchmarks/loader_bench.py --data DIR --shards DIR [--augment flip|crop] [--workers 1 2 ...]
                                       [--loaders vanilla torch dali_cpu ...] [--batch-size 16] [--size H W]
                                       [--rounds 3] [--min-seconds 2] [--json PATH]
 
 --data is the folder the shards were made from; the vanilla recipe reads the very files the train split holds.
-With no arguments it generates a synthetic set (fastseg.synthetic) in a temporary folder and shards it.
+With no arguments it generates a synthetic set (fastseg.shards.synthetic) in a temporary folder and shards it.
 --augment flip: every loader flips image and mask together and normalizes, at the output size (no resampling at
 the native size). --augment crop: every loader, vanilla included (with Pillow), does the same random scale-crop,
 resize and flip. Each loader runs in its own process, one after the other, for each worker count: one warm-up
@@ -15,8 +15,8 @@ epoch, then --rounds timed rounds of whole epochs, each lasting at least --min-s
 repeated); the figure is the median round.
 
 One difference in the work remains where images are resampled (crop, or an output size other than the native
-one): Pillow's bilinear resize (vanilla, the twin) antialiases when it shrinks, DALI's (antialias=False) does not,
-so DALI does less work per output pixel there. At the native size with flip nothing is resampled. The results
+one): Pillow's bilinear resize (vanilla, the torch loader) antialiases when it shrinks, DALI's (antialias=False)
+does not, so DALI does less work per output pixel there. At the native size with flip nothing is resampled. The results
 record this under "resampling".
 """
 from __future__ import annotations
@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import decode_rate, host, publish, run_child  # noqa: E402
 
-from fastseg.remote import is_remote, location  # noqa: E402
+from fastseg.storage import is_remote, location  # noqa: E402
 
 # name -> (backend, device); vanilla is the tutorial recipe below
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
@@ -55,7 +55,7 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
 
-    from fastseg.torch_loader import draw_crop
+    from fastseg.loading.torch_backend import draw_crop
 
     class FolderDataset(Dataset):
         def __len__(self):
@@ -82,16 +82,16 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
 def train_pairs(shards) -> list[tuple[str, str]]:
     """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
     bucket: read by offset through the index either way)."""
-    from fastseg import remote
-    from fastseg.format import check_shards, load_manifest, parse_index
+    from fastseg import storage
+    from fastseg.format import open_set, parse_index
+    from fastseg.loading.checks import check_shards
 
-    manifest = load_manifest(shards)
     pairs = []
-    for path, index in zip(*check_shards(shards, manifest, "train", checksums=False)):
+    for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
         for sample in parse_index(index.read_text(), str(index)):
             _, offset, size, _ = next(m for m in sample if m[0] == "json")
-            if remote.is_remote(path):
-                meta = json.loads(remote.read_range(path, offset, size))
+            if storage.is_remote(path):
+                meta = json.loads(storage.read_range(path, offset, size))
             else:
                 with open(path, "rb") as tar:
                     tar.seek(offset)
@@ -102,11 +102,11 @@ def train_pairs(shards) -> list[tuple[str, str]]:
 
 def disk_copy(url: str, folder: Path) -> Path:
     """The shard set under an s3:// prefix, downloaded whole, for the side-by-side rate from disk."""
-    from fastseg import remote
+    from fastseg import storage
 
     folder.mkdir(parents=True)
-    for name in remote.names(url):
-        remote.download(remote.join(url, name), folder / name)
+    for name in storage.names(url):
+        storage.download(storage.join(url, name), folder / name)
     return folder
 
 
@@ -116,8 +116,8 @@ def child(args) -> None:
     import psutil
     import torch
 
-    from fastseg.data import make_loader
     from fastseg.format import load_manifest
+    from fastseg.loading import make_loader
 
     manifest = load_manifest(args.shards)
     pairs = train_pairs(args.shards)
@@ -127,7 +127,7 @@ def child(args) -> None:
         loader = vanilla_loader(pairs, np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32),
                                 args.batch_size, args.workers, size, args.augment)
     else:
-        loader = make_loader(args.shards, "train", backend, args.batch_size, size, augment=args.augment,
+        loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
                              device=device, workers=args.workers)
     me = psutil.Process()
 
@@ -157,11 +157,11 @@ def child(args) -> None:
 
 
 def default_dataset(tmp: Path) -> tuple[Path, Path]:
-    from fastseg.shard import Options, shard
-    from fastseg.synthetic import generate
+    from fastseg.shards import ShardOptions, shard
+    from fastseg.shards.synthetic import generate
 
     data = generate(tmp / "synthetic", count=160)
-    shard(data, tmp / "shards", Options(classes=data / "classes.json", progress=False))
+    shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
     return data, tmp / "shards"
 
 
@@ -276,7 +276,7 @@ def main() -> int:
         mb_per_sample = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6 / len(pairs)
         if args.size is None:
             from fastseg.format import load_manifest
-            from fastseg.plan import resolve_size
+            from fastseg.loading.contract import resolve_size
 
             try:
                 args.size = list(resolve_size(load_manifest(args.shards), "train", None))

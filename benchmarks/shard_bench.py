@@ -23,18 +23,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def child(src: Path, out: Path, workers: int) -> None:
-    from fastseg.shard import Options, shard
+    from fastseg.shards import ShardOptions, shard
 
     start = time.perf_counter()
-    manifest = shard(src, out, Options(workers=workers, progress=False, val_fraction=0))
+    manifest = shard(src, out, ShardOptions(workers=workers, progress=False, val_fraction=0))
     seconds = time.perf_counter() - start
     print(json.dumps({"seconds": seconds, "samples": sum(s.samples for s in manifest.splits.values())}))
 
 
 def encode_rate(pairs, limit: int = 60) -> float:
     """Single-core rate of the per-sample shard work (decode, check, convert, encode), in this process."""
-    from fastseg.masks import detect_spec
-    from fastseg.shard import encode_sample
+    from fastseg.shards.masks import detect_spec
+    from fastseg.shards.writer import encode_sample
 
     pairs = pairs[:limit]
     spec = detect_spec([p.mask for p in pairs])
@@ -64,7 +64,7 @@ def main() -> int:
     if args.child:
         child(*args.child, args.workers)
         return 0
-    from fastseg.pairs import find_pairs
+    from fastseg.shards.pairs import find_pairs
 
     result = {"workers": args.workers, "datasets": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
     rows = ["| dataset | samples | samples/s (of limit) | streaming samples/s (of limit) | decode limit | "

@@ -37,7 +37,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
     window, as fastseg-train's meter does, so the host may run ahead of the GPU as it does in training."""
     import torch
 
-    from fastseg.losses import segmentation_loss
+    from fastseg.training.losses import segmentation_loss
 
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if cuda else None)
@@ -117,11 +117,11 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from fastseg.data import make_loader
     from fastseg.format import load_manifest
-    from fastseg.losses import out_channels
-    from fastseg.meter import flops_per_image, peak_flops
-    from fastseg.model import UNet
+    from fastseg.loading import make_loader
+    from fastseg.training.losses import out_channels
+    from fastseg.training.meter import flops_per_image, peak_flops
+    from fastseg.training.model import UNet
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -153,7 +153,7 @@ def main() -> int:
                                                 np.array(manifest.std, np.float32), batch_size, args.workers,
                                                 args.size)
                     else:
-                        loader = make_loader(args.shards, "train", name, batch_size, tuple(args.size),
+                        loader = make_loader(args.shards, backend=name, batch_size=batch_size, size=tuple(args.size),
                                              augment="flip", device=device, workers=args.workers,
                                              channels_last=device.type == "cuda")
                     model = UNet(classes, width=args.width).to(device)

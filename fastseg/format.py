@@ -12,9 +12,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import remote
+from . import storage
 from .errors import FastsegError
-from .partial import partial_path
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -142,9 +141,53 @@ class Manifest:
         return cls(classes=classes, splits=splits, **fields)
 
 
-def load_manifest(shards: str | os.PathLike) -> Manifest:
-    """Read and check `manifest.json` of a folder or an s3:// prefix; every reader starts here."""
-    text, where = _manifest_text(shards)
+@dataclass(frozen=True)
+class ShardSet:
+    """A shard set as read once at start-up and passed down from there: where it is, its manifest, and for a bucket
+    the size of every object under the prefix, from the one listing that found the manifest (so the loaders' checks
+    need no second one)."""
+
+    root: str | Path  # a folder, or an s3:// prefix
+    manifest: Manifest
+    listed: dict[str, int] | None = None
+
+
+def open_set(shards: str | os.PathLike | ShardSet) -> ShardSet:
+    """Find and check `manifest.json` of a folder or an s3:// prefix; every reader starts here. On disk: one file
+    read. In a bucket: one listing and one GET."""
+    if isinstance(shards, ShardSet):
+        return shards
+    if storage.is_remote(shards):
+        root = str(shards).rstrip("/")
+        listed = storage.sizes(root)  # a missing bucket is reported by the listing itself
+        if MANIFEST not in listed:
+            tars = [n for n in listed if n.endswith(".tar")]
+            if tars:
+                raise _unfinished(root, len(tars))
+            raise FastsegError(f"{root}: no {MANIFEST} under this prefix; not a fastseg shard set (make one with "
+                               f"fastseg-shard DATA {root})")
+        where = storage.join(root, MANIFEST)
+        return ShardSet(root, _parse_manifest(storage.read(where).decode(), where), listed)
+    root = Path(shards)
+    if not root.is_dir():
+        raise FastsegError(f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
+    path = root / MANIFEST
+    if not path.exists():
+        tars = sorted(root.glob("*.tar"))
+        if tars:
+            raise _unfinished(root, len(tars))
+        raise FastsegError(f"{root}: no {MANIFEST}; this is not a fastseg shard set (make one with fastseg-shard)")
+    try:
+        return ShardSet(root, _parse_manifest(path.read_text(), str(path)))
+    except OSError as err:
+        raise FastsegError(f"{path}: unreadable manifest ({err}); shard the data again") from err
+
+
+def load_manifest(shards: str | os.PathLike | ShardSet) -> Manifest:
+    return open_set(shards).manifest
+
+
+def _parse_manifest(text: str, where: str) -> Manifest:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
@@ -166,92 +209,9 @@ def _unfinished(root, tars: int) -> FastsegError:
                         "shard the data again (fastseg-shard ... --overwrite)")
 
 
-def _manifest_text(shards) -> tuple[str, str]:
-    if remote.is_remote(shards):
-        root = str(shards).rstrip("/")
-        remote.check_bucket(root)
-        listed = remote.names(root)
-        if MANIFEST not in listed:
-            tars = [n for n in listed if n.endswith(".tar")]
-            if tars:
-                raise _unfinished(root, len(tars))
-            raise FastsegError(f"{root}: no {MANIFEST} under this prefix; not a fastseg shard set (make one with "
-                               f"fastseg-shard DATA {root})")
-        where = remote.join(root, MANIFEST)
-        return remote.read(where).decode(), where
-    root = Path(shards)
-    if not root.is_dir():
-        raise FastsegError(f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
-    path = root / MANIFEST
-    if not path.exists():
-        tars = sorted(root.glob("*.tar"))
-        if tars:
-            raise _unfinished(root, len(tars))
-        raise FastsegError(f"{root}: no {MANIFEST}; this is not a fastseg shard set (make one with fastseg-shard)")
-    try:
-        return path.read_text(), str(path)
-    except OSError as err:
-        raise FastsegError(f"{path}: unreadable manifest ({err}); shard the data again") from err
-
-
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def check_shards(root: str | os.PathLike, manifest: Manifest, split: str,
-                 checksums: bool = True) -> tuple[list[str], list[Path]]:
-    """The split's shards (paths, or s3:// URLs) and their local index files, after checking that each shard is
-    there with the size the manifest records, and on disk (with `checksums`) its sha256 too.
-
-    In a bucket the sha256 is not checked at start-up: that would read every byte before the first batch and
-    defeat streaming. Sizes are, from one listing; `fastseg-shard --verify s3://...` checks everything."""
-    if remote.is_remote(root):
-        return _check_remote(str(root).rstrip("/"), manifest, split)
-    root = Path(root)
-    paths = []
-    for shard in manifest.split(split).shards:
-        path = root / shard.name
-        if not path.exists() or not (root / shard.index).exists():
-            raise FastsegError(f"{path}: listed in the manifest but missing (or its index is); re-shard or restore it")
-        if path.stat().st_size != shard.bytes:
-            raise FastsegError(
-                f"{path}: {path.stat().st_size} bytes, the manifest says {shard.bytes}; the shard is damaged, re-shard"
-            )
-        if checksums and sha256_file(path) != shard.sha256:
-            raise FastsegError(f"{path}: sha256 does not match the manifest; the shard is damaged, re-shard")
-        if checksums and shard.index_sha256 and sha256_file(root / shard.index) != shard.index_sha256:
-            raise FastsegError(f"{root / shard.index}: sha256 does not match the manifest; the index is damaged, "
-                               "re-shard")
-        paths.append(path)
-    return [str(p) for p in paths], [root / s.index for s in manifest.split(split).shards]
-
-
-def index_cache() -> Path:
-    """Where the index files of remote sets are kept (small: one line per sample), by shard sha256."""
-    return Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "indexes"
-
-
-def _check_remote(root: str, manifest: Manifest, split: str) -> tuple[list[str], list[Path]]:
-    sizes = remote.sizes(root)
-    urls, indexes = [], []
-    for shard in manifest.split(split).shards:
-        url = remote.join(root, shard.name)
-        if shard.name not in sizes or shard.index not in sizes:
-            raise FastsegError(f"{url}: listed in the manifest but missing from the bucket (or its index is); "
-                               "re-shard or restore it")
-        if sizes[shard.name] != shard.bytes:
-            raise FastsegError(f"{url}: {sizes[shard.name]} bytes, the manifest says {shard.bytes}; the shard is "
-                               "damaged, re-shard")
-        local = index_cache() / f"{shard.sha256}.idx"
-        if not local.exists():  # written beside and renamed, so a cached index is always whole
-            local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = partial_path(local)
-            tmp.write_bytes(remote.read(remote.join(root, shard.index)))
-            os.replace(tmp, local)
-        urls.append(url)
-        indexes.append(local)
-    return urls, indexes

@@ -1,4 +1,4 @@
-"""Starting worker processes (the sharder's pool, the DataLoader twin's workers) as a user's script expects.
+"""Starting worker processes (the sharder's pool, the torch loader's DataLoader workers) as a user's script expects.
 
 A plain `torch.utils.data.DataLoader` on Linux forks its workers, so scripts, notebooks and code read from stdin need
 no `if __name__ == "__main__":` guard; fastseg's workers do the same. Forking is unsafe only in a process that

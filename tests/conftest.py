@@ -98,9 +98,9 @@ def corrupt_one_image(shards: Path, copy: Path) -> str:
 
 def split_shards(root: Path, size=(32, 32), image_ext: str = "png", train: int = 16, val: int = 6) -> Path:
     """root/shards: train and val splits of 3-class index masks, at most 5 samples a shard (so shards roll over)."""
-    from fastseg.shard import Options, shard
+    from fastseg.shards import ShardOptions, shard
 
     make_dataset(root / "data/train", count=train, size=size, image_ext=image_ext, mask="index", classes=3)
     make_dataset(root / "data/val", count=val, size=size, image_ext=image_ext, mask="index", classes=3, first_seed=50)
-    shard(root / "data", root / "shards", Options(max_count=5, progress=False, workers=2))
+    shard(root / "data", root / "shards", ShardOptions(max_count=5, progress=False, workers=2))
     return root / "shards"

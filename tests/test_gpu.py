@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fastseg.data import make_loader
-from fastseg.shard import Options, shard
+from fastseg.loading import make_loader
+from fastseg.shards import ShardOptions, shard
 
 from .conftest import make_dataset
 
@@ -16,11 +16,11 @@ pytestmark = pytest.mark.cuda  # skipped without CUDA, failed with FASTSEG_REQUI
 def jpeg_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("gpu")
     make_dataset(root / "data", count=9, size=(64, 48))
-    shard(root / "data", root / "shards", Options(val_fraction=0, progress=False, workers=2))
+    shard(root / "data", root / "shards", ShardOptions(val_fraction=0, progress=False, workers=2))
     return root / "shards"
 
 
-def test_mixed_decoding_matches_the_cpu_twin(jpeg_shards):
+def test_mixed_decoding_matches_the_torch_loader_on_the_cpu(jpeg_shards):
     gpu = list(make_loader(jpeg_shards, backend="dali", batch_size=4, augment=False, device="cuda", return_keys=True,
                            workers=2))
     cpu = list(make_loader(jpeg_shards, backend="torch", batch_size=4, augment=False, device="cpu", return_keys=True,

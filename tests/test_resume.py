@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fastseg.checkpoints import AtomicCheckpointIO
+from fastseg.training.checkpoints import AtomicCheckpointIO
 
 from .conftest import split_shards
 
@@ -96,7 +96,7 @@ def test_a_killed_run_resumes_with_exactly_the_batches_of_an_uninterrupted_one(b
 
 SLOW_PICKLE = """
 import sys, time, torch
-from fastseg.checkpoints import AtomicCheckpointIO
+from fastseg.training.checkpoints import AtomicCheckpointIO
 
 class Slow:  # pickling it takes a while, so the test can kill the writer mid-write
     def __reduce__(self):

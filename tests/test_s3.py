@@ -16,8 +16,8 @@ import torch
 from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
 from fastseg.cli.train import main as train_main
-from fastseg.data import make_loader
 from fastseg.errors import FastsegError
+from fastseg.loading import make_loader
 
 from .conftest import make_dataset
 
@@ -113,6 +113,26 @@ def test_shard_to_a_bucket_writes_the_set_and_refuses_to_clobber_it(bucket_set, 
     assert code == 0
 
 
+def test_a_run_reads_the_manifest_once(bucket_set, tmp_path, monkeypatch):
+    from fastseg import storage
+    from fastseg.format import open_set
+    from fastseg.loading import SegDataModule
+
+    url, _ = bucket_set
+    monkeypatch.setenv("FASTSEG_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "val"):  # the index cache warmed, so that only start-up requests are left to count
+        make_loader(url, split=split, backend="torch", workers=0)
+    calls = []
+    storage.client().meta.events.register("before-call.s3", lambda model, **_: calls.append(model.name))
+    make_loader(url, backend="torch", workers=0)
+    assert calls == ["ListObjectsV2", "GetObject"]  # one listing, one manifest read: no second listing, no HEAD
+    calls.clear()
+    shard_set = open_set(url)
+    data = SegDataModule(shard_set, backend="torch", workers=0)
+    data.setup()  # the train and val loaders, from the set opened once
+    assert calls == ["ListObjectsV2", "GetObject"] and set(data.loaders) == {"train", "val"}
+
+
 def test_overwrite_refuses_a_prefix_that_is_not_a_shard_set(server, data, capsys):
     import boto3
 
@@ -130,7 +150,7 @@ def test_overwrite_refuses_a_prefix_that_is_not_a_shard_set(server, data, capsys
 def test_both_loaders_read_the_bucket_as_they_read_the_disk(bucket_set, backend):
     url, disk = bucket_set
     for split in ("train", "val"):
-        remote_batches, disk_batches = (list(make_loader(s, split, backend, batch_size=3, augment="none",
+        remote_batches, disk_batches = (list(make_loader(s, split=split, backend=backend, batch_size=3, augment="none",
                                                          return_keys=True, workers=1)) for s in (url, disk))
         assert [b["key"] for b in remote_batches] == [b["key"] for b in disk_batches]
         for a, b in zip(remote_batches, disk_batches):
@@ -142,7 +162,7 @@ def test_ddp_slices_from_the_bucket_are_disjoint_and_complete(bucket_set, backen
     url, _ = bucket_set
     keys = []
     for rank in range(2):
-        loader = make_loader(url, "train", backend, batch_size=2, augment="flip", rank=rank, world_size=2,
+        loader = make_loader(url, backend=backend, batch_size=2, augment="flip", rank=rank, world_size=2,
                              return_keys=True, workers=1)
         keys.append([k for b in loader for k, m in zip(b["key"], b["mask"]) if not (m == 255).all()])
     assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == 10
@@ -171,7 +191,7 @@ def test_train_one_epoch_from_the_bucket(bucket_set, tmp_path):
 
 
 def test_an_upload_cut_short_never_looks_complete(server, data, tmp_path, monkeypatch, capsys):
-    from fastseg import remote
+    from fastseg import storage
 
     uploaded = []
 
@@ -181,11 +201,11 @@ def test_an_upload_cut_short_never_looks_complete(server, data, tmp_path, monkey
         uploaded.append(url)
         real_upload(path, url)
 
-    real_upload = remote.upload
-    monkeypatch.setattr(remote, "upload", failing_upload)
+    real_upload = storage.upload
+    monkeypatch.setattr(storage, "upload", failing_upload)
     code, err = shard_cli(capsys, data, "s3://sets/cut", "--max-count", "3", "--workers", "1", "--quiet")
     assert code == 1 and "connection lost" in err
-    assert uploaded and "manifest.json" not in remote.names("s3://sets/cut")
+    assert uploaded and "manifest.json" not in storage.names("s3://sets/cut")
     with pytest.raises(FastsegError, match=r"s3://sets/cut has 1 shard\(s\) but no manifest.json: an unfinished"):
         make_loader("s3://sets/cut")
 
@@ -212,14 +232,14 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
         make_loader("s3://sets/holey", backend="torch")
 
     # wrong credentials, for fastseg-shard and the loaders alike
-    from fastseg import remote
+    from fastseg import storage
 
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    monkeypatch.setattr(remote, "_clients", {})
+    storage.forget_clients()  # the next request signs with the new settings
     code, err = shard_cli(capsys, "--verify", url, "--quiet")
     assert code == 1 and f"{url}: access denied" in err and "AWS_SECRET_ACCESS_KEY" in err and "Traceback" not in err
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY")
-    monkeypatch.setattr(remote, "_clients", {})
+    storage.forget_clients()  # the next request signs with the new settings
     with pytest.raises(FastsegError, match=f"{url}: access denied"):
         make_loader(url, backend="dali")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
@@ -227,12 +247,12 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
 
     # an unreachable endpoint: said within seconds, naming it
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    monkeypatch.setattr(remote, "_clients", {})
+    storage.forget_clients()  # the next request signs with the new settings
     start = time.time()
     with pytest.raises(FastsegError, match=r"s3://sets/tiny: cannot reach the S3 endpoint http://127.0.0.1:\d+"):
         make_loader(url)
     assert time.time() - start < 60
-    monkeypatch.setattr(remote, "_clients", {})
+    storage.forget_clients()  # the next request signs with the new settings
 
 
 def test_loader_bench_reads_the_bucket_beside_the_disk(bucket_set, data, tmp_path):

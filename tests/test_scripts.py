@@ -7,26 +7,26 @@ import sys
 
 import pytest
 
-from fastseg.shard import Options, shard
+from fastseg.shards import ShardOptions, shard
 
 from .conftest import make_dataset
 
 TWIN = """
-from fastseg.data import make_loader
+from fastseg.loading import make_loader
 loader = make_loader({shards!r}, backend="torch", batch_size=3, workers=2, return_keys=True)
 for epoch in range(2):
     keys = [k for batch in loader for k in batch["key"]]
-print("twin", len(keys))
+print("torch", len(keys))
 """
 DALI_FIRST = """
-from fastseg.data import make_loader
+from fastseg.loading import make_loader
 dali = make_loader({shards!r}, backend="dali", batch_size=3, workers=2)
 print("dali", sum(batch["real"] for batch in dali))
 """ + TWIN
 SHARD = """
 from pathlib import Path
-from fastseg.shard import Options, shard
-shard(Path({data!r}), Path({out!r}), Options(workers=2, progress=False, val_fraction=0))
+from fastseg.shards import ShardOptions, shard
+shard(Path({data!r}), Path({out!r}), ShardOptions(workers=2, progress=False, val_fraction=0))
 print("sharded")
 """
 
@@ -35,7 +35,7 @@ print("sharded")
 def sets(tmp_path_factory):
     root = tmp_path_factory.mktemp("scripts")
     make_dataset(root / "data", count=9, size=(32, 24))
-    shard(root / "data", root / "shards", Options(val_fraction=0, progress=False, workers=2))
+    shard(root / "data", root / "shards", ShardOptions(val_fraction=0, progress=False, workers=2))
     return root
 
 
@@ -52,16 +52,16 @@ def run(code: str, how: str, folder) -> str:
 
 
 @pytest.mark.parametrize("how", ["file", "stdin"])
-def test_the_twin_runs_in_an_unguarded_script(how, sets, tmp_path):
+def test_the_torch_loader_runs_in_an_unguarded_script(how, sets, tmp_path):
     out = run(TWIN.format(shards=str(sets / "shards")), how, tmp_path)
-    assert out.count("twin 9") == 1  # 9 samples in 3 batches; the script ran once, not again in each worker
+    assert out.count("torch 9") == 1  # 9 samples in 3 batches; the script ran once, not again in each worker
 
 
 @pytest.mark.parametrize("how", ["file", "stdin"])
-def test_the_twin_after_dali_in_the_same_unguarded_script(how, sets, tmp_path):
-    # DALI's threads run in this process, so the twin's workers start from a forkserver; the script still runs once
+def test_the_torch_loader_after_dali_in_the_same_unguarded_script(how, sets, tmp_path):
+    # DALI's threads run in this process, so the torch loader's workers start from a forkserver; the script still runs once
     out = run(DALI_FIRST.format(shards=str(sets / "shards")), how, tmp_path)
-    assert out.splitlines() == ["dali 9", "twin 9"]
+    assert out.splitlines() == ["dali 9", "torch 9"]
 
 
 def test_shard_runs_in_an_unguarded_script(sets, tmp_path):

@@ -11,17 +11,18 @@ import torch
 
 from fastseg.cli import run_cli
 from fastseg.cli.train import main as train_main
-from fastseg.losses import segmentation_loss
-from fastseg.meter import FetchTimer, ThroughputMeter, flops_per_image, mfu, peak_flops, verdict
-from fastseg.model import UNet
-from fastseg.module import SegModule
+from fastseg.training.losses import segmentation_loss
+from fastseg.training.meter import FetchTimer, ThroughputMeter, flops_per_image, mfu, peak_flops, verdict
+from fastseg.training.model import UNet
+from fastseg.training.module import SegModule
 
 from .conftest import split_shards
 
 
 def module(**options) -> SegModule:
     torch.manual_seed(0)
-    return SegModule(["a", "b", "c"], [[0, 0, 0]] * 3, [0.5] * 3, [0.25] * 3, (32, 32), width=4, **options)
+    return SegModule(["a", "b", "c"], class_colors=[[0, 0, 0]] * 3, mean=[0.5] * 3, std=[0.25] * 3,
+                     image_size=(32, 32), width=4, **options)
 
 
 def losses_after_steps(seg: SegModule, steps: int = 4, fused: bool | None = None) -> list[float]:

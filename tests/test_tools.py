@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fastseg.shard import Options, shard
-from fastseg.synthetic import CLASSES, generate
+from fastseg.shards import ShardOptions, shard
+from fastseg.shards.synthetic import CLASSES, generate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,7 +23,7 @@ def test_synthetic_set_is_varied_and_shards_cleanly(tmp_path):
     for mask in (data / "masks").iterdir():
         values |= set(np.unique(np.asarray(Image.open(mask))).tolist())
     assert values <= set(range(len(CLASSES))) and len(values) >= 3
-    manifest = shard(data, tmp_path / "shards", Options(classes=data / "classes.json", progress=False, workers=2))
+    manifest = shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", progress=False, workers=2))
     assert [c.name for c in manifest.classes] == [name for name, _ in CLASSES]
     assert sum(s.samples for s in manifest.splits.values()) == 12
 
@@ -40,7 +40,7 @@ def run_loader_bench(data, shards, out, *extra):
 
 def test_loader_bench_runs_and_reports(tmp_path):
     data = generate(tmp_path / "synth", count=16, seed=1)
-    shard(data, tmp_path / "shards", Options(classes=data / "classes.json", val_fraction=0, progress=False, workers=2))
+    shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", val_fraction=0, progress=False, workers=2))
     out = tmp_path / "bench.json"
     report = run_loader_bench(data, tmp_path / "shards", out, "--workers", "1", "2", "--augment", "crop")
     assert [run["workers"] for run in report["runs"]] == [1, 2] and report["augment"] == "crop"

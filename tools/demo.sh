@@ -9,8 +9,8 @@ out=${1:-demo}
 bash tools/setup.sh
 bin=.venv/bin
 rm -rf "$out"
-"$bin/python" -m fastseg.synthetic "$out/data" --count 240 --seed 0
-"$bin/python" -m fastseg.synthetic "$out/unseen" --count 6 --seed 1
+"$bin/python" -m fastseg.shards.synthetic "$out/data" --count 240 --seed 0
+"$bin/python" -m fastseg.shards.synthetic "$out/unseen" --count 6 --seed 1
 "$bin/fastseg-shard" "$out/data" "$out/shards" --classes "$out/data/classes.json"
 "$bin/fastseg-shard" --verify "$out/shards"
 "$bin/fastseg-train" --shards "$out/shards" --out "$out/run" --loader dali --epochs 20 --image-size 128 \

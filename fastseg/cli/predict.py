@@ -10,8 +10,9 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import FastsegError
-from ..pairs import IMAGE_SUFFIXES
-from ..remote import location
+from ..loading.contract import BACKENDS, Normalize
+from ..shards.pairs import IMAGE_SUFFIXES
+from ..storage import location
 from . import run_cli
 
 
@@ -23,7 +24,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overlay", action="store_true", help="also write the mask blended over each image")
     p.add_argument("--shards", type=location, help="evaluate on a shard split instead of predicting files")
     p.add_argument("--split", default="val")
-    p.add_argument("--loader", choices=("dali", "torch"), default="torch")
+    p.add_argument("--loader", choices=BACKENDS, default="torch")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, help="loader threads/processes for --shards (default: the cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -31,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_module(path: Path, device: str):
-    from ..module import SegModule
+    from ..training.module import SegModule
 
     if not path.is_file():
         raise FastsegError(f"{path}: no such checkpoint (fastseg-train writes OUT/checkpoints/best.ckpt)")
@@ -57,7 +58,7 @@ def find_images(path: Path) -> list[Path]:
 def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
     """(upright RGB image, class indices of the same size): predicted at the training size, scaled back with
     nearest neighbour so that no new class values appear."""
-    from ..losses import predict
+    from ..training.losses import predict
 
     try:
         image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
@@ -65,14 +66,14 @@ def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarra
         raise FastsegError(f"{path}: cannot decode the image ({err})") from err
     h = module.hparams
     height, width = h.image_size
-    pixels = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32)
-    tensor = (torch.from_numpy(pixels).permute(2, 0, 1) - torch.tensor(h.mean).view(3, 1, 1)) / torch.tensor(h.std).view(3, 1, 1)
-    indices = predict(module(tensor[None].to(device)))[0].byte().cpu().numpy()
+    pixels = np.asarray(image.resize((width, height), Image.BILINEAR))
+    tensor = Normalize(h.mean, h.std)(torch.from_numpy(pixels).permute(2, 0, 1)[None])
+    indices = predict(module(tensor.to(device)))[0].byte().cpu().numpy()
     return np.asarray(image), np.asarray(Image.fromarray(indices).resize(image.size, Image.NEAREST))
 
 
 def save_mask(indices: np.ndarray, colors: list[list[int]], path: Path) -> None:
-    from ..visualize import palette_image
+    from ..training.visualize import palette_image
 
     if len(colors) == 2:
         Image.fromarray((indices * 255).astype(np.uint8)).save(path)  # binary: 0/255, as such masks usually come
@@ -83,7 +84,7 @@ def save_mask(indices: np.ndarray, colors: list[list[int]], path: Path) -> None:
 def predict_files(module, args) -> None:
     from tqdm import tqdm
 
-    from ..visualize import overlay
+    from ..training.visualize import overlay
 
     images = find_images(args.input)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -104,14 +105,14 @@ def predict_files(module, args) -> None:
 def evaluate(module, args) -> None:
     from tqdm import tqdm
 
-    from ..callbacks import metrics_report, write_report
-    from ..data import make_loader
-    from ..losses import predict
-    from ..metrics import confusion_metric, scores
+    from ..loading.make import make_loader
+    from ..training.callbacks import metrics_report, write_report
+    from ..training.losses import predict
+    from ..training.metrics import confusion_metric, scores
 
     h = module.hparams
-    loader = make_loader(args.shards, args.split, args.loader, args.batch_size, tuple(h.image_size), augment=False,
-                         device=args.device, workers=args.workers)
+    loader = make_loader(args.shards, split=args.split, backend=args.loader, batch_size=args.batch_size,
+                         size=tuple(h.image_size), augment=False, device=args.device, workers=args.workers)
     confusion = confusion_metric(len(h.class_names), h.ignore_index).to(args.device)
     for batch in tqdm(loader, unit="batch", desc=f"evaluating {args.split}"):
         confusion.update(predict(module(batch["image"])), batch["mask"])

@@ -6,10 +6,10 @@ import os
 import sys
 from pathlib import Path
 
-from .. import remote
-from ..remote import location
-from ..shard import Options, shard
-from ..verify import verify
+from .. import storage
+from ..shards.verify import verify
+from ..shards.writer import ShardOptions, shard
+from ..storage import location
 from . import run_cli
 
 
@@ -25,7 +25,9 @@ def parse_size(text: str) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-shard", description=__doc__)
-    p.add_argument("src", type=location, nargs="?", help="data folder (images/ + masks/, train/val/test splits, or trainA/trainB)")
+    p.add_argument("src", type=location, nargs="?",
+                   help="data folder: images/ + masks/, train/val/test splits, trainA/trainB, or Pascal VOC 2012, "
+                        "Cityscapes or ADE20K as they ship")
     p.add_argument("out", type=location, nargs="?",
                    help="output folder (or s3://bucket/prefix) for shards and manifest.json")
     p.add_argument("--verify", type=location, metavar="OUT", help="re-check an existing shard set (folder or "
@@ -38,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=parse_size, default="256MB", help="target bytes per shard (default 256MB)")
     p.add_argument("--max-count", type=int, help="at most this many samples per shard")
+    p.add_argument("--keep-zero-label", action="store_true",
+                   help="ADE20K: keep mask value 0 ('other') as a class instead of ignoring it")
     p.add_argument("--resize-masks", action="store_true", help="resize masks whose size differs (nearest neighbour)")
     p.add_argument("--skip-unpaired", action="store_true", help="leave out files without a partner instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
@@ -59,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         args.src, args.out = None, args.src  # `fastseg-shard --images I --masks M OUT`
     if args.out is None:
         parser.error("give SRC and OUT (or --images DIR --masks DIR OUT, or --verify OUT)")
-    opts = Options(
+    opts = ShardOptions(
         images=args.images, masks=args.masks, classes=args.classes, ignore_value=args.ignore_value,
         val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
-        resize_masks=args.resize_masks, skip_unpaired=args.skip_unpaired, overwrite=args.overwrite,
+        resize_masks=args.resize_masks, keep_zero_label=args.keep_zero_label, skip_unpaired=args.skip_unpaired,
+        overwrite=args.overwrite,
         workers=args.workers, progress=not args.quiet,
     )
-    if remote.is_remote(args.src or ""):
+    if storage.is_remote(args.src or ""):
         parser.error("SRC must be a local folder; only OUT may be an s3:// prefix")
     shard(args.src or Path("."), args.out, opts)
     return 0

@@ -4,18 +4,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import shutil
 import sys
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import FastsegError
-from ..plan import AUGMENTS
-from ..remote import location
+from ..format import Manifest, ShardSet, open_set
+from ..loading.contract import AUGMENTS, BACKENDS
+from ..storage import location
 from . import run_cli
 
 PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
@@ -32,12 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dice-weight", type=float, default=0.0, help="add this times the Dice loss")
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
     p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
-    p.add_argument("--loader", choices=("dali", "torch"), default="dali")
+    p.add_argument("--loader", choices=BACKENDS, default="dali")
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
                         "resize and flip; none")
     p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices; "
-                                                   "0: the twin loads in the main process)")
+                                                   "0: the torch loader loads in the main process)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
@@ -63,15 +64,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def resolve(args) -> dict:
-    """Check everything that can be checked before a process is started or a step taken."""
-    from ..checkpoints import datamodule_state
-    from ..data import check_resumable
-    from ..format import load_manifest
-    from ..model import check_size
-    from ..plan import resolve_size
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything a run needs, resolved and checked once, before a process is started or a step taken."""
 
-    manifest = load_manifest(args.shards)
+    args: argparse.Namespace  # the flags as given
+    shard_set: ShardSet  # the set, its manifest read once here and handed down to every loader
+    size: tuple[int, int]
+    accelerator: str  # "gpu" or "cpu"
+    precision: str
+    resume: str | None  # the checkpoint to resume from
+    workers: int
+    channels_last: bool
+    log_every: int
+
+    @property
+    def manifest(self) -> Manifest:
+        return self.shard_set.manifest
+
+    @property
+    def device(self) -> torch.device:
+        return torch.device("cuda" if self.accelerator == "gpu" else "cpu")
+
+
+def resolve(args) -> RunConfig:
+    """Check everything that can be checked before a process is started or a step taken."""
+    from ..loading.contract import batches_per_epoch, resolve_size
+    from ..loading.datamodule import check_resumable
+    from ..training.checkpoints import datamodule_state
+    from ..training.model import check_size
+
+    shard_set = open_set(args.shards)
+    manifest = shard_set.manifest
     for split, flag in ((args.split, "--split"), (args.val_split, "--val-split")):
         if split not in manifest.splits:
             raise FastsegError(f"no split {split!r} in {args.shards} (it has: {', '.join(manifest.splits)}); "
@@ -105,10 +129,10 @@ def resolve(args) -> dict:
             check_resumable(state, ranks, args.batch_size, args.loader, args.augment, args.seed)
     workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.devices)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
-    steps = max(1, math.ceil(math.ceil(manifest.splits[args.split].samples / ranks) / args.batch_size))
-    channels_last = accelerator == "gpu" if args.channels_last is None else args.channels_last
-    return dict(manifest=manifest, size=size, accelerator=accelerator, precision=precision, resume=resume,
-                workers=workers, channels_last=channels_last, log_every=min(args.log_every, steps))
+    steps = batches_per_epoch(manifest.splits[args.split].samples, ranks, args.batch_size)
+    return RunConfig(args=args, shard_set=shard_set, size=size, accelerator=accelerator, precision=precision,
+                     resume=resume, workers=workers, log_every=min(args.log_every, steps),
+                     channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last)
 
 
 class NoAdvert(logging.Filter):
@@ -150,70 +174,108 @@ def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    run = resolve(args)
+    run = resolve(build_parser().parse_args(argv))
     import pytorch_lightning as pl
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
-    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
-
-    from ..callbacks import BatchKeyLog, PreviewWriter, metrics_report, write_report
-    from ..checkpoints import AtomicCheckpointIO
-    from ..data import SegDataModule
-    from ..losses import out_channels
-    from ..meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
-    from ..module import SegModule
 
     quiet_lightning()
-    pl.seed_everything(args.seed, workers=True, verbose=False)
-    manifest = run["manifest"]
-    data = SegDataModule(str(args.shards), args.loader, args.batch_size, run["size"], run["workers"], args.seed,
-                         augment=args.augment, train_split=args.split, val_split=args.val_split,
-                         checksums=not args.no_checksums, return_keys=args.log_batch_keys,
-                         channels_last=run["channels_last"])
-    module = SegModule([c.name for c in manifest.classes], [c.color for c in manifest.classes], manifest.mean,
-                       manifest.std, run["size"], args.width, args.lr, args.weight_decay, args.epochs,
-                       args.dice_weight, manifest.ignore_index, run["channels_last"], args.compile)
-    folder = args.out / "checkpoints"
+    pl.seed_everything(run.args.seed, workers=True, verbose=False)
+    data, module = datamodule(run), segmodule(run)
+    callbacks, checkpoints, meter = make_callbacks(run)
+    trainer = make_trainer(run, callbacks)
+    if trainer.is_global_zero:
+        claim_out(run.args.out, run.args.resume, run.resume, run.args.overwrite)
+        write_config(run, trainer.world_size)
+    trainer.fit(module, datamodule=data, ckpt_path=run.resume)
+    if trainer.is_global_zero and module.last_scores is not None:
+        report(run, module, trainer, checkpoints, meter)
+    return 0
+
+
+def datamodule(run: RunConfig):
+    from ..loading.datamodule import SegDataModule
+
+    a = run.args
+    return SegDataModule(run.shard_set, backend=a.loader, batch_size=a.batch_size, size=run.size,
+                         workers=run.workers, seed=a.seed, augment=a.augment, train_split=a.split,
+                         val_split=a.val_split, checksums=not a.no_checksums, return_keys=a.log_batch_keys,
+                         channels_last=run.channels_last)
+
+
+def segmodule(run: RunConfig):
+    from ..training.module import SegModule
+
+    a, manifest = run.args, run.manifest
+    return SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
+                     mean=manifest.mean, std=manifest.std, image_size=run.size, width=a.width, lr=a.lr,
+                     weight_decay=a.weight_decay, epochs=a.epochs, dice_weight=a.dice_weight,
+                     ignore_index=manifest.ignore_index, channels_last=run.channels_last, compile=a.compile)
+
+
+def make_callbacks(run: RunConfig):
+    """Checkpoints (best by validation mIoU, last every epoch and every --checkpoint-every steps), the meter,
+    previews, the progress bar and the batch-key log; returns them with the best-checkpoint callback and meter."""
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+
+    from ..training.callbacks import BatchKeyLog, PreviewWriter
+    from ..training.losses import out_channels
+    from ..training.meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
+
+    a, folder = run.args, run.args.out / "checkpoints"
     checkpoints = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_miou", mode="max",
                                   enable_version_counter=False)
     # Lightning's save_last refreshes last.ckpt only when a better best.ckpt is saved; resume needs every epoch
     callbacks = [checkpoints, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)]
-    if args.checkpoint_every:
+    if a.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False,
-                                         every_n_train_steps=args.checkpoint_every, save_on_train_epoch_end=False))
-    timer = FetchTimer()
-    device = torch.device("cuda" if run["accelerator"] == "gpu" else "cpu")
-    meter = ThroughputMeter(timer, flops_per_image(out_channels(manifest.num_classes), args.width, run["size"]),
-                            peak_flops(device, run["precision"]))
-    callbacks += [meter, PreviewWriter(args.out / "previews"), TQDMProgressBar(refresh_rate=run["log_every"])]
-    if args.log_batch_keys:
-        callbacks.append(BatchKeyLog(args.out / "batches"))
-    trainer = pl.Trainer(
-        accelerator=run["accelerator"], devices=args.devices, num_nodes=args.num_nodes,
-        strategy="ddp" if args.devices * args.num_nodes > 1 else "auto", precision=run["precision"],
-        max_epochs=args.epochs, default_root_dir=args.out, use_distributed_sampler=False,
-        logger=[TensorBoardLogger(args.out / "logs", name="tensorboard"), CSVLogger(args.out / "logs", name="csv")],
-        callbacks=callbacks, log_every_n_steps=run["log_every"], enable_model_summary=False,
-        benchmark=run["accelerator"] == "gpu", profiler=timer, plugins=[AtomicCheckpointIO()],
+                                         every_n_train_steps=a.checkpoint_every, save_on_train_epoch_end=False))
+    flops = flops_per_image(out_channels(run.manifest.num_classes), a.width, run.size)
+    meter = ThroughputMeter(FetchTimer(), flops, peak_flops(run.device, run.precision))
+    callbacks += [meter, PreviewWriter(a.out / "previews"), TQDMProgressBar(refresh_rate=run.log_every)]
+    if a.log_batch_keys:
+        callbacks.append(BatchKeyLog(a.out / "batches"))
+    return callbacks, checkpoints, meter
+
+
+def make_trainer(run: RunConfig, callbacks: list):
+    import pytorch_lightning as pl
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    from ..training.checkpoints import AtomicCheckpointIO
+    from ..training.meter import ThroughputMeter
+
+    a = run.args
+    meter = next(c for c in callbacks if isinstance(c, ThroughputMeter))
+    return pl.Trainer(
+        accelerator=run.accelerator, devices=a.devices, num_nodes=a.num_nodes,
+        strategy="ddp" if a.devices * a.num_nodes > 1 else "auto", precision=run.precision,
+        max_epochs=a.epochs, default_root_dir=a.out, use_distributed_sampler=False,
+        logger=[TensorBoardLogger(a.out / "logs", name="tensorboard"), CSVLogger(a.out / "logs", name="csv")],
+        callbacks=callbacks, log_every_n_steps=run.log_every, enable_model_summary=False,
+        benchmark=run.accelerator == "gpu", profiler=meter.timer, plugins=[AtomicCheckpointIO()],
     )
-    if trainer.is_global_zero:
-        claim_out(args.out, args.resume, run["resume"], args.overwrite)
-        args.out.mkdir(parents=True, exist_ok=True)
-        config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
-        config.update(image_size=list(run["size"]), accelerator=run["accelerator"], precision=run["precision"],
-                      channels_last=run["channels_last"], workers=run["workers"], world_size=trainer.world_size,
-                      resumed_from=run["resume"])
-        (args.out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-    trainer.fit(module, datamodule=data, ckpt_path=run["resume"])
-    if trainer.is_global_zero and module.last_scores is not None:
-        report = metrics_report(module.last_scores, module.hparams.class_names)
-        report.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
-        if meter.epochs:
-            report["throughput"] = meter.report(args.loader, run["workers"], run["accelerator"], args.augment)
-        write_report(args.out / "metrics.json", report)
-        if meter.epochs:
-            print(f"throughput: {report['throughput']['verdict']}")
-    return 0
+
+
+def write_config(run: RunConfig, world_size: int) -> None:
+    out = run.args.out
+    out.mkdir(parents=True, exist_ok=True)
+    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()}
+    config.update(image_size=list(run.size), accelerator=run.accelerator, precision=run.precision,
+                  channels_last=run.channels_last, workers=run.workers, world_size=world_size,
+                  resumed_from=run.resume)
+    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def report(run: RunConfig, module, trainer, checkpoints, meter) -> None:
+    """metrics.json (and the table), with the meter's figures and its one-line verdict."""
+    from ..training.callbacks import metrics_report, write_report
+
+    found = metrics_report(module.last_scores, module.hparams.class_names)
+    found.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
+    if meter.epochs:
+        found["throughput"] = meter.report(run.args.loader, run.workers, run.accelerator, run.args.augment)
+    write_report(run.args.out / "metrics.json", found)
+    if meter.epochs:
+        print(f"throughput: {found['throughput']['verdict']}")
 
 
 def entry() -> None:

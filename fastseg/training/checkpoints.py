@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
-from .errors import FastsegError
-from .partial import partial_path, sweep_stale
+from ..errors import FastsegError
+from ..storage import partial_path, sweep_stale
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -19,18 +19,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import FastsegError
-from .format import IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
-from .remote import read_span
-from .plan import EpochLoader, LoaderPlan
-from .processes import note_native_threads
+from ..errors import FastsegError
+from ..format import IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
+from ..processes import note_native_threads
+from ..storage import read_span
+from .contract import EpochLoader, LoaderPlan
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
 # held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
 DALI_FLOOR = (2, 4)
 try:
     import nvidia.dali
-    from nvidia.dali import fn, math as dmath, pipeline_def, types
+    from nvidia.dali import fn, pipeline_def, types
+    from nvidia.dali import math as dmath
 except ImportError as err:  # pragma: no cover - depends on the install
     raise FastsegError("NVIDIA DALI is not installed: pip install nvidia-dali-cuda120 (or -cuda130), "
                        "or use the torch backend (--loader torch)") from err
@@ -75,7 +76,9 @@ def _resize(image, mask, size, window=None):
 
 
 @pipeline_def
-def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
+def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None):
+    """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment") cuts it after that stage, with
+    everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py times the real thing."""
     image, mask, *meta = fn.readers.webdataset(
         paths=plan.shards,  # s3:// URLs too: DALI's reader streams them itself
         index_paths=[str(p) for p in plan.indexes],
@@ -84,10 +87,14 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
         shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
         random_shuffle=plan.shuffle, initial_fill=SHUFFLE_BUFFER, name="Reader",
     )
+    if stop_after == "read":
+        return image, mask
     image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
     mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
     if gpu:
         mask = mask.gpu()
+    if stop_after == "decode":
+        return image, mask
     # one coin per sample (and axis) drives image and mask alike
     hflip = fn.random.coin_flip() if plan.augment != "none" else None
     vflip = fn.random.coin_flip() if plan.augment != "none" and plan.vflip else None
@@ -102,6 +109,8 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool):
             mask = fn.flip(mask, horizontal=hflip, vertical=vflip if vflip is not None else 0)
         if vflip is not None:
             image = fn.flip(image, horizontal=0, vertical=vflip)
+    if stop_after == "augment":
+        return image, mask
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
                                      output_layout="HWC" if plan.channels_last else "CHW")
@@ -126,6 +135,19 @@ def find_undecodable(plan: LoaderPlan, samples: range) -> tuple[str, str, str] |
     return None
 
 
+def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_after: str | None = None):
+    """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on."""
+    gpu = plan.device.type == "cuda"
+    pipe = segmentation_pipeline(
+        plan, gpu, stop_after, batch_size=plan.batch_size, num_threads=max(1, plan.workers),
+        device_id=(plan.device.index or 0) if gpu else None, seed=plan.seed * 1009 + plan.rank,
+        prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
+    )
+    pipe.build()
+    note_native_threads()
+    return pipe
+
+
 class DaliLoader(EpochLoader):
     """Iterates exactly `len(self)` batches per epoch; an epoch left early is finished before the next starts."""
 
@@ -134,18 +156,11 @@ class DaliLoader(EpochLoader):
         self._build(checkpoint=None)
 
     def _build(self, checkpoint: str | None) -> None:
-        gpu = self.plan.device.type == "cuda"
-        self.pipe = segmentation_pipeline(
-            self.plan, gpu, batch_size=self.plan.batch_size, num_threads=max(1, self.plan.workers),
-            device_id=(self.plan.device.index or 0) if gpu else None, seed=self.plan.seed * 1009 + self.plan.rank,
-            prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
-        )
-        self.pipe.build()
-        note_native_threads()
+        self.pipe = build_pipeline(self.plan, checkpoint=checkpoint)
 
     def _epoch(self, epoch: int, start: int):
         for index in range(start, len(self)):
-            yield self._to_torch(self._run(), epoch, index)
+            yield self.to_torch(self._run(), epoch, index)
 
     def _finish(self, epoch: int, start: int) -> None:
         for _ in range(start, len(self)):
@@ -188,7 +203,8 @@ class DaliLoader(EpochLoader):
             return FastsegError(f"{root}: reading the shards failed: {cause[:500]}")
         return RuntimeError(report)
 
-    def _to_torch(self, outputs, epoch: int, index: int) -> dict:
+    def to_torch(self, outputs, epoch: int, index: int) -> dict:
+        """One run's outputs as a batch of the contract (batch `index` of `epoch`, for the padding)."""
         images, masks, *metas = outputs
         with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive
             image = torch.from_dlpack(images.as_tensor())

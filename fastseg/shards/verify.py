@@ -11,9 +11,9 @@ import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
-from . import remote
-from .errors import FastsegError
-from .format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, sha256_file
+from .. import storage
+from ..errors import FastsegError
+from ..format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, sha256_file
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
@@ -95,14 +95,14 @@ def verify(root, progress: bool = True) -> list[str]:
     valid_ids = {c.id for c in manifest.classes} | {IGNORE_INDEX}
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
-    present = remote.sizes(str(root)) if remote.is_remote(root) else {}
+    present = storage.sizes(str(root)) if storage.is_remote(root) else {}
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
-        if not remote.is_remote(root):
+        if not storage.is_remote(root):
             problems += _check_shard(root, shard, valid_ids)
             continue
         with tempfile.TemporaryDirectory(prefix="fastseg-verify-") as tmp:
             for name in (shard.name, shard.index):
                 if name in present:
-                    remote.download(remote.join(str(root), name), Path(tmp) / name)
+                    storage.download(storage.join(str(root), name), Path(tmp) / name)
             problems += [p.replace(tmp, str(root).rstrip("/")) for p in _check_shard(Path(tmp), shard, valid_ids)]
     return problems

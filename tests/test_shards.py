@@ -18,7 +18,7 @@ from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
 from fastseg.errors import FastsegError
 from fastseg.format import format_index, load_manifest, parse_index
-from fastseg.shard import Options, shard
+from fastseg.shards import ShardOptions, shard
 
 from .conftest import disk_mask, make_dataset, save, shared, textured
 
@@ -43,7 +43,7 @@ def cli(argv, capsys):
 
 def test_jpeg_binary_roundtrip_with_rollover(tmp_path):
     src = make_dataset(tmp_path / "data", count=10)
-    manifest = shard(src, tmp_path / "out", Options(max_count=2, val_fraction=0.2, **QUIET))
+    manifest = shard(src, tmp_path / "out", ShardOptions(max_count=2, val_fraction=0.2, **QUIET))
     assert manifest.splits["train"].samples == 8 and manifest.splits["val"].samples == 2
     assert len(manifest.splits["train"].shards) == 4  # max_count 2 → shards roll over
     assert [c.name for c in manifest.classes] == ["background", "foreground"]
@@ -63,7 +63,7 @@ def test_index_matches_dalis_wds2idx(tmp_path):
     from wds2idx import IndexCreator
 
     src = make_dataset(tmp_path / "data", count=5)
-    shard(src, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    shard(src, tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
     tar = tmp_path / "out" / "train-000000.tar"
     with IndexCreator(str(tar), str(tmp_path / "ref.idx"), verbose=False) as creator:
         creator.create_index()
@@ -77,7 +77,7 @@ def test_dali_reader_reads_the_shards_on_cpu(tmp_path):
 
     src = make_dataset(tmp_path / "data", count=4, image_ext="png", mask="index", classes=3)
     out = tmp_path / "out"
-    shard(src, out, Options(val_fraction=0, **QUIET))
+    shard(src, out, ShardOptions(val_fraction=0, **QUIET))
 
     @pipeline_def(batch_size=4, num_threads=1, device_id=None)
     def pipe():
@@ -97,7 +97,7 @@ def test_dali_reader_reads_the_shards_on_cpu(tmp_path):
 
 def test_palette_and_index_masks(tmp_path):
     src = make_dataset(tmp_path / "pal", count=4, mask="palette", classes=4)
-    manifest = shard(src, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    manifest = shard(src, tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
     assert manifest.num_classes == 4 and manifest.classes[1].color == [200, 0, 0]
     for key, sample in read_back(tmp_path / "out").items():
         np.testing.assert_array_equal(decode(sample["mask.png"]), np.asarray(Image.open(src / "masks" / f"{key}.png")))
@@ -110,16 +110,16 @@ def test_rgb_colour_masks_with_a_class_file(tmp_path):
         save(np.array(colors, np.uint8)[disk_mask(24, 16, i, 3)], tmp_path / "data/masks" / f"a{i}.png")
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps([{"name": n, "color": c} for n, c in zip(["bg", "red", "blue"], colors)]))
-    shard(tmp_path / "data", tmp_path / "out", Options(classes=classes, val_fraction=0, **QUIET))
+    shard(tmp_path / "data", tmp_path / "out", ShardOptions(classes=classes, val_fraction=0, **QUIET))
     for key, sample in read_back(tmp_path / "out").items():
         np.testing.assert_array_equal(decode(sample["mask.png"]), disk_mask(24, 16, int(key[1:]), 3))
     # without the class file the colours are discovered and listed, black first
-    manifest = shard(tmp_path / "data", tmp_path / "out2", Options(val_fraction=0, **QUIET))
+    manifest = shard(tmp_path / "data", tmp_path / "out2", ShardOptions(val_fraction=0, **QUIET))
     assert [c.color for c in manifest.classes] == sorted(colors)
     # a colour the class file lacks is an error naming the file and the colour
     save(np.full((16, 24, 3), [0, 255, 0], np.uint8), tmp_path / "data/masks/a1.png")
     with pytest.raises(FastsegError, match=r"a1\.png: colours \(0, 255, 0\) are not in the class table"):
-        shard(tmp_path / "data", tmp_path / "out3", Options(classes=classes, val_fraction=0, **QUIET))
+        shard(tmp_path / "data", tmp_path / "out3", ShardOptions(classes=classes, val_fraction=0, **QUIET))
     assert not (tmp_path / "out3").exists()
 
 
@@ -128,12 +128,12 @@ def test_unknown_values_against_a_class_file(tmp_path):
     classes = tmp_path / "classes.json"
     classes.write_text(json.dumps([{"name": n} for n in ("a", "b", "c")]))
     with pytest.raises(FastsegError, match=r"values 3 are not among the 3 classes"):
-        shard(src, tmp_path / "out", Options(classes=classes, **QUIET))
+        shard(src, tmp_path / "out", ShardOptions(classes=classes, **QUIET))
 
 
 def test_ignore_value_becomes_255(tmp_path):
     src = make_dataset(tmp_path / "data", count=3, mask="index", classes=4)
-    manifest = shard(src, tmp_path / "out", Options(ignore_value=3, val_fraction=0, **QUIET))
+    manifest = shard(src, tmp_path / "out", ShardOptions(ignore_value=3, val_fraction=0, **QUIET))
     assert manifest.num_classes == 3
     for key, sample in read_back(tmp_path / "out").items():
         source = np.asarray(Image.open(src / "masks" / f"{key}.png"))
@@ -152,7 +152,7 @@ def test_grayscale_cmyk_bmp_and_exif_rotated_images(tmp_path):
     save(Image.fromarray(rgb).transpose(Image.ROTATE_90), data / "images/phone.jpg", exif=exif, quality=95)
     for name in ("gray", "cmyk", "bitmap", "phone"):
         save(disk_mask(30, 20, 1) * 255, data / f"masks/{name}.png")
-    shard(data, tmp_path / "out", Options(val_fraction=0, **QUIET))
+    shard(data, tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
     samples = read_back(tmp_path / "out")
     assert samples["gray"]["image.png"] == (data / "images/gray.png").read_bytes()
     assert "image.png" in samples["cmyk"] and decode(samples["cmyk"]["image.png"]).shape == (20, 30, 3)
@@ -166,25 +166,25 @@ def test_grayscale_cmyk_bmp_and_exif_rotated_images(tmp_path):
 def test_mask_suffixes_split_folders_and_ab_layout(tmp_path):
     for split in ("train", "val"):
         make_dataset(tmp_path / "splits" / split, count=3)
-    assert set(shard(tmp_path / "splits", tmp_path / "o1", Options(**QUIET)).splits) == {"train", "val"}
+    assert set(shard(tmp_path / "splits", tmp_path / "o1", ShardOptions(**QUIET)).splits) == {"train", "val"}
     for folder, ext in (("trainA", "jpg"), ("testA", "jpg")):
         make_dataset(tmp_path / "ab_src", count=2)
         (tmp_path / "ab").mkdir(exist_ok=True)
         (tmp_path / "ab_src/images").rename(tmp_path / "ab" / folder)
         (tmp_path / "ab_src/masks").rename(tmp_path / "ab" / folder.replace("A", "B"))
-    splits = shard(tmp_path / "ab", tmp_path / "o2", Options(**QUIET)).splits
+    splits = shard(tmp_path / "ab", tmp_path / "o2", ShardOptions(**QUIET)).splits
     assert set(splits) == {"train", "val", "test"} and splits["test"].samples == 2  # val carved out of train
     make_dataset(tmp_path / "suffix", count=3)
     for mask in (tmp_path / "suffix/masks").iterdir():
         mask.rename(mask.with_name(mask.stem + "_mask.png"))
-    assert shard(tmp_path / "suffix", tmp_path / "o3", Options(val_fraction=0, **QUIET)).splits["train"].samples == 3
+    assert shard(tmp_path / "suffix", tmp_path / "o3", ShardOptions(val_fraction=0, **QUIET)).splits["train"].samples == 3
 
 
 def test_val_split_is_seeded(tmp_path):
     src = make_dataset(tmp_path / "data", count=20)
     keys = []
     for run in range(2):
-        shard(src, tmp_path / f"o{run}", Options(val_fraction=0.25, seed=7, **QUIET))
+        shard(src, tmp_path / f"o{run}", ShardOptions(val_fraction=0.25, seed=7, **QUIET))
         keys.append(sorted(read_back(tmp_path / f"o{run}", "val")))
     assert keys[0] == keys[1] and len(keys[0]) == 5
 
@@ -195,7 +195,7 @@ def test_size_mismatch_lists_pairs_unless_resizing(tmp_path, capsys):
     code, err = cli([src, tmp_path / "out"], capsys)
     assert code == 1 and "s000.jpg is 40x32 but" in err and "s000.png is 20x16" in err and "--resize-masks" in err
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out.partial-*"))
-    shard(src, tmp_path / "out", Options(resize_masks=True, val_fraction=0, **QUIET))
+    shard(src, tmp_path / "out", ShardOptions(resize_masks=True, val_fraction=0, **QUIET))
     mask = decode(read_back(tmp_path / "out")["s000"]["mask.png"])
     assert mask.shape == (32, 40) and set(np.unique(mask)) <= {0, 1}  # nearest neighbour: no new values
 
@@ -255,7 +255,7 @@ def test_overwrite_replaces_only_a_shard_set(tmp_path, capsys):
 KILLED_MID_SWAP = """
 import os, sys
 from pathlib import Path
-from fastseg.shard import Options, shard
+from fastseg.shards import ShardOptions, shard
 
 renames = []
 real_rename = Path.rename
@@ -265,14 +265,14 @@ def rename(self, target):  # the process dies between moving the old set aside a
         os._exit(9)
     return real_rename(self, target)
 Path.rename = rename
-shard(Path(sys.argv[1]), Path(sys.argv[2]), Options(val_fraction=0, progress=False, workers=1, overwrite=True))
+shard(Path(sys.argv[1]), Path(sys.argv[2]), ShardOptions(val_fraction=0, progress=False, workers=1, overwrite=True))
 """
 
 
 def test_a_kill_between_the_swap_renames_loses_no_set(tmp_path, capsys):
     old_src, new_src = make_dataset(tmp_path / "old", count=4), make_dataset(tmp_path / "new", count=6)
     out = tmp_path / "out"
-    shard(old_src, out, Options(val_fraction=0, **QUIET))
+    shard(old_src, out, ShardOptions(val_fraction=0, **QUIET))
     before = (out / "manifest.json").read_text()
     killed = subprocess.run([sys.executable, "-c", KILLED_MID_SWAP, str(new_src), str(out)], timeout=120)
     assert killed.returncode == 9 and not out.exists() and list(tmp_path.glob(".out.old-*"))
@@ -288,7 +288,7 @@ def test_a_kill_between_the_swap_renames_loses_no_set(tmp_path, capsys):
 def test_verify_finds_a_damaged_shard(tmp_path, capsys):
     src = make_dataset(tmp_path / "data", count=4)
     out = tmp_path / "out"
-    shard(src, out, Options(val_fraction=0, **QUIET))
+    shard(src, out, ShardOptions(val_fraction=0, **QUIET))
     assert cli(["--verify", out], capsys)[0] == 0
     tar = out / "train-000000.tar"
     data = bytearray(tar.read_bytes())
@@ -301,7 +301,7 @@ def test_verify_finds_a_damaged_shard(tmp_path, capsys):
 def test_verify_checks_every_index_entry(tmp_path, capsys):
     src = make_dataset(tmp_path / "data", count=4)
     out = tmp_path / "out"
-    manifest = shard(src, out, Options(val_fraction=0, **QUIET))
+    manifest = shard(src, out, ShardOptions(val_fraction=0, **QUIET))
     assert manifest.splits["train"].shards[0].index_sha256  # new sets record their indexes' sha256
     index = out / "train-000000.idx"
     samples = parse_index(index.read_text(), str(index))
@@ -354,7 +354,7 @@ def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):
 
 def test_real_davis_and_camvid(tmp_path):
     davis = shared("davis2016_subset")
-    manifest = shard(davis, tmp_path / "davis", Options(max_count=40, **QUIET))
+    manifest = shard(davis, tmp_path / "davis", ShardOptions(max_count=40, **QUIET))
     assert manifest.splits["train"].samples + manifest.splits["val"].samples == 100
     assert manifest.sizes["train"] == [[854, 480]]
     for key, sample in read_back(tmp_path / "davis", "val").items():
@@ -362,6 +362,6 @@ def test_real_davis_and_camvid(tmp_path):
         assert set(np.unique(decode(sample["mask.png"]))) <= {0, 1}
     camvid = shared("camvid")
     classes = __import__("pathlib").Path(__file__).parents[1] / "tools/classes/camvid.json"
-    manifest = shard(camvid, tmp_path / "camvid", Options(classes=classes, ignore_value=11, **QUIET))
+    manifest = shard(camvid, tmp_path / "camvid", ShardOptions(classes=classes, ignore_value=11, **QUIET))
     assert (manifest.splits["train"].samples, manifest.splits["val"].samples) == (367, 101)
     assert manifest.num_classes == 11 and manifest.class_pixels["road"] > manifest.class_pixels["bicyclist"]

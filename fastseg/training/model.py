@@ -5,7 +5,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .errors import FastsegError
+from ..errors import FastsegError
 
 DEPTH = 4  # pooling stages; input sides must divide by 2**DEPTH
 

@@ -1,6 +1,6 @@
 """A small realistic synthetic segmentation set: textured shapes on textured backgrounds, JPEG images, PNG masks.
 
-    python -m fastseg.synthetic OUT [--count 200] [--seed 0]
+    python -m fastseg.shards.synthetic OUT [--count 200] [--seed 0]
 
 Classes: 0 background, 1 disk, 2 box, 3 triangle. Images come in two sizes, like real folders often do.
 """

@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from fastseg.data import make_loader
 from fastseg.errors import FastsegError
-from fastseg.shard import Options, shard
+from fastseg.loading import make_loader
+from fastseg.shards import ShardOptions, shard
 
 from .conftest import corrupt_one_image, make_dataset, save
 
@@ -15,7 +15,7 @@ BACKENDS = ["dali", "torch"]
 # the CPU everywhere; on a machine with CUDA also the GPU path (mixed decoding, GPU operators, GPU normalizing)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]  # conftest.py skips (or fails) without CUDA
 QUIET = dict(progress=False, workers=2)
-# loaders in the main process (the twin) or one thread (DALI) keep these tests quick; the worker-process path is
+# loaders in the main process (the torch loader) or one thread (DALI) keep these tests quick; the worker-process path is
 # covered where it matters (DDP slices, errors raised inside a worker) and by the training tests
 INLINE = 0
 
@@ -24,7 +24,7 @@ INLINE = 0
 def png_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("png")
     make_dataset(root / "data", count=10, size=(48, 40), image_ext="png", mask="index", classes=3)
-    shard(root / "data", root / "shards", Options(val_fraction=0, max_count=4, **QUIET))
+    shard(root / "data", root / "shards", ShardOptions(val_fraction=0, max_count=4, **QUIET))
     return root / "shards"
 
 
@@ -32,7 +32,7 @@ def png_shards(tmp_path_factory):
 def jpeg_shards(tmp_path_factory):
     root = tmp_path_factory.mktemp("jpeg")
     make_dataset(root / "data", count=6, size=(64, 48))
-    shard(root / "data", root / "shards", Options(val_fraction=0, **QUIET))
+    shard(root / "data", root / "shards", ShardOptions(val_fraction=0, **QUIET))
     return root / "shards"
 
 
@@ -48,10 +48,10 @@ def real_keys(batches):
 @pytest.mark.parametrize("fixture,size", [("png_shards", None), ("png_shards", (20, 24)), ("jpeg_shards", None)])
 def test_backends_agree_without_augmentation(fixture, size, request):
     shards = request.getfixturevalue(fixture)
-    dali, twin = (epoch(make_loader(shards, backend=b, batch_size=4, size=size, augment=False, return_keys=True,
+    dali, torch_batches = (epoch(make_loader(shards, backend=b, batch_size=4, size=size, augment=False, return_keys=True,
                                     workers=INLINE, shuffle=False)) for b in BACKENDS)
-    assert [b["key"] for b in dali] == [b["key"] for b in twin]  # same order when not shuffling
-    for a, b in zip(dali, twin):
+    assert [b["key"] for b in dali] == [b["key"] for b in torch_batches]  # same order when not shuffling
+    for a, b in zip(dali, torch_batches):
         assert a["image"].dtype == torch.float32 and a["mask"].dtype == torch.int64
         assert a["image"].shape == b["image"].shape and a["image"].shape[1] == 3
         torch.testing.assert_close(a["mask"], b["mask"], rtol=0, atol=0)  # masks: exactly
@@ -78,7 +78,7 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
         image = np.stack([cls * 40 + 20, y * 255 // h, np.full_like(cls, i * 50)], -1).astype(np.uint8)
         save(image, tmp_path / "data/images" / f"p{i}.png")
         save(cls, tmp_path / "data/masks" / f"p{i}.png")
-    shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
+    shard(tmp_path / "data", tmp_path / "shards", ShardOptions(val_fraction=0, **QUIET))
     flips = 0
     for seed in range(6):
         loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=size, augment=augment,
@@ -206,7 +206,7 @@ def test_bad_shard_sets_are_named(png_shards, tmp_path):
 def test_mixed_sizes_need_an_output_size(backend, tmp_path):
     make_dataset(tmp_path / "data", count=3, size=(40, 32))
     make_dataset(tmp_path / "data", count=3, size=(30, 50), first_seed=3)
-    shard(tmp_path / "data", tmp_path / "shards", Options(val_fraction=0, **QUIET))
+    shard(tmp_path / "data", tmp_path / "shards", ShardOptions(val_fraction=0, **QUIET))
     with pytest.raises(FastsegError, match="images of 2 sizes .*give an output size"):
         make_loader(tmp_path / "shards", backend=backend)
     batch = next(iter(make_loader(tmp_path / "shards", backend=backend, batch_size=6, size=(16, 24), workers=INLINE)))

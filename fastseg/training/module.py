@@ -9,14 +9,14 @@ import pytorch_lightning as pl
 import torch
 
 from .losses import out_channels, predict, segmentation_loss
-from .metrics import confusion_metric, scores
+from .metrics import VAL_METRICS, confusion_metric, scores
 from .model import UNet
 
 
 class SegModule(pl.LightningModule):
-    def __init__(self, class_names: list[str], class_colors: list[list[int]], mean: list[float], std: list[float],
-                 image_size: tuple[int, int], width: int = 64, lr: float = 1e-3, weight_decay: float = 1e-4,
-                 epochs: int = 20, dice_weight: float = 0.0, ignore_index: int = 255, channels_last: bool = False,
+    def __init__(self, class_names: list[str], *, class_colors: list[list[int]], mean: list[float],
+                 std: list[float], image_size: tuple[int, int], width: int = 64, lr: float = 1e-3,
+                 weight_decay: float = 1e-4, epochs: int = 20, dice_weight: float = 0.0, ignore_index: int = 255, channels_last: bool = False,
                  compile: bool = False):
         super().__init__()
         self.save_hyperparameters()  # everything fastseg-predict needs to use a checkpoint on its own
@@ -59,8 +59,7 @@ class SegModule(pl.LightningModule):
         found = scores(self.confusion.compute())  # compute() sums the counts over all ranks first
         self.confusion.reset()
         self.last_scores = found
-        for name, key in (("val_miou", "miou"), ("val_dice", "dice_mean"), ("val_precision", "precision_mean"),
-                          ("val_recall", "recall_mean"), ("val_f1", "f1"), ("val_pixel_acc", "pixel_acc")):
+        for name, key in VAL_METRICS.items():
             self.log(name, found[key], prog_bar=name == "val_miou", sync_dist=False)
         self.log("val_pixels", float(found["pixels"]))
 

@@ -8,9 +8,9 @@ import torch
 from torch.nn import functional as F
 
 from fastseg.errors import FastsegError
-from fastseg.losses import out_channels, predict, segmentation_loss
-from fastseg.metrics import confusion_metric, scores
-from fastseg.model import UNet
+from fastseg.training.losses import out_channels, predict, segmentation_loss
+from fastseg.training.metrics import confusion_metric, scores
+from fastseg.training.model import UNet
 
 
 @pytest.mark.parametrize("size", [(16, 16), (32, 48), (64, 80)])

@@ -5,8 +5,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import FastsegError
-from .format import SPLITS, make_key
+from ..errors import FastsegError
+from ..format import SPLITS, make_key
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".gif"}
 MASK_SUFFIXES = {".png", ".gif", ".bmp", ".tif", ".tiff", ".jpg", ".jpeg"}
@@ -24,7 +24,7 @@ class Pair:
 
 
 @dataclass
-class Found:
+class FoundPairs:
     splits: dict[str, list[Pair]]  # None-split data sits under "all" until split_off_val
     unpaired: list[Path]
 
@@ -70,7 +70,7 @@ def pair_folders(images: Path, masks: Path) -> tuple[list[Pair], list[Path]]:
     return pairs, unpaired + sorted(by_stem.values())
 
 
-def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None) -> Found:
+def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None) -> FoundPairs:
     """The pairs per split. Layouts, tried in order: --images/--masks; SRC/{train,val,test}/{images,masks};
     SRC/{trainA,trainB,valA,…} (A images, B masks); SRC/images + SRC/masks."""
     if images or masks:
@@ -95,8 +95,9 @@ def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None)
         splits[split] = pairs
         unpaired += lonely
     if not any(splits.values()):
-        raise FastsegError(f"{src}: no image has a mask with the same name stem; check the file names")
-    return Found(splits, unpaired)
+        looked = ", ".join(f"{i} and {m}" for i, m in layouts.values())
+        raise FastsegError(f"no image has a mask with the same name stem in {looked}; check the file names")
+    return FoundPairs(splits, unpaired)
 
 
 def split_off_val(splits: dict[str, list[Pair]], fraction: float, seed: int) -> dict[str, list[Pair]]:

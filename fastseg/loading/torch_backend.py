@@ -1,4 +1,5 @@
-"""The DataLoader twin: the same batch contract and epoch semantics as the DALI pipeline, in plain torch.
+"""The torch backend (`backend="torch"`): the batch contract and epoch semantics of the DALI pipeline, in a plain
+torch DataLoader.
 
 Samples are read by offset through the same DALI index files (no tar scan), decoded with Pillow in the workers,
 cropped, resized and flipped there as uint8, and normalized on the target device in the main process. Its
@@ -16,11 +17,11 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from . import remote
-from .errors import FastsegError
-from .format import MASK_EXT, parse_index
-from .plan import EpochLoader, LoaderPlan
-from .processes import workers_starting
+from .. import storage
+from ..errors import FastsegError
+from ..format import MASK_EXT, parse_index
+from ..processes import workers_starting
+from .contract import EpochLoader, LoaderPlan, Normalize
 
 
 def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
@@ -45,15 +46,15 @@ class ShardSamples(Dataset):
         self._files = {}
         # the AWS settings of the process that made the loader: workers from a forkserver started earlier would
         # otherwise read with whatever the environment held then
-        self.aws = remote.settings() if any(remote.is_remote(p) for p in plan.shards) else {}
+        self.aws = storage.settings() if any(storage.is_remote(p) for p in plan.shards) else {}
 
     def __len__(self) -> int:
         return len(self.members)
 
     def _read(self, path: str, span: tuple[int, int]) -> bytes:
-        if remote.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
-            remote.use_settings(self.aws)
-            return remote.read_range(path, *span)
+        if storage.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
+            storage.use_settings(self.aws)
+            return storage.read_range(path, *span)
         if path not in self._files:  # one descriptor per shard per worker process
             self._files[path] = os.open(path, os.O_RDONLY)
         return os.pread(self._files[path], span[1], span[0])
@@ -123,9 +124,7 @@ class TorchLoader(EpochLoader):
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=plan.workers,
             pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
         )
-        mean, std = plan.mean_std
-        self.mean = torch.tensor(mean, device=plan.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, device=plan.device).view(1, 3, 1, 1)
+        self.normalize = Normalize(*plan.mean_std, device=plan.device)
 
     def _iterate(self):
         """The DataLoader's iterator; its persistent workers start on the first call, forked where that is safe
@@ -148,7 +147,7 @@ class TorchLoader(EpochLoader):
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; float() below keeps the layout
-            image = image.float().sub_(self.mean).div_(self.std)
+            image = self.normalize(image)
             mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
             batch = {"image": image, "mask": mask}
             if self.plan.return_keys:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 
+from .metrics import VAL_METRICS
 from .visualize import save_strip
 
 
@@ -54,9 +55,7 @@ def _clean(value: float) -> float | None:
 def metrics_report(found: dict, class_names: list[str]) -> dict:
     """The metrics.json layout, shared by fastseg-train and fastseg-predict --shards."""
     return {
-        "val_miou": _clean(found["miou"]), "val_dice": _clean(found["dice_mean"]),
-        "val_precision": _clean(found["precision_mean"]), "val_recall": _clean(found["recall_mean"]),
-        "val_f1": _clean(found["f1"]), "val_pixel_acc": _clean(found["pixel_acc"]), "val_pixels": found["pixels"],
+        **{name: _clean(found[key]) for name, key in VAL_METRICS.items()}, "val_pixels": found["pixels"],
         "per_class_iou": {n: _clean(float(v)) for n, v in zip(class_names, found["iou"])},
         "per_class_dice": {n: _clean(float(v)) for n, v in zip(class_names, found["dice"])},
     }

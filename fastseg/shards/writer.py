@@ -23,14 +23,24 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
+from .. import storage
+from ..errors import FastsegError
+from ..format import (
+    MANIFEST,
+    Manifest,
+    ShardInfo,
+    SplitInfo,
+    check_replaceable,
+    format_index,
+    index_name,
+    sha256_file,
+    shard_name,
+)
+from ..processes import workers_starting
+from ..storage import old_path, partial_path, sweep_stale
 from . import masks as maskmod
-from . import remote
-from .errors import FastsegError
-from .format import (MANIFEST, Manifest, ShardInfo, SplitInfo, check_replaceable, format_index, index_name,
-                     sha256_file, shard_name)
+from .datasets import recognise
 from .pairs import Pair, find_pairs, split_off_val
-from .partial import old_path, partial_path, sweep_stale
-from .processes import workers_starting
 
 EXIF_ORIENTATION = 0x0112
 STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
@@ -38,7 +48,7 @@ STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG"
 
 
 @dataclass
-class Options:
+class ShardOptions:
     images: Path | None = None
     masks: Path | None = None
     classes: Path | None = None
@@ -50,6 +60,7 @@ class Options:
     resize_masks: bool = False
     skip_unpaired: bool = False
     overwrite: bool = False
+    keep_zero_label: bool = False  # ADE20K: keep value 0 ("other") as a class instead of ignoring it
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: bool = True
 
@@ -115,7 +126,7 @@ class SizeMismatch(FastsegError):
     """A mask whose size differs from its image (a plain message, so it crosses process boundaries)."""
 
 
-def _work(job):
+def _encode_job(job):
     """Worker entry: an Encoded sample, or the FastsegError that names what is wrong with it."""
     pair, spec, resize_masks = job
     try:
@@ -132,7 +143,7 @@ def plan_shards(pairs: list[Pair], shard_size: int, max_count: int | None) -> li
     return [pairs[len(pairs) * i // count : len(pairs) * (i + 1) // count] for i in range(count)]
 
 
-def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size, info.mode, info.mtime = len(data), 0o644, 0
     tar.addfile(info, io.BytesIO(data))
@@ -209,28 +220,22 @@ def _term_as_exit(*_):
     raise SystemExit(143)
 
 
-def shard(src: Path, out, opts: Options, *, shown_as: str | None = None) -> Manifest:
+def shard(src: Path, out, opts: ShardOptions, *, shown_as: str | None = None) -> Manifest:
     """Shard SRC into OUT: a folder, or an s3:// prefix (written locally first, then uploaded, manifest last).
     `shown_as` names the destination in the summary line when OUT is only a staging folder."""
-    if remote.is_remote(out):
+    if storage.is_remote(out):
         return _shard_to_bucket(src, str(out).rstrip("/"), opts)
     start = time.perf_counter()
-    found = find_pairs(src, opts.images, opts.masks)
-    if found.unpaired:
-        listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
-        if not opts.skip_unpaired:
-            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {listing}; "
-                               "rename them to match, or pass --skip-unpaired")
-        print(f"skipping {len(found.unpaired)} unpaired file(s): {listing}")
-    splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
+    splits, spec = _pairs_and_spec(src, opts)
     everything = [p for pairs in splits.values() for p in pairs]
-    spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
-    spec = maskmod.detect_spec(spread, opts.classes, opts.ignore_value)
 
     tmp = _prepare_out(out, opts.overwrite)
     previous = signal.signal(signal.SIGTERM, _term_as_exit)
     try:
-        with workers_starting() as context, context.Pool(max(1, opts.workers)) as pool:
+        # workers take SIGTERM's default (die): a forked one would inherit _term_as_exit, and the pool's own
+        # terminate() could then leave one waiting forever on a queue lock that a killed sibling held
+        with workers_starting() as context, context.Pool(max(1, opts.workers), signal.signal,
+                                                         (signal.SIGTERM, signal.SIG_DFL)) as pool:
             if spec.kind == "rgb" and not spec.fixed:
                 spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, [p.mask for p in everything], 8))
                 spec.names = [f"class_{i}" for i in range(len(spec.colors))]
@@ -244,9 +249,31 @@ def shard(src: Path, out, opts: Options, *, shown_as: str | None = None) -> Mani
     return manifest
 
 
-def _shard_to_bucket(src: Path, root: str, opts: Options) -> Manifest:
-    remote.check_bucket(root)
-    existing = remote.sizes(root)
+def _pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec]:
+    """The pairs per split and how their masks become class ids: a public dataset's own (datasets.py), or the
+    generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
+    known = None if opts.images or opts.masks else recognise(src, opts.keep_zero_label)
+    if known is not None:
+        print(known.describe())
+        for split, why in known.skipped.items():
+            print(f"skipping the {split} split: {why}")
+        return split_off_val(known.splits, opts.val_fraction, opts.seed), known.spec
+    found = find_pairs(src, opts.images, opts.masks)
+    if found.unpaired:
+        listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
+        if not opts.skip_unpaired:
+            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {listing}; "
+                               "rename them to match, or pass --skip-unpaired")
+        print(f"skipping {len(found.unpaired)} unpaired file(s): {listing}")
+    splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
+    everything = [p for pairs in splits.values() for p in pairs]
+    spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
+    return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value)
+
+
+def _shard_to_bucket(src: Path, root: str, opts: ShardOptions) -> Manifest:
+    storage.check_bucket(root)
+    existing = storage.sizes(root)
     if existing:
         if not opts.overwrite:
             raise FastsegError(f"{root} already holds {len(existing)} object(s); pass --overwrite to replace the set "
@@ -254,24 +281,24 @@ def _shard_to_bucket(src: Path, root: str, opts: Options) -> Manifest:
         check_replaceable(root, sorted(existing))
     with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
         manifest = shard(src, Path(tmp) / "set", replace(opts, overwrite=False), shown_as=f"{root} (uploading)")
-        publish(Path(tmp) / "set", root, existing, opts.progress)
+        upload_set(Path(tmp) / "set", root, existing, opts.progress)
     print(f"uploaded to {root}, manifest last")
     return manifest
 
 
-def publish(folder: Path, root: str, existing: dict[str, int], progress: bool = True) -> None:
+def upload_set(folder: Path, root: str, existing: dict[str, int], progress: bool = True) -> None:
     """Upload a finished shard set under an s3:// prefix so that it never looks complete before it is: an old
     manifest goes first, the new one last; objects of the old set that the new one lacks are removed before."""
     if MANIFEST in existing:
-        remote.delete(root, [MANIFEST])
+        storage.delete(root, [MANIFEST])
     files = sorted(p for p in folder.iterdir() if p.name != MANIFEST)
     for path in tqdm(files, unit="file", desc="uploading", disable=not progress):
-        remote.upload(path, remote.join(root, path.name))
-    remote.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST}))
-    remote.upload(folder / MANIFEST, remote.join(root, MANIFEST))
+        storage.upload(path, storage.join(root, path.name))
+    storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST}))
+    storage.upload(folder / MANIFEST, storage.join(root, MANIFEST))
 
 
-def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Options) -> Manifest:
+def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: ShardOptions) -> Manifest:
     stats, errors, infos = Stats(), [], {}
     total = sum(len(p) for p in splits.values())
     bar = tqdm(total=total, unit="sample", desc="sharding", disable=not opts.progress)
@@ -279,7 +306,7 @@ def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Op
         pairs = list(pairs)
         random.Random(opts.seed).shuffle(pairs)  # mix sources across shards; DALI shuffles only within a buffer
         jobs = [(p, spec, opts.resize_masks) for p in pairs]
-        results = pool.imap(_work, jobs, chunksize=4)  # one ordered stream per split: no stall at shard edges
+        results = pool.imap(_encode_job, jobs, chunksize=4)  # one ordered stream per split: no stall at shard edges
         shards = []
         for number, chunk in enumerate(plan_shards(pairs, opts.shard_size, opts.max_count)):
             path = tmp / shard_name(split, number)
@@ -291,7 +318,7 @@ def _write_splits(pool, splits: dict[str, list[Pair]], spec, tmp: Path, opts: Op
                         continue
                     stats.add(split, result)
                     for ext, data in result.members.items():
-                        _add(tar, f"{result.key}.{ext}", data)
+                        _add_member(tar, f"{result.key}.{ext}", data)
             index = tmp / index_name(path.name)
             shards.append(ShardInfo(path.name, write_index(path), path.stat().st_size, sha256_file(path),
                                     index.name, sha256_file(index)))

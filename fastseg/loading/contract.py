@@ -17,13 +17,19 @@ from pathlib import Path
 
 import torch
 
-from .errors import FastsegError
-from .format import IGNORE_INDEX, Manifest
+from ..errors import FastsegError
+from ..format import IGNORE_INDEX, Manifest
 
 # none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
 # native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
 # flipped through the same window.
 AUGMENTS = ("none", "flip", "crop")
+BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
+
+
+def batches_per_epoch(samples: int, world_size: int, batch_size: int) -> int:
+    """Every rank takes as many batches as the longest rank slice needs."""
+    return max(1, math.ceil(math.ceil(samples / world_size) / batch_size))
 
 
 @dataclass
@@ -43,7 +49,7 @@ class LoaderPlan:
     rank: int
     world_size: int
     seed: int
-    workers: int  # DALI threads (at least 1), or the twin's worker processes (0: load in the main process)
+    workers: int  # DALI threads (at least 1), or the torch loader's worker processes (0: load in the main process)
     device: torch.device
     return_keys: bool
     shuffle: bool  # a new order every epoch (the training split, whatever the augmentation)
@@ -65,8 +71,7 @@ class LoaderPlan:
 
     @property
     def batches(self) -> int:
-        longest = max(len(self.slice(s)) for s in range(self.world_size))
-        return max(1, math.ceil(longest / self.batch_size))
+        return batches_per_epoch(self.samples, self.world_size, self.batch_size)
 
     def epoch_slice(self, epoch: int) -> range:
         return self.slice((self.rank + epoch) % self.world_size)
@@ -86,6 +91,19 @@ class LoaderPlan:
     @property
     def mean_std(self) -> tuple[list[float], list[float]]:
         return self.manifest.mean, self.manifest.std
+
+
+class Normalize:
+    """uint8 (or float) N×3×H×W pixels → float32 normalized by the manifest's per-channel mean/std, in whatever
+    memory layout they come (a channels-last view stays channels-last). The constants are made once, on the
+    device: a tensor made per batch would be a host-to-device copy, and a sync, every step."""
+
+    def __init__(self, mean: list[float], std: list[float], device: torch.device | str = "cpu"):
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().sub_(self.mean).div_(self.std)
 
 
 def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:
@@ -153,7 +171,7 @@ class EpochLoader:
             yield batch
 
     def set_epoch(self, epoch: int) -> None:
-        """Make the next iteration yield `epoch` (the trainer's). The twin jumps there; DALI's reader can only
+        """Make the next iteration yield `epoch` (the trainer's). The torch loader jumps there; DALI's reader can only
         reach a later epoch by reading on, and never an earlier one."""
         if epoch == self.next_epoch:
             return

@@ -4,6 +4,10 @@ from __future__ import annotations
 import torch
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+# The logged and reported name of each mean score (module logs, metrics.json); both read this one table.
+VAL_METRICS = {"val_miou": "miou", "val_dice": "dice_mean", "val_precision": "precision_mean",
+               "val_recall": "recall_mean", "val_f1": "f1", "val_pixel_acc": "pixel_acc"}
+
 
 def confusion_metric(num_classes: int, ignore_index: int) -> MulticlassConfusionMatrix:
     """Counts over the whole validation set; torchmetrics syncs (sums) them across DDP ranks in compute()."""

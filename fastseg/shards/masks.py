@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .errors import FastsegError
-from .format import IGNORE_INDEX, ClassInfo
+from ..errors import FastsegError
+from ..format import IGNORE_INDEX, ClassInfo
 
 MAX_CLASSES = 64  # more distinct values than this is not a label map (an anti-aliased or JPEG mask, say)
 _UNKNOWN = -1
@@ -42,9 +42,12 @@ class MaskSpec:
     colors: list[list[int]] = field(default_factory=list)  # by id; for rgb the lookup key
     ignore_value: int | None = None  # a source value (index/palette) that means "ignore"
     fixed: bool = False  # class list given by the user: values outside it are errors
+    table: list[int] | None = None  # a dataset's own source value → class id map (256 entries; 255 = ignore)
 
     def lut(self) -> np.ndarray:
         """Source value → class id, for grayscale and palette masks; _UNKNOWN where a value is not allowed."""
+        if self.table is not None:
+            return np.array(self.table, np.int16)
         table = np.full(256, _UNKNOWN, np.int16)
         if self.kind == "binary":  # 0/255 masks: 255 is the foreground, there is no ignore value
             table[0], table[255] = 0, 1
@@ -64,7 +67,7 @@ class MaskSpec:
         distinct = np.nonzero(counts)[0]
         if self.kind == "binary" and not set(distinct.tolist()) <= {0, 255}:
             raise FastsegError(f"{where}: values {_short(distinct)} in a binary 0/255 mask dataset")
-        if len(distinct) > MAX_CLASSES:
+        if len(distinct) > MAX_CLASSES and self.table is None:
             raise FastsegError(
                 f"{where}: {len(distinct)} distinct values, not a class-index mask (is it anti-aliased or a JPEG?)"
             )

@@ -1,18 +1,67 @@
-"""Shard sets in S3-compatible object storage (`s3://bucket/prefix`): the only module that imports boto3.
+"""Where shard sets and checkpoints live: a local folder or an S3-compatible prefix (`s3://bucket/prefix`).
 
-Credentials, region and endpoint come from the standard AWS settings (environment, ~/.aws/config and credentials,
-AWS_PROFILE, and AWS_ENDPOINT_URL for S3-compatible services such as MinIO or Ceph); fastseg never writes them
-anywhere. Every failure of the client becomes one FastsegError that names the URL and the fix.
+Local work in progress sits beside its target as `.NAME.partial-PID` and is renamed into place only when complete.
+A killed writer leaves its partial path behind; the next writer to the same target sweeps those whose process is
+gone (never one that is still being written: its process is alive). A writer replacing a folder first moves the old
+one aside to `.NAME.old-PID`; if it was killed before the new one took its place, the sweep moves the old one back,
+so no kill point loses the last complete version.
+
+In a bucket, this is the only module that imports boto3. Credentials, region and endpoint come from the standard
+AWS settings (environment, ~/.aws/config and credentials, AWS_PROFILE, and AWS_ENDPOINT_URL for S3-compatible
+services such as MinIO or Ceph); fastseg never writes them anywhere. Every failure of the client becomes one FastsegError that names the URL and the fix.
 """
 from __future__ import annotations
 
 import os
+import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import FastsegError
 
 SCHEME = "s3://"
+
+
+# --- local partial paths -------------------------------------------------------------------------------------
+def partial_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.partial-{os.getpid()}"
+
+
+def writer_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def old_path(target: Path) -> Path:
+    return target.parent / f".{target.name}.old-{os.getpid()}"
+
+
+def sweep_stale(target: Path) -> list[str]:
+    """Clean up after writers of `target` that no longer run: an `.old` path whose target is missing is moved
+    back into place; other partial and `.old` paths are removed. Returns what was done, one line each."""
+    pattern = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)$")
+    done = []
+    if not target.parent.is_dir():
+        return done
+    stale = [path for path in target.parent.iterdir() if (found := pattern.match(path.name))
+             and int(found.group(2)) != os.getpid() and not writer_alive(int(found.group(2)))]
+    for path in sorted(stale, key=lambda p: ".old-" not in p.name):  # restore before anything is removed
+        if ".old-" in path.name and not target.exists():
+            path.rename(target)
+            done.append(f"restored {target} from {path.name}, where a killed run had moved it")
+            continue
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        done.append(f"removed {path}, left by a run that was killed")
+    return done
+
+
+# --- s3:// ----------------------------------------------------------------------------------------------------
 
 
 def is_remote(location) -> bool:
@@ -38,6 +87,11 @@ def split_url(url: str) -> tuple[str, str]:
 _clients = {}
 
 
+def forget_clients() -> None:
+    """Drop this process's client, so the next call reads the AWS settings afresh (changed credentials, say)."""
+    _clients.clear()
+
+
 def settings() -> dict[str, str]:
     """The AWS_* environment (endpoint, profile, credentials) of this process, to hand to loader workers; kept in
     memory only."""
@@ -51,7 +105,7 @@ def use_settings(aws: dict[str, str]) -> None:
 
 
 def client():
-    """One client per process (the twin's workers each make their own), with short timeouts and few retries, so
+    """One client per process (the torch loader's workers each make their own), with short timeouts and few retries, so
     an unreachable endpoint is reported in seconds rather than minutes."""
     pid = os.getpid()
     if pid not in _clients:
@@ -75,7 +129,7 @@ def _no_bucket(url: str) -> str:
 
 
 @contextmanager
-def errors(url: str, missing: str | None = None):
+def s3_errors(url: str, missing: str | None = None):
     """Turn the client's exceptions into one line naming `url` and the fix; `missing` is the message for a key that
     is not there (None: say so plainly)."""
     from botocore import exceptions as bx
@@ -105,19 +159,19 @@ def errors(url: str, missing: str | None = None):
 
 def check_bucket(url: str) -> None:
     bucket, _ = split_url(url)
-    with errors(url, missing=_no_bucket(url)):  # head_bucket reports a missing bucket as a bare 404
+    with s3_errors(url, missing=_no_bucket(url)):  # head_bucket reports a missing bucket as a bare 404
         client().head_bucket(Bucket=bucket)
 
 
 def read(url: str, missing: str | None = None) -> bytes:
     bucket, key = split_url(url)
-    with errors(url, missing):
+    with s3_errors(url, missing):
         return client().get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
 def read_range(url: str, offset: int, size: int) -> bytes:
     bucket, key = split_url(url)
-    with errors(url):
+    with s3_errors(url):
         body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
         return body.read()
 
@@ -136,7 +190,7 @@ def sizes(root: str) -> dict[str, int]:
     bucket, prefix = split_url(root)
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     found = {}
-    with errors(root):
+    with s3_errors(root):
         for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
             found.update((item["Key"][len(prefix):], item["Size"]) for item in page.get("Contents", []))
     return found
@@ -148,13 +202,13 @@ def names(root: str) -> list[str]:
 
 def upload(path: Path, url: str) -> None:
     bucket, key = split_url(url)
-    with errors(url):
+    with s3_errors(url):
         client().upload_file(str(path), bucket, key)
 
 
 def download(url: str, path: Path) -> None:
     bucket, key = split_url(url)
-    with errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
+    with s3_errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
         client().download_file(bucket, key, str(path))
 
 
@@ -163,5 +217,5 @@ def delete(root: str, names_to_delete: list[str]) -> None:
     prefix = prefix.rstrip("/") + "/" if prefix else ""
     for start in range(0, len(names_to_delete), 1000):
         batch = [{"Key": prefix + n} for n in names_to_delete[start:start + 1000]]
-        with errors(root):
+        with s3_errors(root):
             client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
