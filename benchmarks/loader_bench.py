@@ -33,11 +33,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import decode_rate, host, publish, run_child  # noqa: E402
+from measure import decode_rate, default_dataset, host, publish, run_child, train_pairs, vanilla_loader  # noqa: E402
 
 from fastseg.storage import is_remote, location  # noqa: E402
 
-# name -> (backend, device); vanilla is the tutorial recipe below
+# name -> (backend, device); vanilla is the tutorial recipe (measure.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda")}
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
@@ -46,58 +46,6 @@ COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dal
 
 RESAMPLING = ("crop, or an output size other than the native one: Pillow's bilinear (vanilla, torch) antialiases "
               "when it shrinks, DALI's (antialias=False) does not; at the native size with flip, no loader resamples")
-
-
-# --- the vanilla recipe, as tutorials teach it ---------------------------------------------------------------
-def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0)):
-    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too."""
-    import torch
-    from PIL import Image
-    from torch.utils.data import DataLoader, Dataset
-
-    from fastseg.loading.torch_backend import draw_crop
-
-    class FolderDataset(Dataset):
-        def __len__(self):
-            return len(pairs)
-
-        def __getitem__(self, i):
-            image = Image.open(pairs[i][0]).convert("RGB")
-            mask = Image.open(pairs[i][1])
-            box = draw_crop(np.random.default_rng(), *image.size, scale) if augment == "crop" else None
-            if box is not None or (size and image.size != (size[1], size[0])):
-                image = image.resize((size[1], size[0]), Image.BILINEAR, box=box, reducing_gap=None)
-                mask = mask.resize((size[1], size[0]), Image.NEAREST, box=box)
-            image, mask = np.asarray(image, np.float32), np.asarray(mask, np.int64)
-            if np.random.rand() < 0.5:
-                image, mask = image[:, ::-1], mask[:, ::-1]
-            image = (image - mean) / std
-            return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask.copy())}
-
-    # pinned, as the tutorial recipe has it: on a GPU, .to(cuda, non_blocking=True) from pageable memory blocks
-    return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
-                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
-
-
-def train_pairs(shards) -> list[tuple[str, str]]:
-    """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
-    bucket: read by offset through the index either way)."""
-    from fastseg import storage
-    from fastseg.format import open_set, parse_index
-    from fastseg.loading.checks import check_shards
-
-    pairs = []
-    for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
-        for sample in parse_index(index.read_text(), str(index)):
-            _, offset, size, _ = next(m for m in sample if m[0] == "json")
-            if storage.is_remote(path):
-                meta = json.loads(storage.read_range(path, offset, size))
-            else:
-                with open(path, "rb") as tar:
-                    tar.seek(offset)
-                    meta = json.loads(tar.read(size))
-            pairs.append((meta["image"], meta["mask"]))
-    return pairs
 
 
 def disk_copy(url: str, folder: Path) -> Path:
@@ -154,15 +102,6 @@ def child(args) -> None:
         rounds.append({"seconds": time.perf_counter() - start, "samples": epochs * len(pairs)})
         cpu += cpu_seconds() - cpu_start
     print(json.dumps({"rounds": rounds, "cpu_seconds": cpu}))
-
-
-def default_dataset(tmp: Path) -> tuple[Path, Path]:
-    from fastseg.shards import ShardOptions, shard
-    from fastseg.shards.synthetic import generate
-
-    data = generate(tmp / "synthetic", count=160)
-    shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
-    return data, tmp / "shards"
 
 
 def report(result: dict, json_path: Path | None) -> None:

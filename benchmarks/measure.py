@@ -1,4 +1,5 @@
-"""Shared by the benchmarks: run a child process and sample its whole process tree (peak RSS, CPU use)."""
+"""Shared by the benchmarks: the vanilla tutorial recipe, the source pairs of a shard set, the default synthetic
+dataset, running a child process while sampling its whole process tree (peak RSS, CPU use), and publishing results."""
 from __future__ import annotations
 
 import io
@@ -9,7 +10,9 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import psutil
 
 
@@ -90,9 +93,7 @@ def decode_rate(pairs, rounds: int = 3, min_seconds: float = 2.0) -> dict:
     """Single-core Pillow decode rate of image + mask (files read into memory first), samples/s, timed like the
     loaders: `rounds` rounds of whole passes lasting at least `min_seconds` each; the median and every round."""
     import statistics
-    from pathlib import Path
 
-    import numpy as np
     from PIL import Image
 
     blobs = [(Path(i).read_bytes(), Path(m).read_bytes()) for i, m in pairs]
@@ -110,7 +111,6 @@ def decode_rate(pairs, rounds: int = 3, min_seconds: float = 2.0) -> dict:
 
 def publish(rows: list[str], path, result: dict, title: str) -> str:
     """Print the Markdown table; with a path, also write the JSON and a short Markdown page beside it."""
-    from pathlib import Path
 
     table = "\n".join(rows)
     print(table)
@@ -123,3 +123,64 @@ def publish(rows: list[str], path, result: dict, title: str) -> str:
     where = f"{h['cores']} cores of {h['cpu']}" + (f", GPU {h['gpu']}" if h.get("gpu") else " (no GPU)")
     path.with_suffix(".md").write_text(f"# {title}\n\nRun on {where}.\n\n{table}\n\nCommand: `{result['command']}`\n")
     return table
+
+
+# --- the vanilla recipe, as tutorials teach it ---------------------------------------------------------------
+def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0)):
+    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too."""
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from fastseg.loading.torch_backend import draw_crop
+
+    class FolderDataset(Dataset):
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            image = Image.open(pairs[i][0]).convert("RGB")
+            mask = Image.open(pairs[i][1])
+            box = draw_crop(np.random.default_rng(), *image.size, scale) if augment == "crop" else None
+            if box is not None or (size and image.size != (size[1], size[0])):
+                image = image.resize((size[1], size[0]), Image.BILINEAR, box=box, reducing_gap=None)
+                mask = mask.resize((size[1], size[0]), Image.NEAREST, box=box)
+            image, mask = np.asarray(image, np.float32), np.asarray(mask, np.int64)
+            if np.random.rand() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            image = (image - mean) / std
+            return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask.copy())}
+
+    # pinned, as the tutorial recipe has it: on a GPU, .to(cuda, non_blocking=True) from pageable memory blocks
+    return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def train_pairs(shards) -> list[tuple[str, str]]:
+    """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
+    bucket: read by offset through the index either way)."""
+    from fastseg import storage
+    from fastseg.format import open_set, parse_index
+    from fastseg.loading.checks import check_shards
+
+    pairs = []
+    for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
+        for sample in parse_index(index.read_text(), str(index)):
+            _, offset, size, _ = next(m for m in sample if m[0] == "json")
+            if storage.is_remote(path):
+                meta = json.loads(storage.read_range(path, offset, size))
+            else:
+                with open(path, "rb") as tar:
+                    tar.seek(offset)
+                    meta = json.loads(tar.read(size))
+            pairs.append((meta["image"], meta["mask"]))
+    return pairs
+
+
+def default_dataset(tmp: Path) -> tuple[Path, Path]:
+    from fastseg.shards import ShardOptions, shard
+    from fastseg.shards.synthetic import generate
+
+    data = generate(tmp / "synthetic", count=160)
+    shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
+    return data, tmp / "shards"

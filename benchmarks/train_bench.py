@@ -26,8 +26,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loader_bench import default_dataset, train_pairs, vanilla_loader  # noqa: E402
-from measure import host, publish  # noqa: E402
+from measure import default_dataset, host, publish, train_pairs, vanilla_loader  # noqa: E402
 
 AUTOCAST = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
 
