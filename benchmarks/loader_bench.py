@@ -33,15 +33,33 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import decode_rate, default_dataset, host, publish, run_child, train_pairs, vanilla_loader  # noqa: E402
+from measure import (  # noqa: E402
+    WebdatasetEpochs,
+    decode_rate,
+    default_dataset,
+    host,
+    publish,
+    run_child,
+    train_pairs,
+    vanilla_loader,
+    webdataset_loader,
+)
 
 from fastseg.storage import is_remote, location  # noqa: E402
 
 # name -> (backend, device); vanilla is the tutorial recipe (measure.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
-           "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda")}
+           "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda"),
+           # peers (benchmarks/peers.py), recipe 1 and recipe 2 each: webdataset's own pipeline over the same shards,
+           # LitData and MosaicML Streaming over their own formats, written from the same source files
+           "webdataset_r1": ("webdataset", "cpu"), "webdataset_r2": ("webdataset", "cpu"),
+           "litdata_r1": ("litdata", "cpu"), "litdata_r2": ("litdata", "cpu"),
+           "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu")}
+PEER_FORMATS = ("litdata", "mosaic")  # converted once per benchmark run, before any loader runs
+DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
-          "dali_gpu": "#c44e52"}
+          "dali_gpu": "#c44e52", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
+          "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd"}
 
 
 RESAMPLING = ("crop, or an output size other than the native one: Pillow's bilinear (vanilla, torch) antialiases "
@@ -71,9 +89,25 @@ def child(args) -> None:
     pairs = train_pairs(args.shards)
     size = tuple(args.size) if args.size else None
     backend, device = LOADERS[args.child]
+    mean, std = np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32)
     if backend is None:
-        loader = vanilla_loader(pairs, np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32),
-                                args.batch_size, args.workers, size, args.augment)
+        loader = vanilla_loader(pairs, mean, std, args.batch_size, args.workers, size, args.augment)
+    elif backend == "webdataset":
+        if args.augment != "flip":
+            raise SystemExit("the webdataset peer runs --augment flip only (its crop recipe is not written yet)")
+        from fastseg.format import open_set
+        from fastseg.loading.checks import check_shards
+
+        recipe = int(args.child[-1])
+        urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
+        peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe)
+        loader = WebdatasetEpochs(peer, mean, std, recipe)
+    elif backend in PEER_FORMATS:
+        import peers
+
+        recipe = int(args.child[-1])
+        loader = WebdatasetEpochs(peers.loader(backend, args.peer_dir / backend, mean, std, args.batch_size,
+                                               args.workers, recipe), mean, std, recipe)
     else:
         loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
                              device=device, workers=args.workers)
@@ -86,22 +120,33 @@ def child(args) -> None:
         live = sum(sum(p.cpu_times()[:2]) for p in me.children(recursive=True))
         return sum(me.cpu_times()[:2]) + live + done.ru_utime + done.ru_stime
 
-    def one_epoch():
+    def one_epoch() -> int:
+        """Real samples delivered (padding left out): every loader is counted by what it actually yields."""
+        samples = 0
         for batch in loader:
             batch["image"].sum()  # touch the output, as a training step would
+            samples += batch.get("real", batch["image"].shape[0])
         if device == "cuda":
             torch.cuda.synchronize()
+        return samples
 
     one_epoch()  # warm-up
+    batch = next(iter(loader))  # every loader yields the same contract, or its figure would compare other work
+    image, mask = batch["image"], batch["mask"]
+    if not (image.dtype == torch.float32 and mask.dtype == torch.int64 and image.dim() == 4 and image.shape[1] == 3
+            and tuple(mask.shape) == (image.shape[0], *image.shape[2:])):
+        raise SystemExit(f"{args.child}: not the batch contract ({image.dtype} {tuple(image.shape)}, "
+                         f"{mask.dtype} {tuple(mask.shape)})")
+    contract = [list(image.shape), str(image.dtype), list(mask.shape), str(mask.dtype)]
     rounds, cpu = [], 0.0
     for _ in range(args.rounds):
-        start, cpu_start, epochs = time.perf_counter(), cpu_seconds(), 0
+        start, cpu_start, epochs, samples = time.perf_counter(), cpu_seconds(), 0, 0
         while not epochs or time.perf_counter() - start < args.min_seconds:
-            one_epoch()
+            samples += one_epoch()
             epochs += 1
-        rounds.append({"seconds": time.perf_counter() - start, "samples": epochs * len(pairs)})
+        rounds.append({"seconds": time.perf_counter() - start, "samples": samples})
         cpu += cpu_seconds() - cpu_start
-    print(json.dumps({"rounds": rounds, "cpu_seconds": cpu}))
+    print(json.dumps({"rounds": rounds, "cpu_seconds": cpu, "contract": contract}))
 
 
 def report(result: dict, json_path: Path | None) -> None:
@@ -109,8 +154,8 @@ def report(result: dict, json_path: Path | None) -> None:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for run in result["runs"]:
         for name, r in run["loaders"].items():
-            if "skipped" in r:
-                lines.append(f"| {name} | {run['workers']} | skipped: {r['skipped']} | | | | | |")
+            if "skipped" in r or "error" in r:
+                lines.append(f"| {name} | {run['workers']} | {r.get('skipped') or 'error: ' + r['error']} | | | | | |")
                 continue
             ratio = f"{r['vs_vanilla']:.2f}×" if "vs_vanilla" in r else "-"
             lines.append(f"| {name} | {run['workers']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.1f} | {ratio} "
@@ -169,7 +214,15 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
     argv = [__file__, "--child", name, "--shards", str(shards or args.shards), "--batch-size", str(args.batch_size),
             "--workers", str(workers), "--rounds", str(args.rounds), "--min-seconds", str(args.min_seconds),
             "--augment", args.augment, "--size", *map(str, args.size)]
-    figures, monitor, _ = run_child(argv)
+    peer = LOADERS[name][0] in PEER_FORMATS
+    if peer:
+        argv += ["--peer-dir", str(args.peer_dir)]
+    try:
+        figures, monitor, _ = run_child(argv, python=args.peer_python if peer else None)
+    except RuntimeError as err:  # a peer that cannot run here is reported with its error, never skipped silently
+        if not peer:
+            raise
+        return {"error": str(err)}
     rates = [r["samples"] / r["seconds"] for r in figures["rounds"]]
     per_s = statistics.median(rates)
     seconds = sum(r["seconds"] for r in figures["rounds"])
@@ -179,7 +232,25 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
         "round_seconds": [round(r["seconds"], 3) for r in figures["rounds"]],
         "cpu_utilisation": round(figures["cpu_seconds"] / (seconds * (os.cpu_count() or 1)), 3),
         "peak_memory_mb": round(monitor.peak_rss / 1e6, 1), "of_limit": round(per_s / limit, 3),
+        "batch": figures["contract"],
     }
+
+
+def convert_peers(kinds: list[str], args, workers: int) -> dict:
+    """Each peer's own format written from the train split's source files, timed beside fastseg-shard, with the
+    process tree's peak memory; and the peers' versions and interpreter."""
+    peers_py = str(Path(__file__).resolve().parent / "peers.py")
+    found = {"versions": run_child([peers_py, "versions"], python=args.peer_python)[0], "conversion": {}}
+    for kind in kinds:
+        try:
+            figures, monitor, _ = run_child([peers_py, "convert", kind, "--shards", str(args.shards), "--out",
+                                             str(args.peer_dir / kind), "--workers", str(workers)],
+                                            python=args.peer_python)
+            figures["peak_memory_mb"] = round(monitor.peak_rss / 1e6, 1)
+        except RuntimeError as err:
+            figures = {"error": str(err)}
+        found["conversion"][kind] = figures
+    return found
 
 
 def main() -> int:
@@ -195,9 +266,13 @@ def main() -> int:
     p.add_argument("--rounds", "--epochs", dest="rounds", type=int, default=3,
                    help="timed rounds (--epochs: its older name, kept for scripts that use it)")
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
-    p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=list(LOADERS))
+    p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=DEFAULT_LOADERS,
+                   help="default: the fastseg loaders and vanilla; add webdataset_r1 webdataset_r2 for the peer")
+    p.add_argument("--peer-python", default=sys.executable,
+                   help="the interpreter of the peers' own environment (benchmarks/peers_setup.sh makes one)")
     p.add_argument("--json", type=Path)
     p.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
+    p.add_argument("--peer-dir", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         args.workers = args.workers[0]
@@ -238,8 +313,12 @@ def main() -> int:
         if is_remote(args.shards):
             copy = disk_copy(args.shards, Path(tmp) / "disk-copy")
             sources = [(name, copy) for name in args.loaders] + [
-                (f"{name} (s3)", args.shards) for name in args.loaders if name != "vanilla"]
+                (f"{name} (s3)", args.shards) for name in args.loaders if LOADERS[name][0] in ("dali", "torch")]
             result["shards"] = args.shards
+        args.peer_dir = Path(tmp) / "peers"
+        kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
+        if kinds:
+            result["peers"] = convert_peers(kinds, args, max(args.workers))
         progress = tqdm(total=len(args.workers) * len(sources), desc="loaders", unit="run")
         for workers in args.workers:
             # the limit: as many cores as this run may use, each decoding at the single-core Pillow rate

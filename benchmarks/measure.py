@@ -55,10 +55,11 @@ class TreeMonitor:
         return sum(self.cpu.values())
 
 
-def run_child(argv: list[str], timeout: float = 1800) -> tuple[dict, TreeMonitor, float]:
-    """Run a Python child that prints one JSON object as its last stdout line; return it with the tree's figures."""
+def run_child(argv: list[str], timeout: float = 1800, python: str | None = None) -> tuple[dict, TreeMonitor, float]:
+    """Run a Python child (this interpreter, or `python`) that prints one JSON object as its last stdout line;
+    return it with the tree's figures."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([python or sys.executable, *argv], stdout=subprocess.PIPE, text=True)
     with TreeMonitor(proc.pid) as monitor:
         out, _ = proc.communicate(timeout=timeout)
     wall = time.perf_counter() - start
@@ -184,3 +185,50 @@ def default_dataset(tmp: Path) -> tuple[Path, Path]:
     data = generate(tmp / "synthetic", count=160)
     shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
     return data, tmp / "shards"
+
+
+# --- peers: the loaders users would pick instead, each in its own idiom ------------------------------------------
+def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int, recipe: int):
+    """webdataset's own pipeline over fastseg's shards (they are WebDataset tars): shard shuffle, a sample shuffle
+    buffer, Pillow decoding, the paired flip at the native size, as its docs compose it. Recipe 1 normalizes each
+    sample in the workers (the docs' way); recipe 2 hands uint8 out and normalizes the batch in the main process
+    (timm's and fastseg's way), see `WebdatasetEpochs`. webdataset splits work by shard: give it at least as many
+    train shards as workers."""
+    import torch
+    import webdataset as wds
+
+    def sample(item):
+        image = np.asarray(item["image.jpg"] if "image.jpg" in item else item["image.png"])
+        mask = np.asarray(item["mask.png"])
+        if np.random.rand() < 0.5:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if recipe == 1:
+            image = (image.astype(np.float32) - mean) / std
+        return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64))
+
+    from PIL import Image
+
+    def class_ids(data: bytes) -> np.ndarray:  # "pil" would make the mask RGB; keep its single channel
+        return np.asarray(Image.open(io.BytesIO(data)))
+
+    dataset = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=None, empty_check=False)
+               .shuffle(256).decode(wds.handle_extension("mask.png", class_ids), "pil").map(sample))
+    return wds.WebLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+
+
+class WebdatasetEpochs:
+    """Each iteration is one epoch of the batch contract from a webdataset loader: float32 N×3×H×W normalized,
+    int64 N×H×W masks (recipe 2 normalizes here, in the main process)."""
+
+    def __init__(self, loader, mean, std, recipe: int):
+        import torch
+
+        self.loader, self.recipe = loader, recipe
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def __iter__(self):
+        for image, mask in self.loader:
+            if self.recipe == 2:
+                image = image.float().sub_(self.mean).div_(self.std)
+            yield {"image": image, "mask": mask, "real": image.shape[0]}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from fastseg.shards import ShardOptions, shard
@@ -63,6 +64,51 @@ def test_loader_bench_runs_and_reports(tmp_path):
                               "dali_cpu", "torch")
     assert list(subset["runs"][0]["loaders"]) == ["dali_cpu", "torch"]
     assert "vs_vanilla" not in subset["runs"][0]["loaders"]["torch"]
+
+
+def test_loader_bench_runs_the_webdataset_peer(tmp_path):
+    from .conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", count=12, size=(48, 32), mask="index", classes=3)
+    shard(data, tmp_path / "shards", ShardOptions(val_fraction=0, max_count=4, progress=False, workers=2))
+    report = run_loader_bench(data, tmp_path / "shards", tmp_path / "peer.json", "--size", "32", "48", "--workers",
+                              "2", "--loaders", "webdataset_r1", "webdataset_r2")
+    for name in ("webdataset_r1", "webdataset_r2"):
+        figures = report["runs"][0]["loaders"][name]
+        assert figures["samples_per_s"] > 0
+        assert all(r > 0 for r in figures["round_samples_per_s"])
+        assert figures["batch"] == [[4, 3, 32, 48], "torch.float32", [4, 32, 48], "torch.int64"]  # the contract
+
+
+def peer_python() -> str:
+    """An interpreter with LitData and Mosaic: FASTSEG_PEER_PYTHON (benchmarks/peers_setup.sh makes one), or this one
+    where they are installed here."""
+    import importlib.util
+    import os
+
+    found = os.environ.get("FASTSEG_PEER_PYTHON")
+    if found:
+        return found
+    if importlib.util.find_spec("litdata") and importlib.util.find_spec("streaming"):
+        return sys.executable
+    pytest.skip("LitData and Mosaic are benchmark-only peers, not installed here (benchmarks/peers_setup.sh)")
+
+
+def test_loader_bench_runs_litdata_and_mosaic(tmp_path):
+    from .conftest import make_dataset
+
+    python = peer_python()
+    data = make_dataset(tmp_path / "data", count=12, size=(48, 32), mask="index", classes=3)
+    shard(data, tmp_path / "shards", ShardOptions(val_fraction=0, max_count=4, progress=False, workers=2))
+    names = ["litdata_r1", "litdata_r2", "mosaic_r1", "mosaic_r2"]
+    report = run_loader_bench(data, tmp_path / "shards", tmp_path / "peers.json", "--size", "32", "48", "--workers",
+                              "1", "--loaders", *names, "--peer-python", python)
+    for name in names:
+        assert report["runs"][0]["loaders"][name]["batch"] == [[4, 3, 32, 48], "torch.float32", [4, 32, 48],
+                                                               "torch.int64"]
+    for kind in ("litdata", "mosaic"):
+        assert report["peers"]["conversion"][kind]["samples"] == 12 and report["peers"]["versions"][
+            "mosaicml-streaming" if kind == "mosaic" else kind]
 
 
 def test_train_bench_runs_both_paths(tmp_path):

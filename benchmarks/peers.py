@@ -1,0 +1,147 @@
+"""The loaders users would pick instead of fastseg, each in its own idiom, on the same samples and the same work as
+loader_bench.py's loaders (which runs them through `--loaders litdata_r1 mosaic_r2 …`):
+
+- LitData: `litdata.optimize()` with PIL values (JPEG kept as its file bytes, the mask as raw pixels), then
+  `StreamingDataset(transform=…)` + `StreamingDataLoader`;
+- MosaicML Streaming: `MDSWriter(columns={"image": "jpeg", "mask": "png"})` (the JPEG's file bytes kept as they are,
+  the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does the work + `StreamingDataLoader`;
+- webdataset's own pipeline over fastseg's shards: measure.webdataset_loader.
+
+They are benchmark-only dependencies and pin what fastseg does not (Mosaic: numpy < 2.2; both: torchvision), so they
+live in their own virtual environment: `bash benchmarks/peers_setup.sh` makes `.peers-venv`, and loader_bench
+runs their children with `--peer-python .peers-venv/bin/python`.
+
+Recipe 1 normalizes each sample in the workers (as the peers' docs do); recipe 2 hands uint8 out of the workers
+and normalizes the batch in the main process (as timm's loader and fastseg's torch loader do).
+
+    python benchmarks/peers.py convert litdata|mosaic --shards DIR --out DIR [--workers N]   (prints JSON)
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import train_pairs  # noqa: E402
+
+
+def _litdata_sample(pair):
+    from PIL import Image
+
+    image, mask = pair
+    return {"image": Image.open(image), "mask": Image.open(mask)}
+
+
+def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) -> dict:
+    """Each peer's own writer over the source files; wall time and size on disk (the caller samples memory)."""
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    if kind == "litdata":
+        import litdata
+
+        litdata.optimize(fn=_litdata_sample, inputs=pairs, output_dir=str(out), num_workers=workers,
+                         chunk_bytes="64MB", verbose=False)
+        processes = workers
+    else:  # MDSWriter is one writer in one process: Mosaic's own docs parallelize by writing several sets
+        from PIL import Image
+        from streaming import MDSWriter
+
+        with MDSWriter(out=str(out), columns={"image": "jpeg", "mask": "png"}, size_limit="64mb") as writer:
+            for image, mask in pairs:
+                writer.write({"image": Image.open(image), "mask": Image.open(mask)})
+        processes = 1
+    seconds = time.perf_counter() - start
+    size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    return {"seconds": round(seconds, 3), "samples": len(pairs), "samples_per_s": round(len(pairs) / seconds, 2),
+            "bytes_on_disk": size, "processes": processes}
+
+
+def _work(image, mask, mean, std, recipe: int):
+    """The paired flip at the native size, normalized here (recipe 1) or left uint8 (recipe 2); CHW image."""
+    import torch
+
+    if isinstance(image, torch.Tensor):  # LitData decodes JPEG with torchvision where it exists: CHW uint8
+        image = image.permute(1, 2, 0).numpy()
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if np.random.rand() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if recipe == 1:
+        image = (image.astype(np.float32) - mean) / std
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64))
+
+
+class _LitTransform:
+    def __init__(self, mean, std, recipe):
+        self.mean, self.std, self.recipe = mean, std, recipe
+
+    def __call__(self, sample):
+        return _work(sample["image"], sample["mask"], self.mean, self.std, self.recipe)
+
+
+def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, recipe: int):
+    """The peer's own loader, built once; shuffled; persistent workers."""
+    if kind == "litdata":
+        import litdata
+
+        dataset = litdata.StreamingDataset(str(folder), shuffle=True, transform=_LitTransform(mean, std, recipe))
+        return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                           persistent_workers=workers > 0)
+    import streaming
+    from streaming.base.util import clean_stale_shared_memory
+
+    clean_stale_shared_memory()
+
+    class Segmentation(streaming.StreamingDataset):
+        def __getitem__(self, index):
+            sample = super().__getitem__(index)
+            return _work(sample["image"], sample["mask"], mean, std, recipe)
+
+    dataset = Segmentation(local=str(folder), shuffle=True, batch_size=batch_size)
+    return streaming.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
+                                         persistent_workers=workers > 0)
+
+
+# what decodes what, in each peer's idiomatic path (LitData uses torchvision for JPEG where it is installed)
+DECODERS = {"litdata": "JPEG: torchvision.io.decode_jpeg; mask: stored as raw pixels by LitData's PIL serializer",
+            "mosaic": "JPEG and PNG: Pillow (MDS 'jpeg' and 'png' columns)",
+            "webdataset": "JPEG and PNG: Pillow (.decode('pil'))"}
+
+
+def versions() -> dict:
+    import platform
+
+    found = {"python": platform.python_version(), "interpreter": sys.executable, "decoders": DECODERS}
+    for name, module in (("litdata", "litdata"), ("mosaicml-streaming", "streaming"), ("torch", "torch"),
+                         ("torchvision", "torchvision"), ("numpy", "numpy"), ("webdataset", "webdataset")):
+        try:
+            found[name] = __import__(module).__version__
+        except ImportError as err:
+            found[name] = f"not installed ({err})"
+    return found
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["convert", "versions"])
+    p.add_argument("kind", nargs="?", choices=["litdata", "mosaic"])
+    p.add_argument("--shards", help="the fastseg set whose train split gives the source files")
+    p.add_argument("--out", type=Path)
+    p.add_argument("--workers", type=int, default=1)
+    args = p.parse_args()
+    if args.action == "versions":
+        print(json.dumps(versions()))
+        return 0
+    print(json.dumps(convert(args.kind, train_pairs(args.shards), args.out, args.workers)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
