@@ -66,7 +66,7 @@ def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarra
         raise FastsegError(f"{path}: cannot decode the image ({err})") from err
     h = module.hparams
     height, width = h.image_size
-    pixels = np.asarray(image.resize((width, height), Image.BILINEAR))
+    pixels = np.array(image.resize((width, height), Image.BILINEAR))  # a writable copy for torch
     tensor = Normalize(h.mean, h.std)(torch.from_numpy(pixels).permute(2, 0, 1)[None])
     indices = predict(module(tensor.to(device)))[0].byte().cpu().numpy()
     return np.asarray(image), np.asarray(Image.fromarray(indices).resize(image.size, Image.NEAREST))
