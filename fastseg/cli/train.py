@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     pl.seed_everything(run.args.seed, workers=True, verbose=False)
     data, module = datamodule(run), segmodule(run)
     callbacks, checkpoints, meter = make_callbacks(run)
-    trainer = make_trainer(run, callbacks)
+    trainer = make_trainer(run, callbacks, profiler=meter.timer)
     if trainer.is_global_zero:
         claim_out(run.args.out, run.args.resume, run.resume, run.args.overwrite)
         write_config(run, trainer.world_size)
@@ -236,22 +236,20 @@ def make_callbacks(run: RunConfig):
     return callbacks, checkpoints, meter
 
 
-def make_trainer(run: RunConfig, callbacks: list):
+def make_trainer(run: RunConfig, callbacks: list, profiler):
     import pytorch_lightning as pl
     from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 
     from ..training.checkpoints import AtomicCheckpointIO
-    from ..training.meter import ThroughputMeter
 
     a = run.args
-    meter = next(c for c in callbacks if isinstance(c, ThroughputMeter))
     return pl.Trainer(
         accelerator=run.accelerator, devices=a.devices, num_nodes=a.num_nodes,
         strategy="ddp" if a.devices * a.num_nodes > 1 else "auto", precision=run.precision,
         max_epochs=a.epochs, default_root_dir=a.out, use_distributed_sampler=False,
         logger=[TensorBoardLogger(a.out / "logs", name="tensorboard"), CSVLogger(a.out / "logs", name="csv")],
         callbacks=callbacks, log_every_n_steps=run.log_every, enable_model_summary=False,
-        benchmark=run.accelerator == "gpu", profiler=meter.timer, plugins=[AtomicCheckpointIO()],
+        benchmark=run.accelerator == "gpu", profiler=profiler, plugins=[AtomicCheckpointIO()],
     )
 
 

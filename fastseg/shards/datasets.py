@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, make_key
+from ..format import IGNORE_INDEX, listing, make_key
 from .masks import MaskSpec
 from .pairs import Pair
 
@@ -128,8 +128,7 @@ class Recognised:
 
 
 def _missing(what: str, paths: list[Path], fix: str) -> FastsegError:
-    listed = ", ".join(str(p) for p in paths[:5]) + (" …" if len(paths) > 5 else "")
-    return FastsegError(f"{len(paths)} {what} missing: {listed}; {fix}")
+    return FastsegError(f"{len(paths)} {what} missing: {listing([str(p) for p in paths])}; {fix}")
 
 
 def _voc(src: Path) -> Recognised | None:
@@ -138,22 +137,22 @@ def _voc(src: Path) -> Recognised | None:
     if not ((root / "JPEGImages").is_dir() and (root / "SegmentationClass").is_dir() and lists.is_dir()):
         return None
     splits, skipped = {}, {}
-    for listing in sorted(lists.glob("*.txt")):
-        split = listing.stem
+    for split_list in sorted(lists.glob("*.txt")):
+        split = split_list.stem
         if split == "trainval":  # the union of train and val: each sample once
             continue
-        ids = [line.split()[0] for line in listing.read_text().splitlines() if line.strip()]
+        ids = [line.split()[0] for line in split_list.read_text().splitlines() if line.strip()]
         images = [root / "JPEGImages" / f"{i}.jpg" for i in ids]
         masks = [root / "SegmentationClass" / f"{i}.png" for i in ids]
         absent = [p for p in images if not p.exists()]
         if absent:
-            raise _missing(f"image(s) listed in {listing}", absent, "copy the whole VOC2012 folder again")
+            raise _missing(f"image(s) listed in {split_list}", absent, "copy the whole VOC2012 folder again")
         if not any(m.exists() for m in masks):
             skipped[split] = "no masks (VOC publishes none for it)"
             continue
         absent = [m for m in masks if not m.exists()]
         if absent:
-            raise _missing(f"mask(s) listed in {listing}", absent, "copy SegmentationClass/ again")
+            raise _missing(f"mask(s) listed in {split_list}", absent, "copy SegmentationClass/ again")
         splits[split] = [Pair(make_key(i), image, mask) for i, image, mask in zip(ids, images, masks)]
     if not splits:
         raise FastsegError(f"{lists}: no split list with masks (train.txt, val.txt); copy ImageSets/ again")
