@@ -55,11 +55,12 @@ class TreeMonitor:
         return sum(self.cpu.values())
 
 
-def run_child(argv: list[str], timeout: float = 1800, python: str | None = None) -> tuple[dict, TreeMonitor, float]:
-    """Run a Python child (this interpreter, or `python`) that prints one JSON object as its last stdout line;
-    return it with the tree's figures."""
+def run_child(argv: list[str], timeout: float = 1800, python: str | None = None,
+              env: dict | None = None) -> tuple[dict, TreeMonitor, float]:
+    """Run a Python child (this interpreter, or `python`; this environment, or `env`) that prints one JSON object as
+    its last stdout line; return it with the tree's figures."""
     start = time.perf_counter()
-    proc = subprocess.Popen([python or sys.executable, *argv], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([python or sys.executable, *argv], stdout=subprocess.PIPE, text=True, env=env)
     with TreeMonitor(proc.pid) as monitor:
         out, _ = proc.communicate(timeout=timeout)
     wall = time.perf_counter() - start

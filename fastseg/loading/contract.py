@@ -102,8 +102,11 @@ class Normalize:
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.float().sub_(self.mean).div_(self.std)
+    def __call__(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Into a new tensor, or into `out` (float32, the images' shape)."""
+        if out is None:
+            return images.float().sub_(self.mean).div_(self.std)
+        return torch.sub(images, self.mean, out=out).div_(self.std)
 
 
 def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:

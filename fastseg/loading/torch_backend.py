@@ -1,8 +1,9 @@
 """The torch backend (`backend="torch"`): the batch contract and epoch semantics of the DALI pipeline, in a plain
 torch DataLoader.
 
-Samples are read by offset through the same DALI index files (no tar scan), decoded with Pillow in the workers,
-cropped, resized and flipped there as uint8, and normalized on the target device in the main process. Its
+Samples are read by offset through the same DALI index files (no tar scan), decoded in the workers (JPEG with
+simplejpeg, PNG with Pillow), cropped, resized and flipped there as uint8, and normalized on the target device in
+the main process (on the CPU into reused buffers: HostBuffers). Its
 position is (epoch, batch index) alone: every draw is seeded by (seed, epoch, sample), so a restored loader skips
 the batches already trained without decoding them.
 """
@@ -11,8 +12,10 @@ from __future__ import annotations
 import io
 import math
 import os
+import weakref
 
 import numpy as np
+import simplejpeg
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -51,7 +54,8 @@ class ShardSamples(Dataset):
     def __len__(self) -> int:
         return len(self.members)
 
-    def _read(self, path: str, span: tuple[int, int]) -> bytes:
+    def read(self, path: str, span: tuple[int, int]) -> bytes:
+        """The bytes of one member, by offset: a pread on disk, a ranged GET in a bucket."""
         if storage.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
             storage.use_settings(self.aws)
             return storage.read_range(path, *span)
@@ -64,9 +68,8 @@ class ShardSamples(Dataset):
         path, key, members = self.members[index]
         image_ext = next(ext for ext in members if ext.startswith("image."))
         try:
-            image = Image.open(io.BytesIO(self._read(path, members[image_ext]))).convert("RGB")
-            mask = Image.open(io.BytesIO(self._read(path, members[MASK_EXT])))
-            mask.load()
+            image = decode_image(self.read(path, members[image_ext]))
+            mask = np.array(Image.open(io.BytesIO(self.read(path, members[MASK_EXT]))))
         except FastsegError:
             raise
         except Exception as err:
@@ -79,19 +82,36 @@ class ShardSamples(Dataset):
         if plan.augment != "none":
             rng = np.random.default_rng((plan.seed, epoch, index))
             if plan.augment == "crop":
-                box = draw_crop(rng, *image.size, plan.scale)
+                box = draw_crop(rng, image.shape[1], image.shape[0], plan.scale)
             flip_h, flip_v = rng.uniform() < 0.5, plan.vflip and rng.uniform() < 0.5
-        if box is not None or image.size != (width, height):
-            image = image.resize((width, height), Image.BILINEAR, box=box, reducing_gap=None)
-            mask = mask.resize((width, height), Image.NEAREST, box=box)
-        image, mask = np.asarray(image), np.asarray(mask)
+        if box is not None or image.shape[:2] != (height, width):
+            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
+            mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST, box=box))
+        # torch, not numpy, flips: numpy's copy of a reversed H×W×3 view is several times slower. Channels first
+        # is a view here; the collate's stack makes the one copy (else the main process takes an N×C×H×W view of
+        # the H×W×C batch: no copy at all).
+        image, mask = torch.from_numpy(image), torch.from_numpy(mask)
+        if not plan.channels_last:
+            image = image.permute(2, 0, 1)
+        rows, cols = (1, 2) if not plan.channels_last else (0, 1)
         if flip_h:
-            image, mask = image[:, ::-1], mask[:, ::-1]
+            image, mask = image.flip(cols), mask.flip(1)
         if flip_v:
-            image, mask = image[::-1], mask[::-1]
-        if not plan.channels_last:  # else the main process takes an N×C×H×W view of the H×W×C batch: no copy
-            image = image.transpose(2, 0, 1)
-        return torch.from_numpy(image.copy()), torch.from_numpy(mask.copy()), key
+            image, mask = image.flip(rows), mask.flip(0)
+        return image, mask, key
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An H×W×3 uint8 RGB array. JPEG goes through simplejpeg: libjpeg-turbo (as in Pillow) decoding straight into
+    the array, where Pillow decodes to 4 bytes a pixel and then copies out (a third slower here). Other formats, and
+    JPEGs that libjpeg-turbo will not turn into RGB (CMYK), go through Pillow; a corrupt JPEG fails in both."""
+    if simplejpeg.is_jpeg(data):
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError:
+            pass
+    image = Image.open(io.BytesIO(data))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
 
 
 class RankEpochSampler(Sampler):
@@ -113,6 +133,34 @@ class RankEpochSampler(Sampler):
         return iter((i, self.epoch) for i in indices[self.start * self.plan.batch_size:])
 
 
+class HostBuffers:
+    """Batch tensors for the CPU device, each reused once the caller holds no tensor of it any more, as DALI reuses
+    its outputs. A fresh float32 batch (79 MB at 16 x 480 x 854) costs more in first-touch page faults than the
+    normalization that fills it (benchmarks/torch_stages.py). Each buffer is a numpy array lent to torch through a
+    view of it: torch keeps that view alive while any tensor shares its memory (slices and views included), so a
+    dead weak reference to the view means the caller has let go of every one. With all buffers held, a batch gets
+    fresh memory, as before."""
+
+    def __init__(self, slots: int = 4):
+        self.slots = slots
+        self.lent: list[tuple[np.ndarray, weakref.ref]] = []
+
+    def take(self, shape: tuple[int, ...], dtype) -> torch.Tensor:
+        for slot, (array, view) in enumerate(self.lent):
+            if view() is None and array.shape == shape and array.dtype == dtype:
+                return self._lend(slot, array)
+        array = np.empty(shape, dtype)
+        if len(self.lent) < self.slots:
+            self.lent.append((array, None))
+            return self._lend(len(self.lent) - 1, array)
+        return torch.from_numpy(array)
+
+    def _lend(self, slot: int, array: np.ndarray) -> torch.Tensor:
+        view = array.view()
+        self.lent[slot] = (array, weakref.ref(view))
+        return torch.from_numpy(view)
+
+
 class TorchLoader(EpochLoader):
     _seekable = True
 
@@ -125,6 +173,7 @@ class TorchLoader(EpochLoader):
             pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
+        self.buffers = HostBuffers() if plan.device.type == "cpu" else None
 
     def _iterate(self):
         """The DataLoader's iterator; its persistent workers start on the first call, forked where that is safe
@@ -146,10 +195,15 @@ class TorchLoader(EpochLoader):
         for index, (image, mask, keys) in enumerate(self._iterate(), start):
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.channels_last:
-                image = image.permute(0, 3, 1, 2)  # a channels-last view; float() below keeps the layout
-            image = self.normalize(image)
-            mask = self.plan.mark_padding(mask.to(self.plan.device, non_blocking=True).long(), epoch, index)
-            batch = {"image": image, "mask": mask}
+                image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
+            if self.buffers is None:  # on a GPU: the caching allocator reuses memory already
+                image, mask = self.normalize(image), mask.to(self.plan.device, non_blocking=True).long()
+            else:
+                out = self.buffers.take(tuple(image.permute(0, 2, 3, 1).shape) if self.plan.channels_last
+                                        else tuple(image.shape), np.float32)
+                image = self.normalize(image, out=out.permute(0, 3, 1, 2) if self.plan.channels_last else out)
+                mask = self.buffers.take(tuple(mask.shape), np.int64).copy_(mask)
+            batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
             if self.plan.return_keys:
                 batch["key"] = list(keys)
             yield batch
