@@ -12,7 +12,13 @@ With no arguments it generates a synthetic set (fastseg.shards.synthetic) in a t
 the native size). --augment crop: every loader, vanilla included (with Pillow), does the same random scale-crop,
 resize and flip. Each loader runs in its own process, one after the other, for each worker count: one warm-up
 epoch, then --rounds timed rounds of whole epochs, each lasting at least --min-seconds (small splits are
-repeated); the figure is the median round.
+repeated); the figure is the median round. The warm-up epoch is also reported on its own as the cold first epoch:
+the loader's files (its own format, the shards, or the source files) dropped from the page cache first, timed from
+building the loader, worker start included.
+
+Peers (benchmarks/peers.py; `--peer-python` names their own environment): webdataset_r1/_r2, litdata_r1/_r2,
+mosaic_r1/_r2 on the CPU; on a GPU webdataset_gpu, litdata_gpu, mosaic_gpu (recipe 2, the batch moved and
+normalized on the GPU) beside dali_gpu and torch_gpu. Every figure also has its ratio to the best peer's.
 
 One difference in the work remains where images are resampled (crop, or an output size other than the native
 one): Pillow's bilinear resize (vanilla, the torch loader) antialiases when it shrinks, DALI's (antialias=False)
@@ -54,16 +60,33 @@ LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("t
            # LitData and MosaicML Streaming over their own formats, written from the same source files
            "webdataset_r1": ("webdataset", "cpu"), "webdataset_r2": ("webdataset", "cpu"),
            "litdata_r1": ("litdata", "cpu"), "litdata_r2": ("litdata", "cpu"),
-           "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu")}
+           "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu"),
+           # on a GPU: recipe 2 with the uint8 batch moved (pinned, non-blocking) and normalized there, as timm's
+           # PrefetchLoader does; beside dali_gpu and torch_gpu
+           "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"), "mosaic_gpu": ("mosaic", "cuda")}
+PEER_GPU_LOADERS = ["dali_gpu", "torch_gpu", "webdataset_gpu", "litdata_gpu", "mosaic_gpu"]
 PEER_FORMATS = ("litdata", "mosaic")  # converted once per benchmark run, before any loader runs
+PEERS = ("webdataset", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
           "dali_gpu": "#c44e52", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
-          "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd"}
+          "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd", "webdataset_gpu": "#dd8452",
+          "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974"}
 
 
 RESAMPLING = ("crop, or an output size other than the native one: Pillow's bilinear (vanilla, torch) antialiases "
               "when it shrinks, DALI's (antialias=False) does not; at the native size with flip, no loader resamples")
+
+
+def evict_from_page_cache(paths) -> None:
+    """Drop these files' cached pages (posix_fadvise DONTNEED: no root needed; pages mapped elsewhere stay)."""
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
 
 
 def disk_copy(url: str, folder: Path) -> Path:
@@ -90,6 +113,16 @@ def child(args) -> None:
     size = tuple(args.size) if args.size else None
     backend, device = LOADERS[args.child]
     mean, std = np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32)
+    recipe = 1 if args.child.endswith("_r1") else 2
+    # the first epoch is cold: this loader's files out of the page cache (each peer's own format, or the shards, or
+    # the source files), timed from building the loader, workers' start included
+    if backend in PEER_FORMATS:
+        evict_from_page_cache(p for p in (args.peer_dir / backend).rglob("*") if p.is_file())
+    elif backend is None:
+        evict_from_page_cache(p for pair in pairs for p in pair)
+    elif not is_remote(str(args.shards)):
+        evict_from_page_cache(p for p in Path(args.shards).iterdir() if p.is_file())
+    cold_start = time.perf_counter()
     if backend is None:
         loader = vanilla_loader(pairs, mean, std, args.batch_size, args.workers, size, args.augment)
     elif backend == "webdataset":
@@ -98,16 +131,14 @@ def child(args) -> None:
         from fastseg.format import open_set
         from fastseg.loading.checks import check_shards
 
-        recipe = int(args.child[-1])
         urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
-        peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe)
-        loader = WebdatasetEpochs(peer, mean, std, recipe)
+        peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
+        loader = WebdatasetEpochs(peer, mean, std, recipe, device)
     elif backend in PEER_FORMATS:
         import peers
 
-        recipe = int(args.child[-1])
         loader = WebdatasetEpochs(peers.loader(backend, args.peer_dir / backend, mean, std, args.batch_size,
-                                               args.workers, recipe), mean, std, recipe)
+                                               args.workers, recipe, pin=device == "cuda"), mean, std, recipe, device)
     else:
         loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
                              device=device, workers=args.workers)
@@ -130,7 +161,8 @@ def child(args) -> None:
             torch.cuda.synchronize()
         return samples
 
-    one_epoch()  # warm-up
+    cold_samples = one_epoch()  # the cold first epoch is the warm-up
+    cold = {"seconds": round(time.perf_counter() - cold_start, 3), "samples": cold_samples}
     batch = next(iter(loader))  # every loader yields the same contract, or its figure would compare other work
     image, mask = batch["image"], batch["mask"]
     if not (image.dtype == torch.float32 and mask.dtype == torch.int64 and image.dim() == 4 and image.shape[1] == 3
@@ -146,22 +178,25 @@ def child(args) -> None:
             epochs += 1
         rounds.append({"seconds": time.perf_counter() - start, "samples": samples})
         cpu += cpu_seconds() - cpu_start
-    print(json.dumps({"rounds": rounds, "cpu_seconds": cpu, "contract": contract}))
+    print(json.dumps({"rounds": rounds, "cpu_seconds": cpu, "contract": contract, "cold_epoch": cold}))
 
 
 def report(result: dict, json_path: Path | None) -> None:
-    lines = ["| loader | workers | samples/s | MB/s | × vanilla | of limit | CPU use | peak memory |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    lines = ["| loader | workers | samples/s | MB/s | × vanilla | × best peer | of limit | CPU use | peak memory "
+             "| cold first epoch |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for run in result["runs"]:
         for name, r in run["loaders"].items():
             if "skipped" in r or "error" in r:
-                lines.append(f"| {name} | {run['workers']} | {r.get('skipped') or 'error: ' + r['error']} | | | | | |")
+                lines.append(f"| {name} | {run['workers']} | {r.get('skipped') or 'error: ' + r['error']} "
+                             "| | | | | | | |")
                 continue
-            ratio = f"{r['vs_vanilla']:.2f}×" if "vs_vanilla" in r else "-"
-            lines.append(f"| {name} | {run['workers']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.1f} | {ratio} "
-                         f"| {r['of_limit']:.0%} | {r['cpu_utilisation']:.0%} | {r['peak_memory_mb']:.0f} MB |")
+            ratios = [f"{r[key]:.2f}×" if key in r else "-" for key in ("vs_vanilla", "vs_best_peer")]
+            lines.append(f"| {name} | {run['workers']} | {r['samples_per_s']:.1f} | {r['mb_per_s']:.1f} | "
+                         f"{' | '.join(ratios)} | {r['of_limit']:.0%} | {r['cpu_utilisation']:.0%} | "
+                         f"{r['peak_memory_mb']:.0f} MB | {r['cold_epoch_samples_per_s']:.1f}/s "
+                         f"({r['cold_epoch_seconds']:.1f} s) |")
         lines.append(f"| decode-bound limit ({run['limit_cores']} × single-core Pillow) | {run['workers']} | "
-                     f"{run['decode_limit_samples_per_s']:.1f} | | | 100% | | |")
+                     f"{run['decode_limit_samples_per_s']:.1f} | | | | 100% | | | |")
     title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, augment {result['augment']}, batch "
              f"{result['batch_size']}, output {result['size']}, median of {result['rounds']} rounds of at least "
              f"{result['min_seconds']} s after a warm-up epoch")
@@ -233,6 +268,8 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
         "cpu_utilisation": round(figures["cpu_seconds"] / (seconds * (os.cpu_count() or 1)), 3),
         "peak_memory_mb": round(monitor.peak_rss / 1e6, 1), "of_limit": round(per_s / limit, 3),
         "batch": figures["contract"],
+        "cold_epoch_seconds": figures["cold_epoch"]["seconds"],
+        "cold_epoch_samples_per_s": round(figures["cold_epoch"]["samples"] / figures["cold_epoch"]["seconds"], 2),
     }
 
 
@@ -334,9 +371,16 @@ def main() -> int:
                                                           mb_per_sample, shards)
                 progress.update()
             vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
+            peer_rates = [r["samples_per_s"] for name, r in run["loaders"].items()
+                          if "samples_per_s" in r and LOADERS[name.split(" ")[0]][0] in PEERS]
+            if peer_rates:
+                run["best_peer"] = next(name for name, r in run["loaders"].items()
+                                        if r.get("samples_per_s") == max(peer_rates))
             for r in run["loaders"].values():
                 if vanilla and "samples_per_s" in r:
                     r["vs_vanilla"] = round(r["samples_per_s"] / vanilla, 3)
+                if peer_rates and "samples_per_s" in r:
+                    r["vs_best_peer"] = round(r["samples_per_s"] / max(peer_rates), 3)
             result["runs"].append(run)
         progress.close()
         report(result, args.json)

@@ -189,7 +189,7 @@ def default_dataset(tmp: Path) -> tuple[Path, Path]:
 
 
 # --- peers: the loaders users would pick instead, each in its own idiom ------------------------------------------
-def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int, recipe: int):
+def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
     """webdataset's own pipeline over fastseg's shards (they are WebDataset tars): shard shuffle, a sample shuffle
     buffer, Pillow decoding, the paired flip at the native size, as its docs compose it. Recipe 1 normalizes each
     sample in the workers (the docs' way); recipe 2 hands uint8 out and normalizes the batch in the main process
@@ -214,22 +214,26 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
 
     dataset = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=None, empty_check=False)
                .shuffle(256).decode(wds.handle_extension("mask.png", class_ids), "pil").map(sample))
-    return wds.WebLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0)
+    return wds.WebLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+                         pin_memory=pin)
 
 
 class WebdatasetEpochs:
-    """Each iteration is one epoch of the batch contract from a webdataset loader: float32 N×3×H×W normalized,
-    int64 N×H×W masks (recipe 2 normalizes here, in the main process)."""
+    """Each iteration is one epoch of the batch contract from a peer's loader: float32 N×3×H×W normalized, int64
+    N×H×W masks. Recipe 2 normalizes here, in the main process, on `device` (on a GPU after a non-blocking copy from
+    pinned memory, as timm's PrefetchLoader does)."""
 
-    def __init__(self, loader, mean, std, recipe: int):
+    def __init__(self, loader, mean, std, recipe: int, device: str = "cpu"):
         import torch
 
-        self.loader, self.recipe = loader, recipe
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.loader, self.recipe, self.device = loader, recipe, torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def __iter__(self):
         for image, mask in self.loader:
+            image = image.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
             if self.recipe == 2:
                 image = image.float().sub_(self.mean).div_(self.std)
             yield {"image": image, "mask": mask, "real": image.shape[0]}

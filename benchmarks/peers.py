@@ -86,14 +86,14 @@ class _LitTransform:
         return _work(sample["image"], sample["mask"], self.mean, self.std, self.recipe)
 
 
-def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, recipe: int):
-    """The peer's own loader, built once; shuffled; persistent workers."""
+def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
+    """The peer's own loader, built once; shuffled; persistent workers; pinned memory when a GPU takes the batch."""
     if kind == "litdata":
         import litdata
 
         dataset = litdata.StreamingDataset(str(folder), shuffle=True, transform=_LitTransform(mean, std, recipe))
         return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                           persistent_workers=workers > 0)
+                                           persistent_workers=workers > 0, pin_memory=pin)
     import streaming
     from streaming.base.util import clean_stale_shared_memory
 
@@ -106,7 +106,7 @@ def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, re
 
     dataset = Segmentation(local=str(folder), shuffle=True, batch_size=batch_size)
     return streaming.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
-                                         persistent_workers=workers > 0)
+                                         persistent_workers=workers > 0, pin_memory=pin)
 
 
 # what decodes what, in each peer's idiomatic path (LitData uses torchvision for JPEG where it is installed)
