@@ -41,6 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import (  # noqa: E402
     WebdatasetEpochs,
+    convert_peers,
     decode_rate,
     default_dataset,
     host,
@@ -51,7 +52,7 @@ from measure import (  # noqa: E402
     webdataset_loader,
 )
 
-from fastseg.storage import is_remote, location  # noqa: E402
+from fastseg.storage import is_remote, join, location  # noqa: E402
 
 # name -> (backend, device); vanilla is the tutorial recipe (measure.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
@@ -76,6 +77,17 @@ COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dal
 
 RESAMPLING = ("crop, or an output size other than the native one: Pillow's bilinear (vanilla, torch) antialiases "
               "when it shrinks, DALI's (antialias=False) does not; at the native size with flip, no loader resamples")
+
+
+def publish_peers(folder: Path, kinds: list[str], root: str) -> str:
+    """The peers' formats on disk (folder/KIND) copied to root/KIND in the bucket; returns root."""
+    from fastseg import storage
+
+    for kind in kinds:
+        for path in sorted((folder / kind).rglob("*")):
+            if path.is_file():
+                storage.upload(path, storage.join(root, f"{kind}/{path.relative_to(folder / kind).as_posix()}"))
+    return root
 
 
 def evict_from_page_cache(paths) -> None:
@@ -116,8 +128,11 @@ def child(args) -> None:
     recipe = 1 if args.child.endswith("_r1") else 2
     # the first epoch is cold: this loader's files out of the page cache (each peer's own format, or the shards, or
     # the source files), timed from building the loader, workers' start included
+    peer_folder = None
     if backend in PEER_FORMATS:
-        evict_from_page_cache(p for p in (args.peer_dir / backend).rglob("*") if p.is_file())
+        peer_folder = join(args.peer_dir, backend) if is_remote(args.peer_dir) else args.peer_dir / backend
+    if peer_folder is not None and not is_remote(peer_folder):
+        evict_from_page_cache(p for p in peer_folder.rglob("*") if p.is_file())
     elif backend is None:
         evict_from_page_cache(p for pair in pairs for p in pair)
     elif not is_remote(str(args.shards)):
@@ -137,7 +152,7 @@ def child(args) -> None:
     elif backend in PEER_FORMATS:
         import peers
 
-        loader = WebdatasetEpochs(peers.loader(backend, args.peer_dir / backend, mean, std, args.batch_size,
+        loader = WebdatasetEpochs(peers.loader(backend, peer_folder, mean, std, args.batch_size,
                                                args.workers, recipe, pin=device == "cuda"), mean, std, recipe, device)
     else:
         loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
@@ -197,6 +212,20 @@ def report(result: dict, json_path: Path | None) -> None:
                          f"({r['cold_epoch_seconds']:.1f} s) |")
         lines.append(f"| decode-bound limit ({run['limit_cores']} × single-core Pillow) | {run['workers']} | "
                      f"{run['decode_limit_samples_per_s']:.1f} | | | | 100% | | | |")
+    if "peers" in result:
+        work = {"fastseg-shard": "decodes and checks every image and mask, converts masks to class ids (PNG), "
+                                 "takes mean/std and class counts, writes tars + DALI indexes + manifest",
+                "litdata": "optimize(): JPEG bytes kept, masks as raw pixels",
+                "mosaic": "MDSWriter (one process): JPEG bytes kept, masks re-encoded as PNG"}
+        lines += ["", "Conversion of the train split's source files, each tool with its own writer:", "",
+                  "| tool | processes | seconds | samples/s | size on disk | peak memory | work per sample |",
+                  "|---|---:|---:|---:|---:|---:|---|"]
+        for tool, c in result["peers"]["conversion"].items():
+            if "error" in c:
+                lines.append(f"| {tool} | | error: {c['error']} | | | | |")
+                continue
+            lines.append(f"| {tool} | {c['processes']} | {c['seconds']:.1f} | {c['samples_per_s']:.1f} | "
+                         f"{c['bytes_on_disk'] / 1e6:.1f} MB | {c['peak_memory_mb']:.0f} MB | {work[tool]} |")
     title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, augment {result['augment']}, batch "
              f"{result['batch_size']}, output {result['size']}, median of {result['rounds']} rounds of at least "
              f"{result['min_seconds']} s after a warm-up epoch")
@@ -245,13 +274,13 @@ def chart(result: dict, path: Path) -> None:
     fig.savefig(path)
 
 
-def measure_loader(name: str, workers: int, args, limit: float, mb: float, shards=None) -> dict:
+def measure_loader(name: str, workers: int, args, limit: float, mb: float, shards=None, peer_dir=None) -> dict:
     argv = [__file__, "--child", name, "--shards", str(shards or args.shards), "--batch-size", str(args.batch_size),
             "--workers", str(workers), "--rounds", str(args.rounds), "--min-seconds", str(args.min_seconds),
             "--augment", args.augment, "--size", *map(str, args.size)]
     peer = LOADERS[name][0] in PEER_FORMATS
     if peer:
-        argv += ["--peer-dir", str(args.peer_dir)]
+        argv += ["--peer-dir", str(peer_dir or args.peer_dir)]
     try:
         figures, monitor, _ = run_child(argv, python=args.peer_python if peer else None)
     except RuntimeError as err:  # a peer that cannot run here is reported with its error, never skipped silently
@@ -273,23 +302,6 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
     }
 
 
-def convert_peers(kinds: list[str], args, workers: int) -> dict:
-    """Each peer's own format written from the train split's source files, timed beside fastseg-shard, with the
-    process tree's peak memory; and the peers' versions and interpreter."""
-    peers_py = str(Path(__file__).resolve().parent / "peers.py")
-    found = {"versions": run_child([peers_py, "versions"], python=args.peer_python)[0], "conversion": {}}
-    for kind in kinds:
-        try:
-            figures, monitor, _ = run_child([peers_py, "convert", kind, "--shards", str(args.shards), "--out",
-                                             str(args.peer_dir / kind), "--workers", str(workers)],
-                                            python=args.peer_python)
-            figures["peak_memory_mb"] = round(monitor.peak_rss / 1e6, 1)
-        except RuntimeError as err:
-            figures = {"error": str(err)}
-        found["conversion"][kind] = figures
-    return found
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path)
@@ -309,7 +321,7 @@ def main() -> int:
                    help="the interpreter of the peers' own environment (benchmarks/peers_setup.sh makes one)")
     p.add_argument("--json", type=Path)
     p.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
-    p.add_argument("--peer-dir", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--peer-dir", type=location, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         args.workers = args.workers[0]
@@ -345,30 +357,32 @@ def main() -> int:
                   "decode_single_core_rounds": decode["rounds"],
                   "resampling": RESAMPLING,
                   "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
-        # from a bucket: each fastseg loader reads the bucket ("NAME (s3)") and a copy on disk, side by side
-        sources = [(name, None) for name in args.loaders]
-        if is_remote(args.shards):
-            copy = disk_copy(args.shards, Path(tmp) / "disk-copy")
-            sources = [(name, copy) for name in args.loaders] + [
-                (f"{name} (s3)", args.shards) for name in args.loaders if LOADERS[name][0] in ("dali", "torch")]
-            result["shards"] = args.shards
+        # from a bucket: every loader but vanilla reads the bucket ("NAME (s3)") and a copy on disk, side by side;
+        # the peers' own formats are written on disk, then copied under PREFIX-peers/ in the same bucket
         args.peer_dir = Path(tmp) / "peers"
         kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
         if kinds:
-            result["peers"] = convert_peers(kinds, args, max(args.workers))
+            result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers))
+        sources = [(name, None, None) for name in args.loaders]
+        if is_remote(args.shards):
+            copy = disk_copy(args.shards, Path(tmp) / "disk-copy")
+            bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")
+            sources = [(name, copy, None) for name in args.loaders] + [
+                (f"{name} (s3)", args.shards, bucket_peers) for name in args.loaders if LOADERS[name][0] is not None]
+            result["shards"] = args.shards
         progress = tqdm(total=len(args.workers) * len(sources), desc="loaders", unit="run")
         for workers in args.workers:
             # the limit: as many cores as this run may use, each decoding at the single-core Pillow rate
             run = {"workers": workers, "limit_cores": min(workers, cores),
                    "decode_limit_samples_per_s": round(rate * min(workers, cores), 2), "loaders": {}}
-            for name, shards in sources:
+            for name, shards, peer_dir in sources:
                 base = name.split(" ")[0]
                 progress.set_postfix_str(f"{name}, {workers} workers")
                 if LOADERS[base][1] == "cuda" and not cuda:
                     run["loaders"][name] = {"skipped": "no CUDA device"}
                 else:
                     run["loaders"][name] = measure_loader(base, workers, args, run["decode_limit_samples_per_s"],
-                                                          mb_per_sample, shards)
+                                                          mb_per_sample, shards, peer_dir)
                 progress.update()
             vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
             peer_rates = [r["samples_per_s"] for name, r in run["loaders"].items()

@@ -35,7 +35,7 @@ def _litdata_sample(pair):
     from PIL import Image
 
     image, mask = pair
-    return {"image": Image.open(image), "mask": Image.open(mask)}
+    return {"image": Image.open(image), "mask": Image.open(mask), "key": Path(image).stem}
 
 
 def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) -> dict:
@@ -52,9 +52,10 @@ def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) ->
         from PIL import Image
         from streaming import MDSWriter
 
-        with MDSWriter(out=str(out), columns={"image": "jpeg", "mask": "png"}, size_limit="64mb") as writer:
+        columns = {"image": "jpeg", "mask": "png", "key": "str"}
+        with MDSWriter(out=str(out), columns=columns, size_limit="64mb") as writer:
             for image, mask in pairs:
-                writer.write({"image": Image.open(image), "mask": Image.open(mask)})
+                writer.write({"image": Image.open(image), "mask": Image.open(mask), "key": Path(image).stem})
         processes = 1
     seconds = time.perf_counter() - start
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
@@ -62,8 +63,9 @@ def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) ->
             "bytes_on_disk": size, "processes": processes}
 
 
-def _work(image, mask, mean, std, recipe: int):
-    """The paired flip at the native size, normalized here (recipe 1) or left uint8 (recipe 2); CHW image."""
+def _work(image, mask, key, mean, std, recipe: int):
+    """The paired flip at the native size, normalized here (recipe 1) or left uint8 (recipe 2); CHW image; the
+    sample's key along."""
     import torch
 
     if isinstance(image, torch.Tensor):  # LitData decodes JPEG with torchvision where it exists: CHW uint8
@@ -75,7 +77,7 @@ def _work(image, mask, mean, std, recipe: int):
         image, mask = image[:, ::-1], mask[:, ::-1]
     if recipe == 1:
         image = (image.astype(np.float32) - mean) / std
-    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64))
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)), key
 
 
 class _LitTransform:
@@ -83,15 +85,25 @@ class _LitTransform:
         self.mean, self.std, self.recipe = mean, std, recipe
 
     def __call__(self, sample):
-        return _work(sample["image"], sample["mask"], self.mean, self.std, self.recipe)
+        return _work(sample["image"], sample["mask"], sample["key"], self.mean, self.std, self.recipe)
 
 
-def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
-    """The peer's own loader, built once; shuffled; persistent workers; pinned memory when a GPU takes the batch."""
+def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
+    """The peer's own loader, built once; shuffled; persistent workers; pinned memory when a GPU takes the batch.
+    `folder` may be an s3:// URL: each peer then streams it into an empty cache of its own (AWS_ENDPOINT_URL, where
+    set, names the S3-compatible server, as for fastseg)."""
+    import os
+    import tempfile
+
+    remote = str(folder).startswith("s3://")
+    cache = tempfile.mkdtemp(prefix=f"{kind}-cache-") if remote else None
+    endpoint = os.environ.get("AWS_ENDPOINT_URL") if remote else None
     if kind == "litdata":
         import litdata
 
-        dataset = litdata.StreamingDataset(str(folder), shuffle=True, transform=_LitTransform(mean, std, recipe))
+        options = {"storage_options": {"endpoint_url": endpoint}} if endpoint else {}
+        dataset = litdata.StreamingDataset(str(folder), cache_dir=cache, shuffle=True,
+                                           transform=_LitTransform(mean, std, recipe), **options)
         return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=pin)
     import streaming
@@ -102,9 +114,12 @@ def loader(kind: str, folder: Path, mean, std, batch_size: int, workers: int, re
     class Segmentation(streaming.StreamingDataset):
         def __getitem__(self, index):
             sample = super().__getitem__(index)
-            return _work(sample["image"], sample["mask"], mean, std, recipe)
+            return _work(sample["image"], sample["mask"], sample["key"], mean, std, recipe)
 
-    dataset = Segmentation(local=str(folder), shuffle=True, batch_size=batch_size)
+    if endpoint:
+        os.environ["S3_ENDPOINT_URL"] = endpoint  # Mosaic's name for it
+    where = {"remote": str(folder), "local": cache} if remote else {"local": str(folder)}
+    dataset = Segmentation(**where, shuffle=True, batch_size=batch_size)
     return streaming.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                          persistent_workers=workers > 0, pin_memory=pin)
 

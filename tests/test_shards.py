@@ -365,3 +365,14 @@ def test_real_davis_and_camvid(tmp_path):
     manifest = shard(camvid, tmp_path / "camvid", ShardOptions(classes=classes, ignore_value=11, **QUIET))
     assert (manifest.splits["train"].samples, manifest.splits["val"].samples) == (367, 101)
     assert manifest.num_classes == 11 and manifest.class_pixels["road"] > manifest.class_pixels["bicyclist"]
+
+
+def test_mask_png_is_a_plain_grayscale_png():
+    # the sharder's own mask encoder: what Pillow (torch loader) and DALI's decoder read back, value for value
+    from fastseg.shards.writer import encode_mask_png
+
+    indices = np.random.default_rng(0).integers(0, 256, (7, 13), dtype=np.uint8)
+    indices[:, :4] = 255  # runs, as label maps have
+    decoded = Image.open(io.BytesIO(encode_mask_png(indices)))
+    assert decoded.mode == "L" and decoded.size == (13, 7)
+    assert np.array_equal(np.asarray(decoded), indices)

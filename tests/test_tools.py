@@ -76,6 +76,9 @@ def test_loader_bench_runs_the_webdataset_peer(tmp_path):
         assert figures["samples_per_s"] > 0
         assert all(r > 0 for r in figures["round_samples_per_s"])
         assert figures["batch"] == [[4, 3, 32, 48], "torch.float32", [4, 32, 48], "torch.int64"]  # the contract
+        assert figures["cold_epoch_seconds"] > 0 and figures["cold_epoch_samples_per_s"] > 0
+    ratios = [report["runs"][0]["loaders"][name]["vs_best_peer"] for name in ("webdataset_r1", "webdataset_r2")]
+    assert max(ratios) == 1.0 and min(ratios) < 1.0
 
 
 def peer_python() -> str:
@@ -107,6 +110,28 @@ def test_loader_bench_runs_litdata_and_mosaic(tmp_path):
     for kind in ("litdata", "mosaic"):
         assert report["peers"]["conversion"][kind]["samples"] == 12 and report["peers"]["versions"][
             "mosaicml-streaming" if kind == "mosaic" else kind]
+
+
+def test_properties_are_checked_for_every_loader(tmp_path):
+    # with the peers installed only: each check starts several processes per loader
+    from .conftest import make_dataset
+
+    python = peer_python()
+    data = make_dataset(tmp_path / "data", count=40, size=(48, 32), mask="index", classes=3)
+    shard(data, tmp_path / "shards", ShardOptions(val_fraction=0, max_count=10, progress=False, workers=2))
+    out = tmp_path / "properties.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/properties.py"), "--shards",
+                             str(tmp_path / "shards"), "--peer-python", python, "--json", str(out)],
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-2000:]
+    loaders = json.loads(out.read_text())["loaders"]
+    assert list(loaders) == ["dali", "torch", "webdataset", "litdata", "mosaic"]
+    for kind in ("dali", "torch"):  # fastseg's own claims hold
+        assert all(check["ok"] for check in loaders[kind].values()), loaders[kind]
+        assert "error" in loaders[kind]["truncated shard"]["what"]
+    assert not loaders["webdataset"]["exact resume"]["ok"]  # no loader state to save
+    for checks in loaders.values():
+        assert set(checks) == {"exact resume", "2 ranks", "truncated shard"}
 
 
 def test_train_bench_runs_both_paths(tmp_path):

@@ -103,10 +103,11 @@ class Normalize:
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
 
     def __call__(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """Into a new tensor, or into `out` (float32, the images' shape)."""
+        """Into a new tensor, or into `out` (float32, the images' shape): copied in first, since an op that promotes
+        uint8 to float into `out` makes a float temporary of the input, the allocation `out` is there to avoid."""
         if out is None:
             return images.float().sub_(self.mean).div_(self.std)
-        return torch.sub(images, self.mean, out=out).div_(self.std)
+        return out.copy_(images).sub_(self.mean).div_(self.std)
 
 
 def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:

@@ -59,11 +59,14 @@ class MaskSpec:
             table[self.ignore_value] = IGNORE_INDEX
         return table
 
-    def convert(self, mask: Image.Image, where: str) -> np.ndarray:
+    def convert(self, mask: Image.Image, where: str) -> tuple[np.ndarray, np.ndarray]:
+        """The mask as uint8 class indices, and how many pixels each stored value (256 bins) has."""
         if self.kind == "rgb":
             return self._convert_rgb(mask, where)
         values = _index_array(mask, where)
-        counts = np.bincount(values.ravel(), minlength=256)  # far cheaper than np.unique's sort
+        # Pillow counts L and P pixels in C; either way far cheaper than np.unique's sort
+        counts = (np.array(mask.histogram()[:256]) if mask.mode in ("L", "P")
+                  else np.bincount(values.ravel(), minlength=256))
         distinct = np.nonzero(counts)[0]
         if self.kind == "binary" and not set(distinct.tolist()) <= {0, 255}:
             raise FastsegError(f"{where}: values {_short(distinct)} in a binary 0/255 mask dataset")
@@ -78,18 +81,20 @@ class MaskSpec:
                 f"{where}: values {_short(unknown)} are not among the {len(self.names)} classes of --classes; "
                 "add them to the class file or fix the mask"
             )
-        return lut.astype(np.uint8)[values]
+        stored = np.bincount(lut[distinct], weights=counts[distinct], minlength=256).astype(np.int64)
+        return np.take(lut.astype(np.uint8), values), stored
 
-    def _convert_rgb(self, mask: Image.Image, where: str) -> np.ndarray:
+    def _convert_rgb(self, mask: Image.Image, where: str) -> tuple[np.ndarray, np.ndarray]:
         rgb = np.asarray(mask.convert("RGB"))
         codes = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
-        distinct, inverse = np.unique(codes, return_inverse=True)
+        distinct, inverse, counts = np.unique(codes, return_inverse=True, return_counts=True)
         table = {_code(c): i for i, c in enumerate(self.colors)}
         ids = np.array([table.get(int(c), _UNKNOWN) for c in distinct], np.int16)
         if (ids == _UNKNOWN).any():
             bad = [_rgb(int(c)) for c in distinct[ids == _UNKNOWN]]
             raise FastsegError(f"{where}: colours {_short(bad)} are not in the class table; add them to --classes")
-        return ids[inverse.reshape(codes.shape)].astype(np.uint8)
+        stored = np.bincount(ids, weights=counts, minlength=256).astype(np.int64)
+        return ids[inverse.reshape(codes.shape)].astype(np.uint8), stored
 
     def classes(self, present: np.ndarray) -> list[ClassInfo]:
         """The final class list; `present` is a 256-bin histogram of stored values over the whole dataset."""

@@ -12,9 +12,11 @@ import os
 import random
 import shutil
 import signal
+import struct
 import tarfile
 import tempfile
 import time
+import zlib
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -76,11 +78,26 @@ class Encoded:
     class_hist: np.ndarray  # 256 bins of stored mask values
 
 
-def _encode_png(array_or_image, level: int = 3) -> bytes:
-    image = array_or_image if isinstance(array_or_image, Image.Image) else Image.fromarray(array_or_image)
+def _encode_png(image: Image.Image, level: int = 3) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=level)
     return out.getvalue()
+
+
+def encode_mask_png(indices: np.ndarray) -> bytes:
+    """An 8-bit grayscale PNG of a class-index mask: each row unfiltered, then zlib level 1. Pillow tries all five
+    PNG row filters on every row (adaptive filtering), which on label maps takes twice as long as this (~2 ms
+    against ~1 ms a 854x480 mask) for a slightly larger file."""
+    height, width = indices.shape
+    rows = np.zeros((height, width + 1), np.uint8)  # each row starts with its filter type: 0, none
+    rows[:, 1:] = indices
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+            + chunk(b"IEND", b""))
 
 
 def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
@@ -112,14 +129,14 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Enc
             raise SizeMismatch(f"{pair.image} is {image.size[0]}x{image.size[1]} but {pair.mask} is "
                                f"{mask.size[0]}x{mask.size[1]}")
         mask = mask.resize(image.size, Image.NEAREST)
-    indices = spec.convert(mask, str(pair.mask))
-    # mean/std need no more than every 4th pixel each way: 1/16 of the histogram work, same statistics
-    pixels = np.asarray(image)[::4, ::4].reshape(-1, 1 if image.mode == "L" else 3)
-    hist = np.stack([np.bincount(pixels[:, min(c, pixels.shape[1] - 1)], minlength=256) for c in range(3)])
+    indices, stored = spec.convert(mask, str(pair.mask))
+    # every pixel counted, in C; a grayscale image counts as its value in all three channels
+    hist = np.array(image.histogram(), np.int64).reshape(-1, 256)
+    hist = np.repeat(hist, 3, axis=0) if image.mode == "L" else hist[:3]
     meta = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "width": image.size[0],
             "height": image.size[1]}
-    members = {image_ext: image_bytes, "mask.png": _encode_png(indices, level=1), "json": json.dumps(meta).encode()}
-    return Encoded(pair.key, members, image.size, hist, np.bincount(indices.ravel(), minlength=256))
+    members = {image_ext: image_bytes, "mask.png": encode_mask_png(indices), "json": json.dumps(meta).encode()}
+    return Encoded(pair.key, members, image.size, hist, stored)
 
 
 class SizeMismatch(FastsegError):
