@@ -215,8 +215,9 @@ def report(result: dict, json_path: Path | None) -> None:
     if "peers" in result:
         work = {"fastseg-shard": "decodes and checks every image and mask, converts masks to class ids (PNG), "
                                  "takes mean/std and class counts, writes tars + DALI indexes + manifest",
-                "litdata": "optimize(): JPEG bytes kept, masks as raw pixels",
-                "mosaic": "MDSWriter (one process): JPEG bytes kept, masks re-encoded as PNG"}
+                "litdata": "optimize(): JPEG bytes kept; PNG images and masks stored as raw pixels",
+                "mosaic": "MDSWriter (one process): JPEG bytes kept (PNG images re-encoded as PNG), masks re-encoded "
+                          "as PNG"}
         lines += ["", "Conversion of the train split's source files, each tool with its own writer:", "",
                   "| tool | processes | seconds | samples/s | size on disk | peak memory | work per sample |",
                   "|---|---:|---:|---:|---:|---:|---|"]

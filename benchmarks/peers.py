@@ -3,8 +3,8 @@ loader_bench.py's loaders (which runs them through `--loaders litdata_r1 mosaic_
 
 - LitData: `litdata.optimize()` with PIL values (JPEG kept as its file bytes, the mask as raw pixels), then
   `StreamingDataset(transform=…)` + `StreamingDataLoader`;
-- MosaicML Streaming: `MDSWriter(columns={"image": "jpeg", "mask": "png"})` (the JPEG's file bytes kept as they are,
-  the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does the work + `StreamingDataLoader`;
+- MosaicML Streaming: `MDSWriter(columns={"image": "jpeg" (or "png" for PNG sources), "mask": "png"})` (a JPEG's file
+  bytes kept as they are, a PNG image and the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does the work + `StreamingDataLoader`;
 - webdataset's own pipeline over fastseg's shards: measure.webdataset_loader.
 
 They are benchmark-only dependencies and pin what fastseg does not (Mosaic: numpy < 2.2; both: torchvision), so they
@@ -52,7 +52,9 @@ def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) ->
         from PIL import Image
         from streaming import MDSWriter
 
-        columns = {"image": "jpeg", "mask": "png", "key": "str"}
+        # the image column by what the sources are: "jpeg" keeps a JPEG's bytes; a PNG source stays lossless PNG
+        jpeg = all(Path(image).suffix.lower() in (".jpg", ".jpeg") for image, _ in pairs)
+        columns = {"image": "jpeg" if jpeg else "png", "mask": "png", "key": "str"}
         with MDSWriter(out=str(out), columns=columns, size_limit="64mb") as writer:
             for image, mask in pairs:
                 writer.write({"image": Image.open(image), "mask": Image.open(mask), "key": Path(image).stem})
@@ -99,6 +101,8 @@ def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: 
     cache = tempfile.mkdtemp(prefix=f"{kind}-cache-") if remote else None
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if remote else None
     if kind == "litdata":
+        # (LitData 0.2.76 fetches chunks through obstore, which refuses a plain-http endpoint such as a local test
+        # server's: "BadScheme"; neither storage_options nor AWS_ALLOW_HTTP reach its client options)
         import litdata
 
         options = {"storage_options": {"endpoint_url": endpoint}} if endpoint else {}
@@ -125,7 +129,8 @@ def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: 
 
 
 # what decodes what, in each peer's idiomatic path (LitData uses torchvision for JPEG where it is installed)
-DECODERS = {"litdata": "JPEG: torchvision.io.decode_jpeg; mask: stored as raw pixels by LitData's PIL serializer",
+DECODERS = {"litdata": "JPEG: torchvision.io.decode_jpeg; PNG images and masks: stored as raw pixels by LitData's "
+                       "PIL serializer (nothing to decode)",
             "mosaic": "JPEG and PNG: Pillow (MDS 'jpeg' and 'png' columns)",
             "webdataset": "JPEG and PNG: Pillow (.decode('pil'))"}
 
