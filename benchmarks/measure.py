@@ -60,12 +60,15 @@ def run_child(argv: list[str], timeout: float = 1800, python: str | None = None,
     """Run a Python child (this interpreter, or `python`; this environment, or `env`) that prints one JSON object as
     its last stdout line; return it with the tree's figures."""
     start = time.perf_counter()
-    proc = subprocess.Popen([python or sys.executable, *argv], stdout=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen([python or sys.executable, *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
     with TreeMonitor(proc.pid) as monitor:
-        out, _ = proc.communicate(timeout=timeout)
+        out, err = proc.communicate(timeout=timeout)
     wall = time.perf_counter() - start
     if proc.returncode:
-        raise RuntimeError(f"{' '.join(argv)} exited with {proc.returncode}")
+        sys.stderr.write(err)
+        last = next((line.strip() for line in reversed(err.splitlines()) if line.strip()), "")
+        raise RuntimeError(f"{Path(argv[0]).name} {' '.join(argv[1:3])} exited with {proc.returncode}: {last[:400]}")
     return json.loads(out.strip().splitlines()[-1]), monitor, wall
 
 
