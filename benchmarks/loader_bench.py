@@ -52,6 +52,8 @@ from measure import (  # noqa: E402
     webdataset_loader,
 )
 
+import peers  # noqa: E402
+
 from fastseg.storage import is_remote, join, location  # noqa: E402
 
 # name -> (backend, device); vanilla is the tutorial recipe (measure.vanilla_loader)
@@ -64,9 +66,9 @@ LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("t
            "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu"),
            # on a GPU: recipe 2 with the uint8 batch moved (pinned, non-blocking) and normalized there, as timm's
            # PrefetchLoader does; beside dali_gpu and torch_gpu
-           "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"), "mosaic_gpu": ("mosaic", "cuda")}
-PEER_GPU_LOADERS = ["dali_gpu", "torch_gpu", "webdataset_gpu", "litdata_gpu", "mosaic_gpu"]
-PEER_FORMATS = ("litdata", "mosaic")  # converted once per benchmark run, before any loader runs
+           "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"),
+           "mosaic_gpu": ("mosaic", "cuda")}
+PEER_FORMATS = peers.FORMATS  # converted once per benchmark run, before any loader runs
 PEERS = ("webdataset", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
@@ -150,8 +152,6 @@ def child(args) -> None:
         peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
         loader = WebdatasetEpochs(peer, mean, std, recipe, device)
     elif backend in PEER_FORMATS:
-        import peers
-
         loader = WebdatasetEpochs(peers.loader(backend, peer_folder, mean, std, args.batch_size,
                                                args.workers, recipe, pin=device == "cuda"), mean, std, recipe, device)
     else:

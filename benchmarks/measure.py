@@ -222,6 +222,24 @@ def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, wo
     return found
 
 
+def peer_sample(image, mask, key, mean, std, recipe: int):
+    """Every peer's per-sample work: the paired flip at the native size, normalized here (recipe 1) or left uint8
+    (recipe 2); a CHW image tensor, an int64 mask, the sample's key. `image` is a PIL image, an array, or the CHW
+    uint8 tensor LitData's torchvision decoder returns."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        image = image.permute(1, 2, 0).numpy()
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if np.random.rand() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if recipe == 1:
+        image = (image.astype(np.float32) - mean) / std
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)), key
+
+
 def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False,
                       ranks: bool = False):
     """webdataset's own pipeline over fastseg's shards (they are WebDataset tars): shard shuffle, a sample shuffle
@@ -230,18 +248,11 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
     (timm's and fastseg's way), see `WebdatasetEpochs`. webdataset splits work by shard: give it at least as many
     train shards as workers (and, with `ranks`, shards split by torch.distributed rank too). Each sample keeps its
     key."""
-    import torch
     import webdataset as wds
 
     def sample(item):
-        image = np.asarray(item["image.jpg"] if "image.jpg" in item else item["image.png"])
-        mask = np.asarray(item["mask.png"])
-        if np.random.rand() < 0.5:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if recipe == 1:
-            image = (image.astype(np.float32) - mean) / std
-        return (torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)),
-                item["__key__"])
+        image = item["image.jpg"] if "image.jpg" in item else item["image.png"]
+        return peer_sample(image, item["mask.png"], item["__key__"], mean, std, recipe)
 
     from PIL import Image
 

@@ -1,10 +1,11 @@
 """The loaders users would pick instead of fastseg, each in its own idiom, on the same samples and the same work as
 loader_bench.py's loaders (which runs them through `--loaders litdata_r1 mosaic_r2 …`):
 
-- LitData: `litdata.optimize()` with PIL values (JPEG kept as its file bytes, the mask as raw pixels), then
-  `StreamingDataset(transform=…)` + `StreamingDataLoader`;
-- MosaicML Streaming: `MDSWriter(columns={"image": "jpeg" (or "png" for PNG sources), "mask": "png"})` (a JPEG's file
-  bytes kept as they are, a PNG image and the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does the work + `StreamingDataLoader`;
+- LitData: `litdata.optimize()` with PIL values (a JPEG kept as its file bytes, PNG images and masks as raw pixels),
+  then `StreamingDataset(transform=…)` + `StreamingDataLoader`;
+- MosaicML Streaming: `MDSWriter(columns={"image": "jpeg" (or "png" for PNG sources), "mask": "png"})` (a JPEG's
+  file bytes kept, a PNG image and the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does
+  the work + `StreamingDataLoader`;
 - webdataset's own pipeline over fastseg's shards: measure.webdataset_loader.
 
 They are benchmark-only dependencies and pin what fastseg does not (Mosaic: numpy < 2.2; both: torchvision), so they
@@ -25,10 +26,10 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import train_pairs  # noqa: E402
+from measure import peer_sample, train_pairs  # noqa: E402
+
+FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once per benchmark run
 
 
 def _litdata_sample(pair):
@@ -65,29 +66,12 @@ def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) ->
             "bytes_on_disk": size, "processes": processes}
 
 
-def _work(image, mask, key, mean, std, recipe: int):
-    """The paired flip at the native size, normalized here (recipe 1) or left uint8 (recipe 2); CHW image; the
-    sample's key along."""
-    import torch
-
-    if isinstance(image, torch.Tensor):  # LitData decodes JPEG with torchvision where it exists: CHW uint8
-        image = image.permute(1, 2, 0).numpy()
-    image, mask = np.asarray(image), np.asarray(mask)
-    if image.ndim == 2:
-        image = np.repeat(image[..., None], 3, axis=2)
-    if np.random.rand() < 0.5:
-        image, mask = image[:, ::-1], mask[:, ::-1]
-    if recipe == 1:
-        image = (image.astype(np.float32) - mean) / std
-    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)), key
-
-
 class _LitTransform:
     def __init__(self, mean, std, recipe):
         self.mean, self.std, self.recipe = mean, std, recipe
 
     def __call__(self, sample):
-        return _work(sample["image"], sample["mask"], sample["key"], self.mean, self.std, self.recipe)
+        return peer_sample(sample["image"], sample["mask"], sample["key"], self.mean, self.std, self.recipe)
 
 
 def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
@@ -118,7 +102,7 @@ def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: 
     class Segmentation(streaming.StreamingDataset):
         def __getitem__(self, index):
             sample = super().__getitem__(index)
-            return _work(sample["image"], sample["mask"], sample["key"], mean, std, recipe)
+            return peer_sample(sample["image"], sample["mask"], sample["key"], mean, std, recipe)
 
     if endpoint:
         os.environ["S3_ENDPOINT_URL"] = endpoint  # Mosaic's name for it
@@ -151,7 +135,7 @@ def versions() -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["convert", "versions"])
-    p.add_argument("kind", nargs="?", choices=["litdata", "mosaic"])
+    p.add_argument("kind", nargs="?", choices=FORMATS)
     p.add_argument("--shards", help="the fastseg set whose train split gives the source files")
     p.add_argument("--out", type=Path)
     p.add_argument("--workers", type=int, default=1)

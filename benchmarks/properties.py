@@ -28,9 +28,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import convert_peers, host, publish  # noqa: E402
+from peers import FORMATS as PEER_FORMATS  # noqa: E402
 
-KINDS = ("dali", "torch", "webdataset", "litdata", "mosaic")
-PEER_FORMATS = ("litdata", "mosaic")
+KINDS = ("dali", "torch", "webdataset", *PEER_FORMATS)
 BATCH, RESUME_AT, LIMIT_S = 8, 3, 120
 
 
