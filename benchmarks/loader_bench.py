@@ -340,10 +340,10 @@ def main() -> int:
         mb_per_sample = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6 / len(pairs)
         if args.size is None:
             from fastseg.format import load_manifest
-            from fastseg.loading.contract import resolve_size
+            from fastseg.loading import native_size
 
             try:
-                args.size = list(resolve_size(load_manifest(args.shards), "train", None))
+                args.size = list(native_size(load_manifest(args.shards), "train"))
             except Exception:
                 p.error("the train split has images of several sizes: give --size H W")
         decode = decode_rate(pairs, args.rounds, args.min_seconds)

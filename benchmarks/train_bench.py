@@ -28,7 +28,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import default_dataset, host, publish, train_pairs, vanilla_loader  # noqa: E402
 
-AUTOCAST = {"32-true": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+from fastseg.training.model import PRECISION_DTYPES  # noqa: E402
 
 
 def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, flops: int, peak) -> dict:
@@ -40,7 +40,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
 
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if cuda else None)
-    dtype = AUTOCAST[precision]
+    dtype = PRECISION_DTYPES[precision]
     scaler = torch.amp.GradScaler(enabled=precision == "16-mixed")
     wait = images = 0.0
     batches = iter(())
@@ -59,7 +59,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
         if cuda:  # fastseg's loaders hand it over channels-last already (a no-op); the vanilla batch is copied
             image = image.contiguous(memory_format=torch.channels_last)
         wait += time.perf_counter() - fetch
-        with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"), enabled=dtype is not None):
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype != torch.float32):
             loss = segmentation_loss(model(image), mask)
         optimizer.zero_grad(set_to_none=True)
         scaler.scale(loss).backward()
@@ -107,7 +107,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
-    p.add_argument("--precision", default=None, choices=sorted(AUTOCAST))
+    p.add_argument("--precision", default=None, choices=sorted(PRECISION_DTYPES))
     p.add_argument("--loaders", nargs="+", default=["vanilla", "torch", "dali"], choices=["vanilla", "torch", "dali"])
     p.add_argument("--paths", nargs="+", default=["plain", "fastseg-train"], choices=["plain", "fastseg-train"])
     p.add_argument("--sweep", type=int, nargs="*", help="batch sizes for the DALI loader (GPU default: 16 32 64)")

@@ -99,9 +99,9 @@ def test_speed_options_train_like_the_plain_path(option):
 
 @pytest.mark.slow
 def test_compile_trains_like_the_plain_path():
-    compiled = module(compile=True)
+    compiled = module(compile_model=True)
     assert_same_step(compiled, module())
-    compiled = module(compile=True)
+    compiled = module(compile_model=True)
     assert losses_after_steps(compiled, steps=3) == pytest.approx(losses_after_steps(module(), steps=3),
                                                                   rel=LOSS_TOLERANCE)
     assert compiled.model._compiled_call_impl is not None

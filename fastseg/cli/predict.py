@@ -10,7 +10,8 @@ import torch
 from PIL import Image, ImageOps
 
 from ..errors import FastsegError
-from ..loading.contract import BACKENDS, Normalize
+from ..loading.config import BACKENDS
+from ..loading.contract import Normalize
 from ..shards.pairs import IMAGE_SUFFIXES
 from ..storage import location
 from . import run_cli

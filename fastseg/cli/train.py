@@ -4,22 +4,20 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import FastsegError
 from ..format import Manifest, ShardSet, open_set
-from ..loading.contract import AUGMENTS, BACKENDS
+from ..loading.config import AUGMENTS, BACKENDS, LoaderConfig, default_workers
 from ..storage import location
+from ..training.model import PRECISION_DTYPES
 from . import run_cli
-
-PRECISIONS = ("32-true", "16-mixed", "bf16-mixed")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
-    p.add_argument("--precision", choices=PRECISIONS,
+    p.add_argument("--precision", choices=tuple(PRECISION_DTYPES),
                    help="default 16-mixed on GPU, 32-true on CPU (fp16 needs a GPU; bf16-mixed runs on CPU)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
                    help="channels-last memory format for the model and batches (default: on for GPU)")
@@ -68,15 +66,27 @@ def build_parser() -> argparse.ArgumentParser:
 class RunConfig:
     """Everything a run needs, resolved and checked once, before a process is started or a step taken."""
 
-    args: argparse.Namespace  # the flags as given
     shard_set: ShardSet  # the set, its manifest read once here and handed down to every loader
-    size: tuple[int, int]
+    loader: LoaderConfig  # the training loader's options, decided for the training split
+    train_split: str
+    val_split: str
+    out: Path
+    epochs: int
+    lr: float
+    weight_decay: float
+    dice_weight: float
+    width: int
+    compile_model: bool  # torch.compile the UNet
     accelerator: str  # "gpu" or "cpu"
+    devices: int
+    num_nodes: int
     precision: str
     resume: str | None  # the checkpoint to resume from
-    workers: int
-    channels_last: bool
+    resume_flag: str | None  # --resume as given ("auto" may have found nothing)
+    overwrite: bool
     log_every: int
+    checkpoint_every: int | None
+    log_batch_keys: bool
 
     @property
     def manifest(self) -> Manifest:
@@ -86,10 +96,23 @@ class RunConfig:
     def device(self) -> torch.device:
         return torch.device("cuda" if self.accelerator == "gpu" else "cpu")
 
+    @property
+    def ranks(self) -> int:
+        return self.devices * self.num_nodes
+
+    def as_json(self, world_size: int) -> dict:
+        """config.json: the run as resolved, one flat object."""
+        fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()
+                  if k not in ("shard_set", "loader")}
+        loader = {k: v for k, v in asdict(self.loader).items() if k != "backend"}
+        return {"shards": str(self.shard_set.root), "loader": self.loader.backend, **loader,
+                "image_size": list(self.loader.size), **fields, "world_size": world_size,
+                "resumed_from": self.resume}
+
 
 def resolve(args) -> RunConfig:
     """Check everything that can be checked before a process is started or a step taken."""
-    from ..loading.contract import batches_per_epoch, resolve_size
+    from ..loading.contract import batches_per_epoch
     from ..loading.datamodule import check_resumable
     from ..training.checkpoints import datamodule_state
     from ..training.model import check_size
@@ -100,8 +123,6 @@ def resolve(args) -> RunConfig:
         if split not in manifest.splits:
             raise FastsegError(f"no split {split!r} in {args.shards} (it has: {', '.join(manifest.splits)}); "
                                f"choose one with {flag}")
-    size = resolve_size(manifest, args.split, tuple(args.image_size) if args.image_size else None)
-    check_size(*size)
     gpus = torch.cuda.device_count()
     accelerator = args.accelerator if args.accelerator != "auto" else ("gpu" if gpus else "cpu")
     if accelerator == "gpu" and args.devices > gpus:
@@ -114,6 +135,13 @@ def resolve(args) -> RunConfig:
     precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
     if accelerator == "cpu" and precision == "16-mixed":
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
+    loader = LoaderConfig(
+        backend=args.loader, batch_size=args.batch_size, size=tuple(args.image_size) if args.image_size else None,
+        augment=args.augment, seed=args.seed, checksums=not args.no_checksums, return_keys=args.log_batch_keys,
+        workers=default_workers(args.devices) if args.workers is None else args.workers,
+        channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
+    ).for_split(manifest, args.split, training=True)
+    check_size(*loader.size)
     ranks = args.devices * args.num_nodes
     resume = args.resume
     if resume and args.overwrite:
@@ -126,13 +154,17 @@ def resolve(args) -> RunConfig:
     if resume:
         state = datamodule_state(Path(resume))
         if state:
-            check_resumable(state, ranks, args.batch_size, args.loader, args.augment, args.seed)
-    workers = args.workers if args.workers is not None else max(1, (os.cpu_count() or 1) // args.devices)
+            check_resumable(state, ranks, loader)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
     steps = batches_per_epoch(manifest.splits[args.split].samples, ranks, args.batch_size)
-    return RunConfig(args=args, shard_set=shard_set, size=size, accelerator=accelerator, precision=precision,
-                     resume=resume, workers=workers, log_every=min(args.log_every, steps),
-                     channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last)
+    return RunConfig(
+        shard_set=shard_set, loader=loader, train_split=args.split, val_split=args.val_split, out=args.out,
+        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, dice_weight=args.dice_weight,
+        width=args.width, compile_model=args.compile, accelerator=accelerator, devices=args.devices,
+        num_nodes=args.num_nodes, precision=precision, resume=resume, resume_flag=args.resume,
+        overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
+        log_batch_keys=args.log_batch_keys,
+    )
 
 
 class NoAdvert(logging.Filter):
@@ -178,12 +210,12 @@ def main(argv: list[str] | None = None) -> int:
     import pytorch_lightning as pl
 
     quiet_lightning()
-    pl.seed_everything(run.args.seed, workers=True, verbose=False)
+    pl.seed_everything(run.loader.seed, workers=True, verbose=False)
     data, module = datamodule(run), segmodule(run)
     callbacks, checkpoints, meter = make_callbacks(run)
     trainer = make_trainer(run, callbacks, profiler=meter.timer)
     if trainer.is_global_zero:
-        claim_out(run.args.out, run.args.resume, run.resume, run.args.overwrite)
+        claim_out(run.out, run.resume_flag, run.resume, run.overwrite)
         write_config(run, trainer.world_size)
     trainer.fit(module, datamodule=data, ckpt_path=run.resume)
     if trainer.is_global_zero and module.last_scores is not None:
@@ -194,21 +226,18 @@ def main(argv: list[str] | None = None) -> int:
 def datamodule(run: RunConfig):
     from ..loading.datamodule import SegDataModule
 
-    a = run.args
-    return SegDataModule(run.shard_set, backend=a.loader, batch_size=a.batch_size, size=run.size,
-                         workers=run.workers, seed=a.seed, augment=a.augment, train_split=a.split,
-                         val_split=a.val_split, checksums=not a.no_checksums, return_keys=a.log_batch_keys,
-                         channels_last=run.channels_last)
+    return SegDataModule(run.shard_set, run.loader, train_split=run.train_split, val_split=run.val_split,
+                         resume_checked=True)
 
 
 def segmodule(run: RunConfig):
     from ..training.module import SegModule
 
-    a, manifest = run.args, run.manifest
+    manifest = run.manifest
     return SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
-                     mean=manifest.mean, std=manifest.std, image_size=run.size, width=a.width, lr=a.lr,
-                     weight_decay=a.weight_decay, epochs=a.epochs, dice_weight=a.dice_weight,
-                     ignore_index=manifest.ignore_index, channels_last=run.channels_last, compile=a.compile)
+                     mean=manifest.mean, std=manifest.std, image_size=run.loader.size, width=run.width, lr=run.lr,
+                     weight_decay=run.weight_decay, epochs=run.epochs, dice_weight=run.dice_weight,
+                     channels_last=run.loader.channels_last, compile_model=run.compile_model)
 
 
 def make_callbacks(run: RunConfig):
@@ -220,19 +249,19 @@ def make_callbacks(run: RunConfig):
     from ..training.losses import out_channels
     from ..training.meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
 
-    a, folder = run.args, run.args.out / "checkpoints"
+    folder = run.out / "checkpoints"
     checkpoints = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_miou", mode="max",
                                   enable_version_counter=False)
     # Lightning's save_last refreshes last.ckpt only when a better best.ckpt is saved; resume needs every epoch
     callbacks = [checkpoints, ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False)]
-    if a.checkpoint_every:
+    if run.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False,
-                                         every_n_train_steps=a.checkpoint_every, save_on_train_epoch_end=False))
-    flops = flops_per_image(out_channels(run.manifest.num_classes), a.width, run.size)
+                                         every_n_train_steps=run.checkpoint_every, save_on_train_epoch_end=False))
+    flops = flops_per_image(out_channels(run.manifest.num_classes), run.width, run.loader.size)
     meter = ThroughputMeter(FetchTimer(), flops, peak_flops(run.device, run.precision))
-    callbacks += [meter, PreviewWriter(a.out / "previews"), TQDMProgressBar(refresh_rate=run.log_every)]
-    if a.log_batch_keys:
-        callbacks.append(BatchKeyLog(a.out / "batches"))
+    callbacks += [meter, PreviewWriter(run.out / "previews"), TQDMProgressBar(refresh_rate=run.log_every)]
+    if run.log_batch_keys:
+        callbacks.append(BatchKeyLog(run.out / "batches"))
     return callbacks, checkpoints, meter
 
 
@@ -242,25 +271,19 @@ def make_trainer(run: RunConfig, callbacks: list, profiler):
 
     from ..training.checkpoints import AtomicCheckpointIO
 
-    a = run.args
     return pl.Trainer(
-        accelerator=run.accelerator, devices=a.devices, num_nodes=a.num_nodes,
-        strategy="ddp" if a.devices * a.num_nodes > 1 else "auto", precision=run.precision,
-        max_epochs=a.epochs, default_root_dir=a.out, use_distributed_sampler=False,
-        logger=[TensorBoardLogger(a.out / "logs", name="tensorboard"), CSVLogger(a.out / "logs", name="csv")],
+        accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
+        strategy="ddp" if run.ranks > 1 else "auto", precision=run.precision,
+        max_epochs=run.epochs, default_root_dir=run.out, use_distributed_sampler=False,
+        logger=[TensorBoardLogger(run.out / "logs", name="tensorboard"), CSVLogger(run.out / "logs", name="csv")],
         callbacks=callbacks, log_every_n_steps=run.log_every, enable_model_summary=False,
         benchmark=run.accelerator == "gpu", profiler=profiler, plugins=[AtomicCheckpointIO()],
     )
 
 
 def write_config(run: RunConfig, world_size: int) -> None:
-    out = run.args.out
-    out.mkdir(parents=True, exist_ok=True)
-    config = {k: str(v) if isinstance(v, Path) else v for k, v in vars(run.args).items()}
-    config.update(image_size=list(run.size), accelerator=run.accelerator, precision=run.precision,
-                  channels_last=run.channels_last, workers=run.workers, world_size=world_size,
-                  resumed_from=run.resume)
-    (out / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "config.json").write_text(json.dumps(run.as_json(world_size), indent=2) + "\n")
 
 
 def report(run: RunConfig, module, trainer, checkpoints, meter) -> None:
@@ -270,8 +293,9 @@ def report(run: RunConfig, module, trainer, checkpoints, meter) -> None:
     found = metrics_report(module.last_scores, module.hparams.class_names)
     found.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
     if meter.epochs:
-        found["throughput"] = meter.report(run.args.loader, run.workers, run.accelerator, run.args.augment)
-    write_report(run.args.out / "metrics.json", found)
+        found["throughput"] = meter.report(run.loader.backend, run.loader.workers, run.accelerator,
+                                           run.loader.augment)
+    write_report(run.out / "metrics.json", found)
     if meter.epochs:
         print(f"throughput: {found['throughput']['verdict']}")
 

@@ -19,13 +19,7 @@ import torch
 
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX, Manifest
-
-# none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
-# native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
-# flipped through the same window.
-AUGMENTS = ("none", "flip", "crop")
-BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
-
+from .config import LoaderConfig
 
 def batches_per_epoch(samples: int, world_size: int, batch_size: int) -> int:
     """Every rank takes as many batches as the longest rank slice needs."""
@@ -41,19 +35,19 @@ class LoaderPlan:
     split: str
     shards: list[str]  # paths, or s3:// URLs
     indexes: list[Path]  # the DALI index of each shard, on local disk
-    batch_size: int
-    size: tuple[int, int]  # (height, width)
-    augment: str  # one of AUGMENTS
-    scale: tuple[float, float]
-    vflip: bool
+    config: LoaderConfig  # every option decided for this split (LoaderConfig.for_split)
     rank: int
     world_size: int
-    seed: int
-    workers: int  # DALI threads (at least 1), or the torch loader's worker processes (0: load in the main process)
     device: torch.device
-    return_keys: bool
-    shuffle: bool  # a new order every epoch (the training split, whatever the augmentation)
-    channels_last: bool  # images leave the pipeline as N×H×W×C, so the N×C×H×W view is channels-last at no cost
+
+    @property
+    def batch_size(self) -> int:
+        return self.config.batch_size
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(height, width) of the output."""
+        return self.config.size
 
     @property
     def samples(self) -> int:
@@ -64,7 +58,7 @@ class LoaderPlan:
         """Every image of the split already has the output size: without a crop there is nothing to resample."""
         return self.manifest.sizes.get(self.split) == [[self.size[1], self.size[0]]]
 
-    def slice(self, shard_id: int) -> range:
+    def rank_slice(self, shard_id: int) -> range:
         """The samples of one rank slice, as DALI's reader cuts them."""
         n, w = self.samples, self.world_size
         return range(n * shard_id // w, n * (shard_id + 1) // w)
@@ -74,7 +68,7 @@ class LoaderPlan:
         return batches_per_epoch(self.samples, self.world_size, self.batch_size)
 
     def epoch_slice(self, epoch: int) -> range:
-        return self.slice((self.rank + epoch) % self.world_size)
+        return self.rank_slice((self.rank + epoch) % self.world_size)
 
     def real_samples(self, epoch: int, batch_index: int) -> int:
         """How many samples of a batch are this rank's own; the rest of the batch is padding."""
@@ -108,33 +102,6 @@ class Normalize:
         if out is None:
             return images.float().sub_(self.mean).div_(self.std)
         return out.copy_(images).sub_(self.mean).div_(self.std)
-
-
-def resolve_size(manifest: Manifest, split: str, size) -> tuple[int, int]:
-    if size is not None:
-        sides = [size] if isinstance(size, int) else list(size)
-        if len(sides) not in (1, 2):
-            raise FastsegError(f"an output size is H W or one number for a square, not {size!r}")
-        height, width = sides * 2 if len(sides) == 1 else sides
-        return int(height), int(width)
-    sizes = manifest.sizes.get(split, [])
-    if len(sizes) == 1:
-        width, height = sizes[0]
-        return height, width
-    listed = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
-    raise FastsegError(f"the {split} split has images of {len(sizes)} sizes ({listed}); give an output size "
-                       "(size=(H, W), or --image-size)")
-
-
-def resolve_augment(augment, split: str) -> str:
-    """None: flip for the train split, none otherwise; True/False: flip/none; or a name from AUGMENTS."""
-    if augment is None:
-        return "flip" if split == "train" else "none"
-    if isinstance(augment, bool):
-        return "flip" if augment else "none"
-    if augment not in AUGMENTS:
-        raise FastsegError(f"unknown augmentation {augment!r}; choose one of {', '.join(AUGMENTS)}")
-    return augment
 
 
 class EpochLoader:

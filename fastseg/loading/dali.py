@@ -82,10 +82,10 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     image, mask, *meta = fn.readers.webdataset(
         paths=plan.shards,  # s3:// URLs too: DALI's reader streams them itself
         index_paths=[str(p) for p in plan.indexes],
-        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.return_keys else []),
+        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.config.return_keys else []),
         missing_component_behavior="error",
         shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
-        random_shuffle=plan.shuffle, initial_fill=SHUFFLE_BUFFER, name="Reader",
+        random_shuffle=plan.config.shuffle, initial_fill=SHUFFLE_BUFFER, name="Reader",
     )
     if stop_after == "read":
         return image, mask
@@ -96,11 +96,11 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     if stop_after == "decode":
         return image, mask
     # one coin per sample (and axis) drives image and mask alike
-    hflip = fn.random.coin_flip() if plan.augment != "none" else None
-    vflip = fn.random.coin_flip() if plan.augment != "none" and plan.vflip else None
+    hflip = fn.random.coin_flip() if plan.config.augment != "none" else None
+    vflip = fn.random.coin_flip() if plan.config.augment != "none" and plan.config.vflip else None
     mirror = 0
-    if plan.augment == "crop":
-        image, mask = _resize(image, mask, plan.size, _crop_window(plan.scale, hflip, vflip))
+    if plan.config.augment == "crop":
+        image, mask = _resize(image, mask, plan.size, _crop_window(plan.config.scale, hflip, vflip))
     else:
         if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
             image, mask = _resize(image, mask, plan.size)
@@ -113,7 +113,7 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
         return image, mask
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
-                                     output_layout="HWC" if plan.channels_last else "CHW")
+                                     output_layout="HWC" if plan.config.channels_last else "CHW")
     mask = fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)  # widened here, by DALI's threads
     return image, mask, *meta
 
@@ -139,8 +139,8 @@ def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_afte
     """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on."""
     gpu = plan.device.type == "cuda"
     pipe = segmentation_pipeline(
-        plan, gpu, stop_after, batch_size=plan.batch_size, num_threads=max(1, plan.workers),
-        device_id=(plan.device.index or 0) if gpu else None, seed=plan.seed * 1009 + plan.rank,
+        plan, gpu, stop_after, batch_size=plan.batch_size, num_threads=max(1, plan.config.workers),
+        device_id=(plan.device.index or 0) if gpu else None, seed=plan.config.seed * 1009 + plan.rank,
         prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
     )
     pipe.build()
@@ -209,9 +209,9 @@ class DaliLoader(EpochLoader):
         with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive
             image = torch.from_dlpack(images.as_tensor())
             mask = torch.from_dlpack(masks.as_tensor())
-        if self.plan.channels_last:
+        if self.plan.config.channels_last:
             image = image.permute(0, 3, 1, 2)  # N×H×W×C from the pipeline: this view is channels-last already
         batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
-        if self.plan.return_keys:
+        if self.plan.config.return_keys:
             batch["key"] = [json.loads(np.array(metas[0][i]).tobytes())["key"] for i in range(len(metas[0]))]
         return batch

@@ -1,11 +1,14 @@
 """SegDataModule: the loaders for Lightning, and the loader positions that its checkpoints hold."""
 from __future__ import annotations
 
+from dataclasses import asdict, replace
+
 import pytorch_lightning as pl
 import torch
 
 from ..errors import FastsegError
 from ..format import ShardSet, open_set
+from .config import LoaderConfig
 from .make import make_loader
 
 
@@ -16,31 +19,35 @@ class SegDataModule(pl.LightningDataModule):
     batches trained in it, and the backend's own state (DALI's pipeline checkpoint; nothing more for the torch
     loader), so a resumed run continues with the exact next batch."""
 
-    def __init__(self, shards: str | ShardSet, *, backend: str = "dali", batch_size: int = 16, size=None,
-                 workers: int | None = None, seed: int = 0, augment: str = "flip", scale=(0.5, 1.0),
-                 vflip: bool = False, train_split: str = "train", val_split: str = "val", checksums: bool = True,
-                 return_keys: bool = False, channels_last: bool = False):
+    def __init__(self, shards: str | ShardSet, config: LoaderConfig | None = None, *, train_split: str = "train",
+                 val_split: str = "val", resume_checked: bool = False, **options):
+        """config (or keyword options that build one, as for make_loader) is the training loader's; validation
+        reads the same way without augmentation or shuffling. resume_checked: the caller has already checked that
+        the checkpoint being resumed matches these options (fastseg-train does, before any process starts)."""
         super().__init__()
         self.shard_set = open_set(shards)  # read once here (or by the caller) and handed to every loader
-        self.save_hyperparameters(ignore=["shards"])
-        self.hparams["shards"] = str(self.shard_set.root)
+        self.config = LoaderConfig.build(config, **options)
+        self.train_split, self.val_split, self.resume_checked = train_split, val_split, resume_checked
+        self.save_hyperparameters({"shards": str(self.shard_set.root), "train_split": train_split,
+                                   "val_split": val_split, **asdict(self.config)})
         self.manifest = self.shard_set.manifest
         self.loaders = {}  # by role, "train" and "val": one split may serve both, each with its own loader
         self._pending = None  # a loader state loaded before the loaders were made
+
+    def role_config(self, role: str) -> LoaderConfig:
+        if role == "train":
+            return self.config.for_split(self.manifest, self.train_split, training=True)
+        quiet = replace(self.config, augment="none", shuffle=False, return_keys=False)
+        return quiet.for_split(self.manifest, self.val_split, training=False)
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer else (0, 1)
         device = trainer.strategy.root_device if trainer else torch.device("cpu")
-        h = self.hparams
-        for role, split, augment in (("train", h.train_split, h.augment), ("val", h.val_split, "none")):
+        for role, split in (("train", self.train_split), ("val", self.val_split)):
             if split in self.manifest.splits and role not in self.loaders:
-                self.loaders[role] = make_loader(
-                    self.shard_set, split=split, backend=h.backend, batch_size=h.batch_size, size=h.size,
-                    augment=augment, device=device, rank=rank, world_size=world, seed=h.seed,
-                    workers=h.workers, scale=h.scale, vflip=h.vflip, checksums=h.checksums,
-                    return_keys=h.return_keys and role == "train", shuffle=role == "train",
-                    channels_last=h.channels_last)
+                self.loaders[role] = make_loader(self.shard_set, self.role_config(role), split=split, device=device,
+                                                 rank=rank, world_size=world)
 
     def train_dataloader(self):
         loader = self.loaders["train"]
@@ -65,25 +72,26 @@ class SegDataModule(pl.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(ranks, state)  # every rank saves; rank 0 writes the file
-        return {"loader": ranks, "world_size": len(ranks), "batch_size": self.hparams.batch_size,
-                "backend": self.hparams.backend, "augment": self.hparams.augment, "seed": self.hparams.seed}
+        train = self.role_config("train")
+        return {"loader": ranks, "world_size": len(ranks), "batch_size": train.batch_size,
+                "backend": train.backend, "augment": train.augment, "seed": train.seed}
 
     def load_state_dict(self, state: dict) -> None:
         if not state:
             return
-        world = self.trainer.world_size if self.trainer else 1
-        h = self.hparams
-        check_resumable(state, world, h.batch_size, h.backend, h.augment, h.seed)
+        if not self.resume_checked:
+            check_resumable(state, self.trainer.world_size if self.trainer else 1, self.role_config("train"))
         self._pending = state["loader"][self.trainer.global_rank if self.trainer else 0]
 
 
-def check_resumable(state: dict, world_size: int, batch_size: int, backend: str, augment: str, seed: int) -> None:
-    """A loader position is only exact for the world size, batch size, loader, augmentation and seed that made it."""
+def check_resumable(state: dict, world_size: int, config: LoaderConfig) -> None:
+    """A loader position is only exact for the world size, batch size, loader, augmentation and seed that made it
+    (`config`: the training loader's, decided for its split)."""
     saved_vs_now = {"rank(s)": (state["world_size"], world_size, "--devices/--num-nodes giving"),
-             "batch size": (state["batch_size"], batch_size, "--batch-size"),
-             "loader": (state["backend"], backend, "--loader"),
-             "augmentation": (state.get("augment", augment), augment, "--augment"),
-             "seed": (state.get("seed", seed), seed, "--seed")}
+                    "batch size": (state["batch_size"], config.batch_size, "--batch-size"),
+                    "loader": (state["backend"], config.backend, "--loader"),
+                    "augmentation": (state.get("augment", config.augment), config.augment, "--augment"),
+                    "seed": (state.get("seed", config.seed), config.seed, "--seed")}
     differ = {name: v for name, v in saved_vs_now.items() if v[0] != v[1]}
     if differ:
         saved = ", ".join(f"{name} {was}" for name, (was, _, _) in differ.items())

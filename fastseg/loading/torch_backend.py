@@ -75,15 +75,15 @@ class ShardSamples(Dataset):
         except Exception as err:
             raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
                                f"fastseg-shard --verify {self.plan.root}") from err
-        plan = self.plan
-        height, width = plan.size
+        config = self.plan.config
+        height, width = config.size
         box = None
         flip_h = flip_v = False
-        if plan.augment != "none":
-            rng = np.random.default_rng((plan.seed, epoch, index))
-            if plan.augment == "crop":
-                box = draw_crop(rng, image.shape[1], image.shape[0], plan.scale)
-            flip_h, flip_v = rng.uniform() < 0.5, plan.vflip and rng.uniform() < 0.5
+        if config.augment != "none":
+            rng = np.random.default_rng((config.seed, epoch, index))
+            if config.augment == "crop":
+                box = draw_crop(rng, image.shape[1], image.shape[0], config.scale)
+            flip_h, flip_v = rng.uniform() < 0.5, config.vflip and rng.uniform() < 0.5
         if box is not None or image.shape[:2] != (height, width):
             image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
             mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST, box=box))
@@ -91,9 +91,9 @@ class ShardSamples(Dataset):
         # is a view here; the collate's stack makes the one copy (else the main process takes an N×C×H×W view of
         # the H×W×C batch: no copy at all).
         image, mask = torch.from_numpy(image), torch.from_numpy(mask)
-        if not plan.channels_last:
+        if not config.channels_last:
             image = image.permute(2, 0, 1)
-        rows, cols = (1, 2) if not plan.channels_last else (0, 1)
+        rows, cols = (1, 2) if not config.channels_last else (0, 1)
         if flip_h:
             image, mask = image.flip(cols), mask.flip(1)
         if flip_v:
@@ -126,8 +126,8 @@ class RankEpochSampler(Sampler):
 
     def __iter__(self):
         indices = list(self.plan.epoch_slice(self.epoch))
-        if self.plan.shuffle:
-            order = np.random.default_rng((self.plan.seed, self.epoch, self.plan.rank)).permutation(len(indices))
+        if self.plan.config.shuffle:
+            order = np.random.default_rng((self.plan.config.seed, self.epoch, self.plan.rank)).permutation(len(indices))
             indices = [indices[i] for i in order]
         indices += indices[-1:] * (self.plan.batches * self.plan.batch_size - len(indices))
         return iter((i, self.epoch) for i in indices[self.start * self.plan.batch_size:])
@@ -168,9 +168,10 @@ class TorchLoader(EpochLoader):
         super().__init__(plan)
         self.order = RankEpochSampler(plan)
         cuda = plan.device.type == "cuda"
+        workers = plan.config.workers
         self.loader = DataLoader(
-            ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=plan.workers,
-            pin_memory=cuda, persistent_workers=plan.workers > 0, prefetch_factor=4 if plan.workers else None,
+            ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
+            pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
         self.buffers = HostBuffers() if plan.device.type == "cpu" else None
@@ -178,7 +179,7 @@ class TorchLoader(EpochLoader):
     def _iterate(self):
         """The DataLoader's iterator; its persistent workers start on the first call, forked where that is safe
         (processes.py)."""
-        if not self.plan.workers:
+        if not self.plan.config.workers:
             return iter(self.loader)
         with workers_starting() as context:
             self.loader.multiprocessing_context = context
@@ -194,16 +195,16 @@ class TorchLoader(EpochLoader):
     def _batches(self, epoch: int, start: int):
         for index, (image, mask, keys) in enumerate(self._iterate(), start):
             image = image.to(self.plan.device, non_blocking=True)
-            if self.plan.channels_last:
+            if self.plan.config.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
             if self.buffers is None:  # on a GPU: the caching allocator reuses memory already
                 image, mask = self.normalize(image), mask.to(self.plan.device, non_blocking=True).long()
             else:
-                out = self.buffers.take(tuple(image.permute(0, 2, 3, 1).shape) if self.plan.channels_last
+                out = self.buffers.take(tuple(image.permute(0, 2, 3, 1).shape) if self.plan.config.channels_last
                                         else tuple(image.shape), np.float32)
-                image = self.normalize(image, out=out.permute(0, 3, 1, 2) if self.plan.channels_last else out)
+                image = self.normalize(image, out=out.permute(0, 3, 1, 2) if self.plan.config.channels_last else out)
                 mask = self.buffers.take(tuple(mask.shape), np.int64).copy_(mask)
             batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
-            if self.plan.return_keys:
+            if self.plan.config.return_keys:
                 batch["key"] = list(keys)
             yield batch

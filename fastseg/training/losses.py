@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F
 
+from ..format import IGNORE_INDEX
+
 
 def out_channels(num_classes: int) -> int:
     """Two classes (background/foreground) train one logit with BCE; more train one logit per class."""
@@ -32,7 +34,7 @@ def dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> to
     return 1 - ((2 * inter + 1) / (total + 1)).mean()
 
 
-def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = 255,
+def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = IGNORE_INDEX,
                       dice_weight: float = 0.0) -> torch.Tensor:
     """Mean over the pixels that are not ignored; zero (with a gradient path) if every pixel is ignored."""
     valid = mask != ignore_index

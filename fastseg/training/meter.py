@@ -17,7 +17,7 @@ import torch
 from lightning_fabric.utilities.throughput import get_available_flops, measure_flops
 from pytorch_lightning.profilers import Profiler
 
-from .model import UNet
+from .model import PRECISION_DTYPES, UNet
 
 FETCH = "[_TrainingEpochLoop].train_dataloader_next"
 STALL_BOUND = 0.10  # a run whose steps wait this long for data is input-bound
@@ -30,7 +30,6 @@ DENSE_PEAKS = {
     "nvidia h200": {torch.float16: 989.4e12, torch.bfloat16: 989.4e12, TF32: 494.7e12, torch.float32: 66.9e12},
     "nvidia h200 nvl": {torch.float16: 835.5e12, torch.bfloat16: 835.5e12, TF32: 417.5e12, torch.float32: 60.3e12},
 }
-PRECISION_DTYPES = {"16-mixed": torch.float16, "bf16-mixed": torch.bfloat16, "32-true": torch.float32}
 
 
 class FetchTimer(Profiler):

@@ -8,6 +8,8 @@ from torch.nn import functional as F
 from ..errors import FastsegError
 
 DEPTH = 4  # pooling stages; input sides must divide by 2**DEPTH
+# Lightning's precision names and the dtype each computes in
+PRECISION_DTYPES = {"32-true": torch.float32, "16-mixed": torch.float16, "bf16-mixed": torch.bfloat16}
 
 
 def check_size(height: int, width: int) -> None:

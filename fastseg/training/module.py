@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 
+from ..format import IGNORE_INDEX
 from .losses import out_channels, predict, segmentation_loss
 from .metrics import VAL_METRICS, confusion_metric, scores
 from .model import UNet
@@ -16,8 +17,8 @@ from .model import UNet
 class SegModule(pl.LightningModule):
     def __init__(self, class_names: list[str], *, class_colors: list[list[int]], mean: list[float],
                  std: list[float], image_size: tuple[int, int], width: int = 64, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, epochs: int = 20, dice_weight: float = 0.0, ignore_index: int = 255, channels_last: bool = False,
-                 compile: bool = False):
+                 weight_decay: float = 1e-4, epochs: int = 20, dice_weight: float = 0.0,
+                 ignore_index: int = IGNORE_INDEX, channels_last: bool = False, compile_model: bool = False):
         super().__init__()
         self.save_hyperparameters()  # everything fastseg-predict needs to use a checkpoint on its own
         self.num_classes = len(class_names)
@@ -29,7 +30,7 @@ class SegModule(pl.LightningModule):
         self.preview = None  # (images, truths, predictions) of the first validation batch
 
     def configure_model(self) -> None:
-        if self.hparams.compile and self.model._compiled_call_impl is None:
+        if self.hparams.compile_model and self.model._compiled_call_impl is None:
             self.model.compile()  # in place: the state_dict keeps its plain keys, so checkpoints stay portable
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

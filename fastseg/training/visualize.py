@@ -7,6 +7,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..format import IGNORE_INDEX
+
 IGNORE_COLOR = (255, 0, 255)
 
 
@@ -14,7 +16,7 @@ def palette_image(indices: np.ndarray, colors: list[list[int]]) -> Image.Image:
     """A 'P' PNG whose indices are the class ids, so a viewer shows colours and a reader gets the ids back."""
     image = Image.fromarray(indices.astype(np.uint8), "P")
     flat = [v for c in colors for v in c[:3]]
-    flat += [0] * (3 * 255 - len(flat)) + list(IGNORE_COLOR)
+    flat += [0] * (3 * IGNORE_INDEX - len(flat)) + list(IGNORE_COLOR)
     image.putpalette(flat)
     return image
 
@@ -22,7 +24,7 @@ def palette_image(indices: np.ndarray, colors: list[list[int]]) -> Image.Image:
 def colorize(indices: np.ndarray, colors: list[list[int]]) -> np.ndarray:
     table = np.zeros((256, 3), np.uint8)
     table[: len(colors)] = np.array(colors, np.uint8)[:, :3]
-    table[255] = IGNORE_COLOR
+    table[IGNORE_INDEX] = IGNORE_COLOR
     return table[indices]
 
 

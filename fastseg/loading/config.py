@@ -1,0 +1,95 @@
+"""LoaderConfig: every loader option once, with its default and its check.
+
+`make_loader`, `SegDataModule`, the plan and both backends read this one frozen object; adding an option is a
+field here, the backends that use it, a CLI flag and the docs. Options left `None` are decided per split when a
+loader is made (`for_split`): the output size from the manifest, the augmentation and shuffle by role (training or
+not), the workers from the machine.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+
+from ..errors import FastsegError
+from ..format import Manifest
+
+# none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
+# native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
+# flipped through the same window.
+AUGMENTS = ("none", "flip", "crop")
+BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
+
+
+@dataclass(frozen=True)
+class LoaderConfig:
+    backend: str = "dali"  # one of BACKENDS
+    batch_size: int = 16  # per rank
+    size: tuple[int, int] | None = None  # (height, width); None: the split's one image size
+    augment: str | None = None  # one of AUGMENTS; None: flip when training, none otherwise (True/False: flip/none)
+    scale: tuple[float, float] = (0.5, 1.0)  # crop: the area fraction range
+    vflip: bool = False  # vertical flips too
+    shuffle: bool | None = None  # a new order every epoch; None: when training
+    workers: int | None = None  # DALI threads or torch worker processes (0: torch loads in the main process)
+    seed: int = 0
+    checksums: bool = True  # sha256 of every local shard at start-up
+    return_keys: bool = False  # batch["key"]: the sample keys
+    channels_last: bool = False  # images leave the pipeline N×H×W×C, so the N×C×H×W view is channels-last
+
+    def __post_init__(self):
+        if self.backend not in BACKENDS:
+            raise FastsegError(f"unknown loader backend {self.backend!r}; choose one of {', '.join(BACKENDS)}")
+        if self.batch_size < 1:
+            raise FastsegError(f"the batch size must be at least 1, not {self.batch_size}")
+        if self.workers is not None and self.workers < 0:
+            raise FastsegError(f"workers must be 0 or more, not {self.workers}")
+        if isinstance(self.augment, bool):
+            object.__setattr__(self, "augment", "flip" if self.augment else "none")
+        if self.augment is not None and self.augment not in AUGMENTS:
+            raise FastsegError(f"unknown augmentation {self.augment!r}; choose one of {', '.join(AUGMENTS)}")
+        if self.size is not None:
+            object.__setattr__(self, "size", _size(self.size))
+        low, high = (float(v) for v in self.scale)
+        if not 0 < low <= high <= 1:
+            raise FastsegError(f"the crop scale is an area fraction range 0 < low <= high <= 1, not {self.scale!r}")
+        object.__setattr__(self, "scale", (low, high))
+
+    @classmethod
+    def build(cls, base: LoaderConfig | None = None, **options) -> LoaderConfig:
+        """`base` (or the defaults) with `options` replaced; an unknown option is named with the ones there are."""
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise FastsegError(f"unknown loader option(s) {', '.join(unknown)}; the options are "
+                               f"{', '.join(f.name for f in fields(cls))}")
+        return replace(base or cls(), **options)
+
+    def for_split(self, manifest: Manifest, split: str, *, training: bool) -> LoaderConfig:
+        """Every `None` decided for one split: its size, and augmentation and shuffle by whether it trains."""
+        return replace(
+            self, size=self.size or native_size(manifest, split),
+            augment=self.augment or ("flip" if training else "none"),
+            shuffle=training if self.shuffle is None else self.shuffle,
+            workers=default_workers() if self.workers is None else self.workers,
+        )
+
+
+def default_workers(devices: int = 1) -> int:
+    """Loader threads or processes per device: the cores shared out among the devices."""
+    return max(1, (os.cpu_count() or 1) // devices)
+
+
+def _size(size) -> tuple[int, int]:
+    sides = [size] if isinstance(size, int) else list(size)
+    if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sides):
+        raise FastsegError(f"an output size is H W, or one number for a square, not {size!r}")
+    return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
+
+
+def native_size(manifest: Manifest, split: str) -> tuple[int, int]:
+    """(height, width) of a split whose images all have one size; otherwise the error that asks for a size."""
+    sizes = manifest.sizes.get(split, [])
+    if len(sizes) == 1:
+        width, height = sizes[0]
+        return height, width
+    listed = ", ".join(f"{w}x{h}" for w, h in sizes[:5])
+    raise FastsegError(f"the {split} split has images of {len(sizes)} sizes ({listed}); give an output size "
+                       "(size=(H, W), or --image-size)")
