@@ -1,8 +1,10 @@
-"""The public benchmarks as they ship: tiny copies of Pascal VOC 2012, Cityscapes and ADE20K, made from real photos
-with masks in each dataset's own encoding, sharded with no flags and read back by both loaders."""
+"""The public datasets as they ship: tiny copies of Pascal VOC 2012, Cityscapes, ADE20K, CamVid (SegNet), DRIVE,
+Carvana and Oxford-IIIT Pet, made from real photos with masks in each dataset's own encoding, sharded with no flags
+and read back by both loaders."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -13,7 +15,14 @@ from fastseg.cli.shard import main as shard_main
 from fastseg.cli.train import main as train_main
 from fastseg.format import load_manifest
 from fastseg.loading import make_loader
-from fastseg.shards.datasets import ADE20K_NAMES, CITYSCAPES_CLASSES, VOC_NAMES, voc_color
+from fastseg.shards.datasets import (
+    ADE20K_NAMES,
+    CAMVID_CLASSES,
+    CAMVID_VOID,
+    CITYSCAPES_CLASSES,
+    VOC_NAMES,
+    voc_color,
+)
 
 from .conftest import save, shared
 
@@ -196,3 +205,98 @@ def test_the_generic_layout_error_names_the_folders(tmp_path, capsys):
     code, _, err = shard_cli(capsys, "--images", tmp_path / "imgs", "--masks", tmp_path / "labels",
                              tmp_path / "shards", "--skip-unpaired")
     assert code == 1 and f"{tmp_path / 'imgs'} and {tmp_path / 'labels'}" in err and " .:" not in err
+
+
+# --- CamVid as SegNet ships it -----------------------------------------------------------------------------------
+def test_camvid_as_segnet_ships_it(tmp_path, capsys):
+    root = tmp_path / "CamVid"
+    pictures = iter(photos(5))
+    for split, count in (("train", 3), ("val", 2)):
+        for n in range(count):
+            save(next(pictures), root / split / f"0001TP_{n:06d}.png")
+            save(thirds(0, 8, CAMVID_VOID), root / f"{split}annot" / f"0001TP_{n:06d}.png")  # sky | car | void
+    code, out, err = shard_cli(capsys, root, tmp_path / "shards")
+    assert code == 0, err
+    assert "recognised CamVid (SegNet's 11 classes): train 3, val 2; 11 classes" in out
+    manifest = load_manifest(tmp_path / "shards")
+    assert [c.name for c in manifest.classes] == [name for name, _ in CAMVID_CLASSES]
+    for mask in read_back(tmp_path / "shards", "val")["masks"]:
+        assert_thirds(mask, 0, 8, 255)
+    # the class file kept for the rearranged copy in ../shared says the same as the built-in table
+    assert json.loads((Path(__file__).parents[1] / "tools" / "classes" / "camvid.json").read_text()) == [
+        {"name": name, "color": color} for name, color in CAMVID_CLASSES]
+
+
+# --- DRIVE (retinal vessels) -------------------------------------------------------------------------------------
+def test_drive_as_it_ships(tmp_path, capsys):
+    root = tmp_path / "DRIVE"
+    pictures = iter(photos(5))
+    for n in (21, 22, 23):
+        save(next(pictures), root / "training" / "images" / f"{n}_training.tif")
+        save(thirds(0, 255, 0), root / "training" / "1st_manual" / f"{n}_manual1.gif")
+        save(np.full(SIZE[::-1], 255, np.uint8), root / "training" / "mask" / f"{n}_training_mask.gif")  # FOV
+    for n in (1, 2):
+        save(next(pictures), root / "test" / "images" / f"{n:02d}_test.tif")  # no 1st_manual: withheld
+    code, out, err = shard_cli(capsys, root, tmp_path / "shards", "--val-fraction", "0")
+    assert code == 0, err
+    assert "recognised DRIVE-style retinal vessels (vessel / background): train 3; 2 classes" in out
+    assert "skipping the test split: no manual masks" in out
+    manifest = load_manifest(tmp_path / "shards")
+    assert [c.name for c in manifest.classes] == ["background", "foreground"]
+    found = read_back(tmp_path / "shards", "train")
+    assert sorted(found["keys"]) == ["21_training", "22_training", "23_training"]
+    for mask in found["masks"]:
+        assert_thirds(mask, 0, 1, 0)  # the GIF's white vessels → 1; the FOV masks never read
+
+
+# --- Carvana -----------------------------------------------------------------------------------------------------
+def two_colour_gif(mask: np.ndarray, path, colours=((0, 0, 0), (255, 255, 255))) -> None:
+    """A palette GIF of a binary mask (index 1 where mask is set), as Carvana ships its masks."""
+    image = Image.fromarray((mask > 0).astype(np.uint8), "P")
+    image.putpalette([v for c in colours for v in c] + [0] * (768 - 3 * len(colours)))
+    save(image, path)
+
+
+def test_carvana_as_it_ships(tmp_path, capsys):
+    root = tmp_path / "carvana"
+    pictures = iter(photos(5))
+    for n in range(4):
+        save(next(pictures), root / "train" / f"00087a6bd4dc_{n + 1:02d}.jpg", quality=95)
+        two_colour_gif(thirds(0, 1, 1), root / "train_masks" / f"00087a6bd4dc_{n + 1:02d}_mask.gif")
+    save(next(pictures), root / "test" / "0004d4463b50_01.jpg")
+    code, out, err = shard_cli(capsys, root, tmp_path / "shards", "--val-fraction", "0.25")
+    assert code == 0, err
+    assert "recognised Carvana (car / background): all 4; 2 classes" in out and "skipping the test split" in out
+    manifest = load_manifest(tmp_path / "shards")
+    assert {s: manifest.splits[s].samples for s in manifest.splits} == {"train": 3, "val": 1}
+    for mask in read_back(tmp_path / "shards", "train")["masks"]:
+        assert_thirds(mask, 0, 1, 1)
+
+
+# --- Oxford-IIIT Pet ---------------------------------------------------------------------------------------------
+def test_oxford_pet_trimaps_as_they_ship(tmp_path, capsys):
+    root = tmp_path / "oxford-iiit-pet"
+    names = ["Abyssinian_1", "Abyssinian_2", "beagle_1", "beagle_2"]
+    for picture, name in zip(photos(4), names):
+        save(picture, root / "images" / f"{name}.jpg", quality=95)
+        save(thirds(2, 1, 3), root / "annotations" / "trimaps" / f"{name}.png")  # background | pet | border
+        (root / "annotations" / "trimaps" / f"._{name}.png").write_bytes(b"\0\5\26\7")  # macOS litter, as shipped
+    (root / "images" / "Abyssinian_1.mat").write_bytes(b"MATLAB")
+    (root / "annotations" / "trainval.txt").write_text("Abyssinian_1 1 1 1\nbeagle_1 2 2 1\nbeagle_2 2 2 1\n")
+    (root / "annotations" / "test.txt").write_text("Abyssinian_2 1 1 1\n")
+    code, out, err = shard_cli(capsys, root, tmp_path / "shards", "--val-fraction", "0")
+    assert code == 0, err
+    assert "recognised Oxford-IIIT Pet (trimaps: pet / background, border ignored): train 3, test 1" in out
+    manifest = load_manifest(tmp_path / "shards")
+    assert [c.name for c in manifest.classes] == ["background", "pet"]
+    found = read_back(tmp_path / "shards", "test")
+    assert found["keys"] == ["Abyssinian_2"]
+    assert_thirds(found["masks"][0], 0, 1, 255)
+
+
+def test_an_unknown_layout_lists_the_layouts_tried_and_the_flags(tmp_path, capsys):
+    save(np.zeros((8, 8, 3), np.uint8), tmp_path / "data" / "photos" / "a.jpg")
+    code, _, err = shard_cli(capsys, tmp_path / "data", tmp_path / "shards")
+    assert code == 1 and "no layout found" in err
+    assert "Carvana (train/, train_masks/)" in err and "SRC/images + SRC/masks" in err
+    assert "--images DIR --masks DIR" in err and "--pair-key REGEX" in err

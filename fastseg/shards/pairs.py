@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -42,7 +43,40 @@ def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
     return found
 
 
-def pair_folders(images: Path, masks: Path) -> tuple[list[Pair], list[Path]]:
+def compile_pair_key(pattern: str) -> re.Pattern:
+    """`--pair-key REGEX`: its first group that takes part in a match is the pairing key of a file stem."""
+    try:
+        compiled = re.compile(pattern)
+    except re.error as err:
+        raise FastsegError(f"--pair-key {pattern!r} is not a regular expression ({err})") from err
+    if not compiled.groups:
+        raise FastsegError(f"--pair-key {pattern!r} has no group; put the part both names share in parentheses, "
+                           r"e.g. '^(\d+)_' pairs 21_training.tif with 21_manual1.gif")
+    return compiled
+
+
+def _by_key(files: dict[str, Path], pattern: re.Pattern, side: str) -> tuple[dict[str, Path], list[Path]]:
+    """Files by pairing key (the folder part of the stem kept), and those whose name the pattern does not match."""
+    keyed, unmatched = {}, []
+    for stem, path in files.items():
+        folder, _, name = stem.rpartition("/")
+        match = pattern.search(name)
+        key = next((g for g in match.groups() if g is not None), None) if match else None
+        if key is None:
+            unmatched.append(path)
+            continue
+        key = f"{folder}/{key}" if folder else key
+        if key in keyed:
+            raise FastsegError(f"--pair-key {pattern.pattern!r} gives two {side} the key {key!r}: {keyed[key]} and "
+                               f"{path}; make the pattern tell them apart")
+        keyed[key] = path
+    return keyed, unmatched
+
+
+def pair_folders(images: Path, masks: Path, pair_key: re.Pattern | None = None) -> tuple[list[Pair], list[Path]]:
+    """The pairs of two folders, and the files left without a partner. Masks pair with the image of the same
+    stem, or of the stem without a usual mask ending (MASK_STEM_ENDINGS), or with `pair_key` by the key both
+    stems give."""
     for folder in (images, masks):
         if not folder.is_dir():
             raise FastsegError(f"{folder}: no such folder")
@@ -50,18 +84,25 @@ def pair_folders(images: Path, masks: Path) -> tuple[list[Pair], list[Path]]:
     mask_files = _files(masks, MASK_SUFFIXES)
     if not image_files:
         raise FastsegError(f"{images}: no images (looked for {', '.join(sorted(IMAGE_SUFFIXES))})")
-    by_stem = {}
-    for stem, path in mask_files.items():
-        match = stem
-        if match not in image_files:
-            match = next((stem[: -len(e)] for e in MASK_STEM_ENDINGS if stem.endswith(e)), stem)
-        by_stem[match] = path
-    pairs, unpaired, keys = [], [], set()
-    for stem, image in image_files.items():
-        mask = by_stem.pop(stem, None)
+    unpaired = []
+    if pair_key is not None:
+        image_files, lonely_images = _by_key(image_files, pair_key, "images")
+        by_stem, lonely_masks = _by_key(mask_files, pair_key, "masks")
+        unpaired = lonely_images + lonely_masks
+    else:
+        by_stem = {}
+        for stem, path in mask_files.items():
+            match = stem
+            if match not in image_files:
+                match = next((stem[: -len(e)] for e in MASK_STEM_ENDINGS if stem.endswith(e)), stem)
+            by_stem[match] = path
+    pairs, keys = [], set()
+    for match, image in image_files.items():
+        mask = by_stem.pop(match, None)
         if mask is None:
             unpaired.append(image)
             continue
+        stem = image.relative_to(images).with_suffix("").as_posix()
         key = make_key(stem)[:MAX_KEY]
         while key in keys:  # two stems that sanitise alike ('a.b' and 'a_b') stay apart
             key = f"{key[:MAX_KEY - 4]}_{len(keys) % 1000:03d}"
@@ -70,9 +111,14 @@ def pair_folders(images: Path, masks: Path) -> tuple[list[Pair], list[Path]]:
     return pairs, unpaired + sorted(by_stem.values())
 
 
-def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None) -> FoundPairs:
+GENERIC_LAYOUTS = ("SRC/images + SRC/masks", "SRC/{train,val,test}/{images,masks}", "SRC/{trainA,trainB,valA,…}")
+
+
+def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None,
+               pair_key: re.Pattern | None = None, also_tried: tuple[str, ...] = ()) -> FoundPairs:
     """The pairs per split. Layouts, tried in order: --images/--masks; SRC/{train,val,test}/{images,masks};
-    SRC/{trainA,trainB,valA,…} (A images, B masks); SRC/images + SRC/masks."""
+    SRC/{trainA,trainB,valA,…} (A images, B masks); SRC/images + SRC/masks. `also_tried`: the layouts the caller
+    tried first, named in the error when none fits."""
     if images or masks:
         if not (images and masks):
             raise FastsegError("--images and --masks go together; give both folders")
@@ -86,17 +132,19 @@ def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None)
             layouts = {"all": (src / "images", src / "masks")}
         if not layouts:
             raise FastsegError(
-                f"{src}: no images found; expected {src}/images + {src}/masks, {src}/train/images + "
-                f"{src}/train/masks (and val/, test/), {src}/trainA + {src}/trainB, or --images DIR --masks DIR"
+                f"{src}: no layout found; tried {', '.join(also_tried + GENERIC_LAYOUTS)}. For other folders: "
+                "--images DIR --masks DIR, with --pair-key REGEX where the names differ (e.g. '^(\\d+)_' pairs 21_training.tif with 21_manual1.gif)"
             )
     splits, unpaired = {}, []
     for split, (image_dir, mask_dir) in layouts.items():
-        pairs, lonely = pair_folders(image_dir, mask_dir)
+        pairs, lonely = pair_folders(image_dir, mask_dir, pair_key)
         splits[split] = pairs
         unpaired += lonely
     if not any(splits.values()):
         looked = ", ".join(f"{i} and {m}" for i, m in layouts.values())
-        raise FastsegError(f"no image has a mask with the same name stem in {looked}; check the file names")
+        how = "by --pair-key" if pair_key else "with the same name stem (or the stem plus _mask, _gt, …)"
+        raise FastsegError(f"no image has a mask {how} in {looked}; check the file names, or give --pair-key REGEX "
+                           "whose first group is the part image and mask names share")
     return FoundPairs(splits, unpaired)
 
 

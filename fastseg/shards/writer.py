@@ -41,8 +41,8 @@ from ..format import (
 from ..processes import workers_starting
 from ..storage import old_path, partial_path, sweep_stale
 from . import masks as maskmod
-from .datasets import recognise
-from .pairs import Pair, find_pairs, split_off_val
+from .datasets import KNOWN_LAYOUTS, recognise
+from .pairs import Pair, compile_pair_key, find_pairs, split_off_val
 
 EXIF_ORIENTATION = 0x0112
 STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
@@ -63,6 +63,9 @@ class ShardOptions:
     skip_unpaired: bool = False
     overwrite: bool = False
     keep_zero_label: bool = False  # ADE20K: keep value 0 ("other") as a class instead of ignoring it
+    mask_threshold: int | None = None  # binary masks by brightness (JPEG or anti-aliased masks)
+    pair_key: str | None = None  # a regex whose first group pairs image and mask stems
+    map_values: dict[int, int] | None = None  # source mask value → class id (255 = ignore)
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: bool = True
 
@@ -108,13 +111,29 @@ def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
         image.load()
     except Exception as err:  # Pillow raises several types for corrupt files
         raise FastsegError(f"{where}: cannot decode the image ({err}); replace or remove the file") from err
+    check_single_frame(image, where)
+    if image.mode in WIDE_MODES:
+        raise FastsegError(f"{where}: a {WIDE_MODES[image.mode]} image; fastseg stores 8-bit images: convert it to "
+                           "8 bits per channel (scaled to 0..255 as you see fit) and shard again")
     upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
     ext = STORED_AS_IS.get((image.format, image.mode))
     if ext and upright:
         return image, ext, data
     image = ImageOps.exif_transpose(image)
-    image = image.convert("L" if image.mode in ("L", "LA", "I;16", "I") else "RGB")
+    image = image.convert("L" if image.mode in ("L", "LA") else "RGB")
     return image, "image.png", _encode_png(image)
+
+
+WIDE_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",
+              "F": "32-bit float"}
+
+
+def check_single_frame(image: Image.Image, where: str) -> None:
+    """An animated GIF or a multi-page TIFF holds several pictures; which one pairs with the other file is unknown."""
+    frames = getattr(image, "n_frames", 1)
+    if frames > 1:
+        raise FastsegError(f"{where}: {frames} frames (an animated GIF or a multi-page TIFF); fastseg reads one "
+                           "picture per file: keep the one that pairs with its partner, and shard again")
 
 
 def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Encoded:
@@ -124,6 +143,7 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Enc
         mask.load()
     except Exception as err:
         raise FastsegError(f"{pair.mask}: cannot decode the mask ({err}); replace or remove the file") from err
+    check_single_frame(mask, str(pair.mask))
     if mask.size != image.size:
         if not resize_masks:
             raise SizeMismatch(f"{pair.image} is {image.size[0]}x{image.size[1]} but {pair.mask} is "
@@ -269,13 +289,20 @@ def shard(src: Path, out, opts: ShardOptions, *, shown_as: str | None = None) ->
 def _pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec]:
     """The pairs per split and how their masks become class ids: a public dataset's own (datasets.py), or the
     generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
-    known = None if opts.images or opts.masks else recognise(src, opts.keep_zero_label)
+    known = None if opts.images or opts.masks or opts.pair_key else recognise(src, opts.keep_zero_label)
     if known is not None:
+        own = [flag for flag, value in (("--classes", opts.classes), ("--ignore-value", opts.ignore_value),
+                                        ("--mask-threshold", opts.mask_threshold), ("--map-values", opts.map_values))
+               if value is not None]
+        if own:
+            raise FastsegError(f"{src} is {known.name}, which brings its own class table: {', '.join(own)} does not "
+                               "apply; to use it, shard the folders with --images DIR --masks DIR")
         print(known.describe())
         for split, why in known.skipped.items():
             print(f"skipping the {split} split: {why}")
         return split_off_val(known.splits, opts.val_fraction, opts.seed), known.spec
-    found = find_pairs(src, opts.images, opts.masks)
+    pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
+    found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS)
     if found.unpaired:
         listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
         if not opts.skip_unpaired:
@@ -285,7 +312,8 @@ def _pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]
     splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
     everything = [p for pairs in splits.values() for p in pairs]
     spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
-    return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value)
+    return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value, threshold=opts.mask_threshold,
+                                       value_map=opts.map_values)
 
 
 def _shard_to_bucket(src: Path, root: str, opts: ShardOptions) -> Manifest:
