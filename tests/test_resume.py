@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -122,3 +123,58 @@ def test_a_kill_during_the_checkpoint_write_leaves_the_previous_one(tmp_path):
     assert torch.load(target, weights_only=False) == {"version": 1}  # the previous checkpoint, whole
     AtomicCheckpointIO().save_checkpoint({"version": 3}, target)  # the next save sweeps the dead writer's part
     assert not partial.exists() and torch.load(target, weights_only=False) == {"version": 3}
+
+
+# --- runs that stop early: one line, the way to continue, the usual exit status -------------------------------
+def wait_for_step(out: Path, rank: int, step: int, proc, seconds: float = 240) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline and proc.poll() is None:
+        if (out / f"batches/rank{rank}.jsonl").exists() and any(r["step"] >= step for r in steps_seen(out, rank)):
+            return
+        time.sleep(0.01)
+    raise AssertionError(f"the run did not reach step {step} (exit {proc.poll()})")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sent,status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_and_sigterm_write_the_checkpoint_and_say_how_to_continue(sent, status, shards, tmp_path):
+    out = tmp_path / "run"
+    argv = command(shards, out, "torch", 1)
+    argv[argv.index("--checkpoint-every") + 1] = "100"  # only the interruption writes mid-epoch
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out, 0, 11, proc)  # inside the second epoch
+    proc.send_signal(sent)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == status, err[-3000:]
+    lines = [line for line in err.splitlines() if line.startswith("fastseg-train:")]
+    assert len(lines) == 1 and "Traceback" not in err and "KeyboardInterrupt" not in err, err[-3000:]
+    assert f"wrote {out / 'checkpoints/last.ckpt'}" in lines[0] and lines[0].endswith("--resume auto")
+    saved = torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["epoch"] == 1 and saved["global_step"] > STEPS  # the position reached, not the last epoch's end
+    resumed = subprocess.run(argv + ["--resume", "auto"], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert steps_seen(out, 0)[-1]["step"] == 3 * STEPS
+
+
+@pytest.mark.slow
+def test_a_rank_that_dies_is_named_with_the_way_to_continue(shards, tmp_path):
+    import psutil
+
+    out = tmp_path / "ddp"
+    argv = command(shards, out, "torch", 2)
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for_step(out, 1, 10, proc)
+    rank1 = next(p for p in psutil.Process(proc.pid).children() if "fastseg.cli.train" in " ".join(p.cmdline()))
+    rank1.kill()  # as the OOM killer would
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode not in (0, None)
+    lines = [line for line in err.splitlines() if line.startswith("fastseg-train:")]
+    assert len(lines) == 1 and "Traceback" not in err and "GLHF" not in err, err[-3000:]
+    assert "rank 1 was killed by signal 9" in lines[0] and f"{out / 'checkpoints/last.ckpt'}" in lines[0]
+    command_line = lines[0].partition("continue with: ")[2]
+    assert command_line.startswith("fastseg-train ") and command_line.endswith("--resume auto")
+    assert list((out / "logs").glob("error-rank0.log"))  # the traceback, kept for whoever wants it
+    resumed = subprocess.run([sys.executable, "-m", "fastseg.cli.train", *shlex.split(command_line)[1:]],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "sync_dist" not in resumed.stderr  # the meter's figures are reduced over ranks, and say so

@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import pytorch_lightning as pl
@@ -155,9 +158,49 @@ def test_the_meter_reports_a_known_stall(wait, step):
     trainer = pl.Trainer(accelerator="cpu", max_epochs=2, profiler=timer, callbacks=[meter], logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(KnownStep(step), train_dataloaders=Sleepy(wait))
+    assert len(meter.epochs) == 2
     for epoch in meter.epochs:
         assert epoch["data_stall"] == pytest.approx(wait / (wait + step), abs=0.1)
         assert epoch["images"] == 16 and epoch["steps"] == 8
+
+
+SLOW_RANK = """
+import json, sys, time
+import pytorch_lightning as pl
+import torch
+sys.path.insert(0, {root!r})
+from tests.test_speed_options import KnownStep, Sleepy
+from fastseg.training.meter import FetchTimer, ThroughputMeter
+
+class OneSlowRank(Sleepy):
+    def __iter__(self):
+        self.seconds = 0.08 if torch.distributed.get_rank() == 1 else 0.0
+        yield from super().__iter__()
+
+if __name__ == "__main__":
+    timer = FetchTimer()
+    meter = ThroughputMeter(timer)
+    trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp", max_epochs=1, profiler=timer,
+                         callbacks=[meter], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         enable_model_summary=False)
+    trainer.fit(KnownStep(0.01), train_dataloaders=OneSlowRank(0.0, batches=6))
+    if trainer.is_global_zero:
+        json.dump(meter.epochs, open(sys.argv[1], "w"))
+"""
+
+
+@pytest.mark.slow
+def test_under_ddp_the_stall_is_the_slowest_ranks(tmp_path):
+    """Rank 1 waits for every batch and rank 0 does not: all ranks wait for the slowest, so the run is stalled."""
+    script = tmp_path / "slow_rank.py"
+    script.write_text(SLOW_RANK.format(root=str(Path(__file__).parents[1])))
+    done = subprocess.run([sys.executable, str(script), str(tmp_path / "epochs.json")], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (epoch,) = json.loads((tmp_path / "epochs.json").read_text())
+    assert epoch["images"] == 2 * 12  # both ranks' images, summed
+    assert epoch["data_stall"] > 0.5  # rank 1's wait (0.08 s against a 0.01 s step), not rank 0's ~0
+    assert "sync_dist" not in done.stderr
 
 
 def test_the_run_mfu_is_per_device():

@@ -4,8 +4,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import shutil
 import sys
+import traceback
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,17 +169,20 @@ def resolve(args) -> RunConfig:
     )
 
 
-class NoAdvert(logging.Filter):
+class NotOurs(logging.Filter):
+    """Lightning's advert for a cloud logger, and its Ctrl-C line (fastseg-train says what happened itself)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return "litlogger" not in str(record.msg)
+        return not any(text in str(record.msg) for text in ("litlogger", "Detected KeyboardInterrupt"))
 
 
 def quiet_lightning() -> None:
     """Silence what Lightning says that is not the user's business, narrowly, and keep every other warning: its
     advert for a cloud logger, a deprecation inside its own pytree helper (torch deprecated LeafSpec, Lightning
     still checks for it), the mid-epoch-resume warning (the loaders restore their exact position, so it does not
-    apply) and the one about a non-empty checkpoint folder (claim_out already decided that --out may be used)."""
-    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(NoAdvert())
+    apply), the one about a non-empty checkpoint folder (claim_out already decided that --out may be used), and its
+    Ctrl-C line (fastseg-train says where the run stands instead)."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(NotOurs())
     warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated",
                             category=FutureWarning, module=r"pytorch_lightning\.utilities\._pytree")
     warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch ended")
@@ -206,21 +211,82 @@ def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
     run = resolve(build_parser().parse_args(argv))
     import pytorch_lightning as pl
+
+    from ..training.interruptions import Interruption
 
     quiet_lightning()
     pl.seed_everything(run.loader.seed, workers=True, verbose=False)
     data, module = datamodule(run), segmodule(run)
+    guard = Interruption(run.out / "checkpoints", on_lost=lambda *lost: print(lost_line(run, argv, lost),
+                                                                               file=sys.stderr, flush=True))
     callbacks, checkpoints, meter = make_callbacks(run)
-    trainer = make_trainer(run, callbacks, profiler=meter.timer)
+    trainer = make_trainer(run, [*callbacks, guard], profiler=meter.timer)
     if trainer.is_global_zero:
         claim_out(run.out, run.resume_flag, run.resume, run.overwrite)
         write_config(run, trainer.world_size)
-    trainer.fit(module, datamodule=data, ckpt_path=run.resume)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=run.resume)
+    except BaseException as err:  # Ctrl-C comes back as Lightning's SystemExit(1), SIGTERM as a SystemExit too
+        return stopped_early(run, argv, guard, trainer, err)
     if trainer.is_global_zero and module.last_scores is not None:
         report(run, module, trainer, checkpoints, meter)
     return 0
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same flags, with --resume auto and without --overwrite."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--overwrite" or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        kept.append(arg)
+    return shlex.join(["fastseg-train", *kept, "--resume", "auto"])
+
+
+def last_checkpoint(run: RunConfig) -> str:
+    from ..training.interruptions import checkpoint_position
+
+    path = run.out / "checkpoints" / "last.ckpt"
+    position = checkpoint_position(path) if path.exists() else None
+    if position is None:
+        return "no checkpoint was written yet, so the run starts over"
+    return f"the last checkpoint is {path} ({position})"
+
+
+def lost_line(run: RunConfig, argv: list[str], lost: tuple[int, int] | None, log: Path | None = None) -> str:
+    from ..training.interruptions import rank_gone
+
+    where = f" (the traceback is in {log})" if log else ""
+    return (f"fastseg-train: error: {rank_gone(lost)}, so training stopped{where}; {last_checkpoint(run)}; "
+            f"continue with: {resume_command(argv)}")
+
+
+def stopped_early(run: RunConfig, argv: list[str], guard, trainer, err: BaseException) -> int:
+    """One line for a run that stopped early (a signal, or a lost rank), and its exit status; any other error is
+    raised as it is."""
+    from ..training.interruptions import lost_rank
+
+    if guard.stopped is not None:
+        stopped = guard.stopped
+        if trainer.is_global_zero:
+            saved = f"wrote {stopped.checkpoint}" if stopped.checkpoint else last_checkpoint(run)
+            print(f"fastseg-train: {stopped.signal}: stopped; {saved}; continue with: {resume_command(argv)}",
+                  file=sys.stderr, flush=True)
+        return stopped.exit_code
+    if isinstance(err, Exception) and (guard.lost or lost_rank(err)):
+        log = run.out / "logs" / f"error-rank{trainer.global_rank}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(err)))
+        print(lost_line(run, argv, guard.lost, log), file=sys.stderr, flush=True)
+        return 1
+    raise err
 
 
 def datamodule(run: RunConfig):

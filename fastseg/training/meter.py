@@ -127,10 +127,12 @@ class ThroughputMeter(pl.Callback):
         if self.flops and self.peak:
             epoch["mfu"] = mfu(self.flops, images / seconds, self.peak, self.devices)  # full precision: tiny runs
         self.epochs.append(epoch)
+        # the figures are reduced over the ranks already (and so the same on all of them): the sync is a no-op,
+        # and saying so keeps Lightning from advising it every epoch
         for key in ("images_per_s", "step_ms", "data_stall", "mfu"):
             if key in epoch:
-                module.log(f"perf/{key}", float(epoch[key]), on_step=False, on_epoch=True, sync_dist=False,
-                           rank_zero_only=True)
+                module.log(f"perf/{key}", float(epoch[key]), on_step=False, on_epoch=True, sync_dist=True,
+                           reduce_fx="max")
 
     def report(self, loader: str, workers: int, accelerator: str, augment: str = "flip") -> dict:
         """The figures for metrics.json, over the epochs after the first (warm-up: cudnn autotuning, compile,

@@ -60,9 +60,11 @@ class SegModule(pl.LightningModule):
         found = scores(self.confusion.compute())  # compute() sums the counts over all ranks first
         self.confusion.reset()
         self.last_scores = found
+        # the same on every rank already (the counts were summed): the max over ranks changes nothing, and saying
+        # sync_dist keeps Lightning from advising it
         for name, key in VAL_METRICS.items():
-            self.log(name, found[key], prog_bar=name == "val_miou", sync_dist=False)
-        self.log("val_pixels", float(found["pixels"]))
+            self.log(name, found[key], prog_bar=name == "val_miou", sync_dist=True, reduce_fx="max")
+        self.log("val_pixels", float(found["pixels"]), sync_dist=True, reduce_fx="max")
 
     def configure_optimizers(self):
         # fused: one kernel for the whole update on CUDA; elsewhere the foreach default
