@@ -209,6 +209,24 @@ def _unfinished(root, tars: int) -> FastsegError:
                         "shard the data again (fastseg-shard ... --overwrite)")
 
 
+def shard_problems(root: Path, shard: ShardInfo, *, checksums: bool = True) -> list[str]:
+    """What is wrong with one shard of a set on disk and its index, as the manifest records them: presence, size
+    and (with `checksums`) sha256. Empty when nothing is. The loaders' start-up check and --verify both use it."""
+    path, index = root / shard.name, root / shard.index
+    problems = []
+    if not path.exists():
+        problems.append(f"{path}: listed in the manifest but missing")
+    elif path.stat().st_size != shard.bytes:
+        problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {shard.bytes}")
+    elif checksums and sha256_file(path) != shard.sha256:
+        problems.append(f"{path}: sha256 does not match the manifest")
+    if not index.exists():
+        problems.append(f"{index}: listed in the manifest but missing")
+    elif checksums and shard.index_sha256 and sha256_file(index) != shard.index_sha256:
+        problems.append(f"{index}: sha256 does not match the manifest")
+    return problems
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -295,7 +295,7 @@ def test_verify_finds_a_damaged_shard(tmp_path, capsys):
     data[700] ^= 0xFF  # inside the first image's bytes
     tar.write_bytes(bytes(data))
     code, err = cli(["--verify", out], capsys)
-    assert code == 1 and "train-000000.tar: sha256 differs" in err
+    assert code == 1 and "train-000000.tar: sha256 does not match the manifest" in err
 
 
 def test_verify_checks_every_index_entry(tmp_path, capsys):
@@ -309,7 +309,7 @@ def test_verify_checks_every_index_entry(tmp_path, capsys):
     samples[2][0] = (ext, offset + 512, size, name)  # one member's offset shifted by a tar block
     index.write_text(format_index(samples))
     code, err = cli(["--verify", out], capsys)
-    assert code == 1 and "train-000000.idx: sha256 differs from the manifest" in err
+    assert code == 1 and "train-000000.idx: sha256 does not match the manifest" in err
     assert f"{name} at offset {offset + 512} size {size}, the tar has offset {offset} size {size}" in err
     # the same shift in a set whose manifest has no index sha256 (written before it did) is still caught
     raw = json.loads((out / "manifest.json").read_text())
@@ -369,7 +369,7 @@ def test_real_davis_and_camvid(tmp_path):
 
 def test_mask_png_is_a_plain_grayscale_png():
     # the sharder's own mask encoder: what Pillow (torch loader) and DALI's decoder read back, value for value
-    from fastseg.shards.writer import encode_mask_png
+    from fastseg.shards.encode import encode_mask_png
 
     indices = np.random.default_rng(0).integers(0, 256, (7, 13), dtype=np.uint8)
     indices[:, :4] = 255  # runs, as label maps have

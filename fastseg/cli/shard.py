@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import storage
 from ..shards.masks import parse_value_map
 from ..shards.verify import verify
-from ..shards.writer import ShardOptions, shard
+from ..shards import ShardOptions, shard
 from ..storage import location
 from . import run_cli
 

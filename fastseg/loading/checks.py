@@ -7,7 +7,7 @@ from pathlib import Path
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import Manifest, ShardSet, sha256_file
+from ..format import Manifest, ShardSet, shard_problems
 from ..storage import partial_path
 
 
@@ -22,22 +22,13 @@ def check_shards(shard_set: ShardSet, split: str, checksums: bool = True) -> tup
     if storage.is_remote(shard_set.root):
         return _check_remote(str(shard_set.root), manifest, shard_set.listed, split)
     root = Path(shard_set.root)
-    paths = []
-    for shard in manifest.split(split).shards:
-        path = root / shard.name
-        if not path.exists() or not (root / shard.index).exists():
-            raise FastsegError(f"{path}: listed in the manifest but missing (or its index is); re-shard or restore it")
-        if path.stat().st_size != shard.bytes:
-            raise FastsegError(
-                f"{path}: {path.stat().st_size} bytes, the manifest says {shard.bytes}; the shard is damaged, re-shard"
-            )
-        if checksums and sha256_file(path) != shard.sha256:
-            raise FastsegError(f"{path}: sha256 does not match the manifest; the shard is damaged, re-shard")
-        if checksums and shard.index_sha256 and sha256_file(root / shard.index) != shard.index_sha256:
-            raise FastsegError(f"{root / shard.index}: sha256 does not match the manifest; the index is damaged, "
-                               "re-shard")
-        paths.append(path)
-    return [str(p) for p in paths], [root / s.index for s in manifest.split(split).shards]
+    shards = manifest.split(split).shards
+    for shard in shards:
+        problems = shard_problems(root, shard, checksums=checksums)
+        if problems:
+            raise FastsegError(f"{problems[0]}; the set is damaged: re-shard or restore it (fastseg-shard --verify "
+                               f"{root} lists every problem)")
+    return [str(root / s.name) for s in shards], [root / s.index for s in shards]
 
 
 def index_cache() -> Path:

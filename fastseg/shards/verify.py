@@ -13,7 +13,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, sha256_file
+from ..format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, shard_problems
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
@@ -38,19 +38,10 @@ def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
 
 
 def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
-    path = root / shard.name
+    path, index_path = root / shard.name, root / shard.index
+    problems = shard_problems(root, shard)
     if not path.exists():
-        return [f"{path}: missing"]
-    problems = []
-    if path.stat().st_size != shard.bytes:
-        problems.append(f"{path}: {path.stat().st_size} bytes, manifest says {shard.bytes}")
-    if sha256_file(path) != shard.sha256:
-        problems.append(f"{path}: sha256 differs from the manifest")
-    index_path = root / shard.index
-    if not index_path.exists():
-        problems.append(f"{index_path}: missing")
-    elif shard.index_sha256 and sha256_file(index_path) != shard.index_sha256:
-        problems.append(f"{index_path}: sha256 differs from the manifest")
+        return problems
     try:
         index = parse_index(index_path.read_text(), str(index_path))
     except (OSError, FastsegError) as err:
