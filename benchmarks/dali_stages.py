@@ -15,8 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import host, publish  # noqa: E402
+from harness import host, publish
 
 STAGES = ("read", "decode", "augment", "normalize")  # normalize: the whole pipeline, nothing cut
 

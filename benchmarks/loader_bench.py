@@ -38,25 +38,14 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import (  # noqa: E402
-    WebdatasetEpochs,
-    convert_peers,
-    decode_rate,
-    default_dataset,
-    host,
-    publish,
-    run_child,
-    train_pairs,
-    vanilla_loader,
-    webdataset_loader,
-)
+import peers
+from harness import decode_rate, host, publish, run_child
+from peers import WebdatasetEpochs, convert_peers, webdataset_loader
+from recipes import default_dataset, train_pairs, vanilla_loader
 
-import peers  # noqa: E402
+from fastseg.storage import is_remote, join, location
 
-from fastseg.storage import is_remote, join, location  # noqa: E402
-
-# name -> (backend, device); vanilla is the tutorial recipe (measure.vanilla_loader)
+# name -> (backend, device); vanilla is the tutorial recipe (recipes.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda"),
            # peers (benchmarks/peers.py), recipe 1 and recipe 2 each: webdataset's own pipeline over the same shards,
@@ -146,7 +135,7 @@ def child(args) -> None:
         if args.augment != "flip":
             raise SystemExit("the webdataset peer runs --augment flip only (its crop recipe is not written yet)")
         from fastseg.format import open_set
-        from fastseg.loading.checks import check_shards
+        from fastseg.loading import check_shards
 
         urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
         peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
@@ -303,7 +292,7 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
     }
 
 
-def main() -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path)
     p.add_argument("--shards", type=location, help="a shard set: a folder, or an s3:// prefix (then each fastseg "
@@ -313,8 +302,7 @@ def main() -> int:
     p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
                    help="one or more worker/thread counts (default: the number of cores)")
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--rounds", "--epochs", dest="rounds", type=int, default=3,
-                   help="timed rounds (--epochs: its older name, kept for scripts that use it)")
+    p.add_argument("--rounds", type=int, default=3, help="timed rounds")
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
     p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=DEFAULT_LOADERS,
                    help="default: the fastseg loaders and vanilla; add webdataset_r1 webdataset_r2 for the peer")
@@ -323,83 +311,111 @@ def main() -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--child", choices=list(LOADERS), help=argparse.SUPPRESS)
     p.add_argument("--peer-dir", type=location, help=argparse.SUPPRESS)
+    return p
+
+
+def main() -> int:
+    p = build_parser()
     args = p.parse_args()
     if args.child:
         args.workers = args.workers[0]
         child(args)
         return 0
-    from tqdm import tqdm
-
     with tempfile.TemporaryDirectory() as tmp:
         if args.shards is None:
             if args.data is not None:
                 p.error("give --shards with --data (make them with fastseg-shard DATA SHARDS)")
             args.data, args.shards = default_dataset(Path(tmp))
             print(f"no --data/--shards: using a generated synthetic set in {args.data}")
-        pairs = train_pairs(args.shards)
-        mb_per_sample = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6 / len(pairs)
         if args.size is None:
-            from fastseg.format import load_manifest
-            from fastseg.loading import native_size
+            args.size = one_size(args.shards) or p.error("the train split has images of several sizes: give --size H W")
+        pairs = train_pairs(args.shards)
+        result = describe_run(args, pairs)
+        sources = loader_sources(args, Path(tmp), result)
+        mb_per_sample = sum(os.path.getsize(i) + os.path.getsize(m) for i, m in pairs) / 1e6 / len(pairs)
+        from tqdm import tqdm
 
-            try:
-                args.size = list(native_size(load_manifest(args.shards), "train"))
-            except Exception:
-                p.error("the train split has images of several sizes: give --size H W")
-        decode = decode_rate(pairs, args.rounds, args.min_seconds)
-        rate = decode["samples_per_s"]
-        import torch
-
-        cuda = torch.cuda.is_available()
-        cores = os.cpu_count() or 1
-        result = {"dataset": str(args.data), "samples": len(pairs), "batch_size": args.batch_size,
-                  "augment": args.augment, "size": args.size, "rounds": args.rounds, "min_seconds": args.min_seconds,
-                  "device_kind": "GPU" if cuda else "CPU", "decode_single_core_samples_per_s": round(rate, 2),
-                  "decode_single_core_rounds": decode["rounds"],
-                  "resampling": RESAMPLING,
-                  "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
-        # from a bucket: every loader but vanilla reads the bucket ("NAME (s3)") and a copy on disk, side by side;
-        # the peers' own formats are written on disk, then copied under PREFIX-peers/ in the same bucket
-        args.peer_dir = Path(tmp) / "peers"
-        kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
-        if kinds:
-            result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers))
-        sources = [(name, None, None) for name in args.loaders]
-        if is_remote(args.shards):
-            copy = disk_copy(args.shards, Path(tmp) / "disk-copy")
-            bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")
-            sources = [(name, copy, None) for name in args.loaders] + [
-                (f"{name} (s3)", args.shards, bucket_peers) for name in args.loaders if LOADERS[name][0] is not None]
-            result["shards"] = args.shards
         progress = tqdm(total=len(args.workers) * len(sources), desc="loaders", unit="run")
         for workers in args.workers:
-            # the limit: as many cores as this run may use, each decoding at the single-core Pillow rate
-            run = {"workers": workers, "limit_cores": min(workers, cores),
-                   "decode_limit_samples_per_s": round(rate * min(workers, cores), 2), "loaders": {}}
-            for name, shards, peer_dir in sources:
-                base = name.split(" ")[0]
-                progress.set_postfix_str(f"{name}, {workers} workers")
-                if LOADERS[base][1] == "cuda" and not cuda:
-                    run["loaders"][name] = {"skipped": "no CUDA device"}
-                else:
-                    run["loaders"][name] = measure_loader(base, workers, args, run["decode_limit_samples_per_s"],
-                                                          mb_per_sample, shards, peer_dir)
-                progress.update()
-            vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
-            peer_rates = [r["samples_per_s"] for name, r in run["loaders"].items()
-                          if "samples_per_s" in r and LOADERS[name.split(" ")[0]][0] in PEERS]
-            if peer_rates:
-                run["best_peer"] = next(name for name, r in run["loaders"].items()
-                                        if r.get("samples_per_s") == max(peer_rates))
-            for r in run["loaders"].values():
-                if vanilla and "samples_per_s" in r:
-                    r["vs_vanilla"] = round(r["samples_per_s"] / vanilla, 3)
-                if peer_rates and "samples_per_s" in r:
-                    r["vs_best_peer"] = round(r["samples_per_s"] / max(peer_rates), 3)
-            result["runs"].append(run)
+            result["runs"].append(compare(run_loaders(args, workers, sources, result, mb_per_sample, progress)))
         progress.close()
         report(result, args.json)
     return 0
+
+
+def one_size(shards) -> list[int] | None:
+    """[H, W] of a train split whose images all have one size, else None."""
+    from fastseg import FastsegError
+    from fastseg.format import load_manifest
+    from fastseg.loading import native_size
+
+    try:
+        return list(native_size(load_manifest(shards), "train"))
+    except FastsegError:
+        return None
+
+
+def describe_run(args, pairs) -> dict:
+    """The run's settings, the machine, and the single-core Pillow decode rate the limits are made of."""
+    import torch
+
+    decode = decode_rate(pairs, args.rounds, args.min_seconds)
+    return {"dataset": str(args.data), "samples": len(pairs), "batch_size": args.batch_size,
+            "augment": args.augment, "size": args.size, "rounds": args.rounds, "min_seconds": args.min_seconds,
+            "device_kind": "GPU" if torch.cuda.is_available() else "CPU",
+            "decode_single_core_samples_per_s": round(decode["samples_per_s"], 2),
+            "decode_single_core_rounds": decode["rounds"], "resampling": RESAMPLING,
+            "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
+
+
+def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, object]]:
+    """(name, shards, peer folder) of every loader to run, after writing the peers' own formats. From a bucket,
+    every loader but vanilla reads the bucket ("NAME (s3)") and a copy on disk, side by side; the peers' formats
+    are written on disk, then copied under PREFIX-peers/ in the same bucket."""
+    args.peer_dir = tmp / "peers"
+    kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
+    if kinds:
+        result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers))
+    if not is_remote(args.shards):
+        return [(name, None, None) for name in args.loaders]
+    copy = disk_copy(args.shards, tmp / "disk-copy")
+    bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")
+    result["shards"] = args.shards
+    return [(name, copy, None) for name in args.loaders] + [
+        (f"{name} (s3)", args.shards, bucket_peers) for name in args.loaders if LOADERS[name][0] is not None]
+
+
+def run_loaders(args, workers: int, sources, result: dict, mb_per_sample: float, progress) -> dict:
+    """One worker count: every loader measured in its own process, against the decode limit of the cores used."""
+    import torch
+
+    cores = min(workers, os.cpu_count() or 1)
+    limit = round(result["decode_single_core_samples_per_s"] * cores, 2)
+    run = {"workers": workers, "limit_cores": cores, "decode_limit_samples_per_s": limit, "loaders": {}}
+    for name, shards, peer_dir in sources:
+        base = name.split(" ")[0]
+        progress.set_postfix_str(f"{name}, {workers} workers")
+        if LOADERS[base][1] == "cuda" and not torch.cuda.is_available():
+            run["loaders"][name] = {"skipped": "no CUDA device"}
+        else:
+            run["loaders"][name] = measure_loader(base, workers, args, limit, mb_per_sample, shards, peer_dir)
+        progress.update()
+    return run
+
+
+def compare(run: dict) -> dict:
+    """Each loader's rate × vanilla's and × the best peer's of the same run; the best peer named."""
+    vanilla = run["loaders"].get("vanilla", {}).get("samples_per_s")
+    peer_rates = [r["samples_per_s"] for name, r in run["loaders"].items()
+                  if "samples_per_s" in r and LOADERS[name.split(" ")[0]][0] in PEERS]
+    if peer_rates:
+        run["best_peer"] = next(name for name, r in run["loaders"].items() if r.get("samples_per_s") == max(peer_rates))
+    for r in run["loaders"].values():
+        if vanilla and "samples_per_s" in r:
+            r["vs_vanilla"] = round(r["samples_per_s"] / vanilla, 3)
+        if peer_rates and "samples_per_s" in r:
+            r["vs_best_peer"] = round(r["samples_per_s"] / max(peer_rates), 3)
+    return run
 
 
 if __name__ == "__main__":

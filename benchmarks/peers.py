@@ -6,7 +6,7 @@ loader_bench.py's loaders (which runs them through `--loaders litdata_r1 mosaic_
 - MosaicML Streaming: `MDSWriter(columns={"image": "jpeg" (or "png" for PNG sources), "mask": "png"})` (a JPEG's
   file bytes kept, a PNG image and the mask re-encoded as PNG), then a `StreamingDataset` whose `__getitem__` does
   the work + `StreamingDataLoader`;
-- webdataset's own pipeline over fastseg's shards: measure.webdataset_loader.
+- webdataset's own pipeline over fastseg's shards (they are WebDataset tars): webdataset_loader below.
 
 They are benchmark-only dependencies and pin what fastseg does not (Mosaic: numpy < 2.2; both: torchvision), so they
 live in their own virtual environment: `bash benchmarks/peers_setup.sh` makes `.peers-venv`, and loader_bench
@@ -20,16 +20,116 @@ and normalizes the batch in the main process (as timm's loader and fastseg's tor
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import shutil
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import peer_sample, train_pairs  # noqa: E402
+import numpy as np
+from harness import run_child
+from recipes import train_pairs
 
 FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once per benchmark run
+
+
+# --- the peers' formats written beside fastseg-shard, in one run ----------------------------------------
+def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, workers: int) -> dict:
+    """Each peer's own format (peer_dir/KIND) written from the train split's source files by `peer_python`, timed,
+    with the process tree's peak memory, beside fastseg-shard making a set from the same files with as many workers
+    (the peers' writers copy bytes; fastseg-shard decodes and checks every image and mask, converts the masks and
+    takes the statistics); and the peers' versions and interpreter. A peer that fails is reported with its error."""
+    here = Path(__file__).resolve().parent
+    peers_py = str(here / "peers.py")
+    found = {"versions": run_child([peers_py, "versions"], python=peer_python)[0], "conversion": {}}
+    source = peer_dir / "source"  # the train split's files, linked into the images/ + masks/ layout
+    for image, mask in train_pairs(shards):
+        for kind, path in (("images", Path(image)), ("masks", Path(mask))):
+            (source / kind).mkdir(parents=True, exist_ok=True)
+            (source / kind / path.name).symlink_to(path.resolve())
+    figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source),
+                                     str(peer_dir / "fastseg-shard"), "--workers", str(workers)])
+    figures.update(samples_per_s=round(figures["samples"] / figures["seconds"], 2), processes=workers,
+                   peak_memory_mb=round(monitor.peak_rss / 1e6, 1), seconds=round(figures["seconds"], 3),
+                   bytes_on_disk=sum(p.stat().st_size for p in (peer_dir / "fastseg-shard").iterdir()))
+    found["conversion"]["fastseg-shard"] = figures
+    for kind in kinds:
+        try:
+            figures, monitor, _ = run_child([peers_py, "convert", kind, "--shards", str(shards), "--out",
+                                             str(peer_dir / kind), "--workers", str(workers)], python=peer_python)
+            figures["peak_memory_mb"] = round(monitor.peak_rss / 1e6, 1)
+        except RuntimeError as err:
+            figures = {"error": str(err)}
+        found["conversion"][kind] = figures
+    return found
+
+
+def peer_sample(image, mask, key, mean, std, recipe: int):
+    """Every peer's per-sample work: the paired flip at the native size, normalized here (recipe 1) or left uint8
+    (recipe 2); a CHW image tensor, an int64 mask, the sample's key. `image` is a PIL image, an array, or the CHW
+    uint8 tensor LitData's torchvision decoder returns."""
+    import torch
+
+    if isinstance(image, torch.Tensor):
+        image = image.permute(1, 2, 0).numpy()
+    image, mask = np.asarray(image), np.asarray(mask)
+    if image.ndim == 2:
+        image = np.repeat(image[..., None], 3, axis=2)
+    if np.random.rand() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if recipe == 1:
+        image = (image.astype(np.float32) - mean) / std
+    return torch.from_numpy(image.transpose(2, 0, 1).copy()), torch.from_numpy(mask.astype(np.int64)), key
+
+
+def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False,
+                      ranks: bool = False):
+    """webdataset's own pipeline over fastseg's shards (they are WebDataset tars): shard shuffle, a sample shuffle
+    buffer, Pillow decoding, the paired flip at the native size, as its docs compose it. Recipe 1 normalizes each
+    sample in the workers (the docs' way); recipe 2 hands uint8 out and normalizes the batch in the main process
+    (timm's and fastseg's way), see `WebdatasetEpochs`. webdataset splits work by shard: give it at least as many
+    train shards as workers (and, with `ranks`, shards split by torch.distributed rank too). Each sample keeps its
+    key."""
+    import webdataset as wds
+
+    def sample(item):
+        image = item["image.jpg"] if "image.jpg" in item else item["image.png"]
+        return peer_sample(image, item["mask.png"], item["__key__"], mean, std, recipe)
+
+    from PIL import Image
+
+    def class_ids(data: bytes) -> np.ndarray:  # "pil" would make the mask RGB; keep its single channel
+        return np.asarray(Image.open(io.BytesIO(data)))
+
+    # from a bucket, webdataset's documented way: a pipe from the AWS CLI (which reads AWS_ENDPOINT_URL too)
+    urls = [f"pipe:aws s3 cp --quiet {url} -" if url.startswith("s3://") else url for url in urls]
+    dataset = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node if ranks else None,
+                              empty_check=False)
+               .shuffle(256).decode(wds.handle_extension("mask.png", class_ids), "pil").map(sample))
+    return wds.WebLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
+                         pin_memory=pin)
+
+
+class WebdatasetEpochs:
+    """Each iteration is one epoch of the batch contract from a peer's loader: float32 N×3×H×W normalized, int64
+    N×H×W masks. Recipe 2 normalizes here, in the main process, on `device` (on a GPU after a non-blocking copy from
+    pinned memory, as timm's PrefetchLoader does)."""
+
+    def __init__(self, loader, mean, std, recipe: int, device: str = "cpu"):
+        import torch
+
+        self.loader, self.recipe, self.device = loader, recipe, torch.device(device)
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, 3, 1, 1)
+
+    def __iter__(self):
+        for image, mask, keys in self.loader:
+            image = image.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True)
+            if self.recipe == 2:
+                image = image.float().sub_(self.mean).div_(self.std)
+            yield {"image": image, "mask": mask, "real": image.shape[0], "key": list(keys)}
 
 
 def _litdata_sample(pair):

@@ -26,9 +26,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import convert_peers, host, publish  # noqa: E402
-from peers import FORMATS as PEER_FORMATS  # noqa: E402
+from harness import host, publish
+from peers import FORMATS as PEER_FORMATS
+from peers import convert_peers
 
 KINDS = ("dali", "torch", "webdataset", *PEER_FORMATS)
 BATCH, RESUME_AT, LIMIT_S = 8, 3, 120
@@ -49,7 +49,7 @@ def build(kind: str, folder: Path, fastseg_set: Path, rank: int, world: int):
 
         return make_loader(folder, backend=kind, batch_size=BATCH, augment="flip", return_keys=True, workers=1,
                            rank=rank, world_size=world, device="cpu")
-    from measure import WebdatasetEpochs, webdataset_loader
+    from peers import WebdatasetEpochs, webdataset_loader
 
     if kind == "webdataset":  # webdataset's own way in: the tar files, nothing of fastseg's manifest or indexes
         urls = [str(p) for p in sorted(folder.glob("train-*.tar"))]
@@ -206,7 +206,7 @@ def main() -> int:
         p.error("give --shards (a fastseg set on disk)")
     from tqdm import tqdm
 
-    from measure import train_pairs
+    from recipes import train_pairs
 
     keys = {Path(image).stem for image, _ in train_pairs(args.shards)}
     result = {"shards": str(args.shards), "batch_size": BATCH, "resume_at_batch": RESUME_AT, "limit_s": LIMIT_S,

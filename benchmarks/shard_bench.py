@@ -16,8 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import decode_rate, host, publish, run_child  # noqa: E402
+from harness import decode_rate, host, publish, run_child
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -33,8 +32,7 @@ def child(src: Path, out: Path, workers: int) -> None:
 
 def encode_rate(pairs, limit: int = 60) -> float:
     """Single-core rate of the per-sample shard work (decode, check, convert, encode), in this process."""
-    from fastseg.shards.masks import detect_spec
-    from fastseg.shards.writer import encode_sample
+    from fastseg.shards import detect_spec, encode_sample
 
     pairs = pairs[:limit]
     spec = detect_spec([p.mask for p in pairs])
@@ -59,19 +57,20 @@ def main() -> int:
     p.add_argument("--data", type=Path, nargs="+", default=[SHARED / "davis2016_subset", SHARED / "camvid/train"])
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "results/shard_cpu.json")
+    p.add_argument("--min-seconds", type=float, default=2.0, help="each timed decode round lasts at least this")
     p.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         child(*args.child, args.workers)
         return 0
-    from fastseg.shards.pairs import find_pairs
+    from fastseg.shards import find_pairs
 
     result = {"workers": args.workers, "datasets": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
     rows = ["| dataset | samples | samples/s (of limit) | streaming samples/s (of limit) | decode limit | "
             "one core: shard work / decode | peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for data in args.data:
         pairs = [p for ps in find_pairs(data).splits.values() for p in ps]
-        decode = decode_rate([(p.image, p.mask) for p in pairs])
+        decode = decode_rate([(p.image, p.mask) for p in pairs], min_seconds=args.min_seconds)
         single = decode["samples_per_s"]
         limit = single * args.workers
         encode = encode_rate(pairs)

@@ -21,8 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import host, publish, run_child  # noqa: E402
+from harness import host, publish, run_child
 
 
 def per_sample_ms(work, samples: int, repeats: int = 5) -> float:
@@ -40,12 +39,11 @@ def stages(shards: Path, batch_size: int) -> dict:
     from PIL import Image
 
     from fastseg.format import MASK_EXT
-    from fastseg.loading import make_loader
-    from fastseg.loading.torch_backend import decode_image
+    from fastseg.loading import decode_image, make_loader
 
     torch.set_num_threads(1)  # one core, as a DataLoader worker has
     loader = make_loader(shards, backend="torch", batch_size=batch_size, augment="flip", workers=0)
-    dataset = loader.loader.dataset
+    dataset = loader.dataset
     count = min(len(dataset), 64)
     picks = [(path, members) for path, _, members in dataset.members[:count]]
     image_ext = next(ext for ext in picks[0][1] if ext.startswith("image."))
@@ -61,18 +59,18 @@ def stages(shards: Path, batch_size: int) -> dict:
         "worker: read members by offset": per_sample_ms(
             lambda: [dataset.read(path, m[image_ext]) + dataset.read(path, m[MASK_EXT]) for path, m in picks],
             count),
-        "worker: JPEG decode, Pillow + copy out (before)": per_sample_ms(
+        "worker: JPEG decode, Pillow + copy out": per_sample_ms(
             lambda: [np.asarray(Image.open(io.BytesIO(i)).convert("RGB")) for i, _ in blobs], count),
-        "worker: JPEG decode, simplejpeg (now)": per_sample_ms(lambda: [decode_image(i) for i, _ in blobs], count),
+        "worker: JPEG decode, simplejpeg (the loader's)": per_sample_ms(lambda: [decode_image(i) for i, _ in blobs], count),
         "worker: mask PNG decode, Pillow": per_sample_ms(
             lambda: [np.array(Image.open(io.BytesIO(m))) for _, m in blobs], count),
         "worker: whole sample (read, decode, flip)": per_sample_ms(lambda: [dataset[(i, 0)] for i in range(count)],
                                                                    count),
         "worker: stack into a batch": per_sample_ms(
             lambda: [torch.stack([s[0] for s in samples[:batch_size]]) for _ in range(stacks)], stacks * batch_size),
-        "main: normalize to float32, fresh output (before)": per_sample_ms(
+        "main: normalize to float32, fresh output": per_sample_ms(
             lambda: [batch.float().sub_(mean).div_(std) for _ in range(stacks)], stacks * batch_size),
-        "main: normalize to float32, reused buffer (now: HostBuffers)": per_sample_ms(
+        "main: normalize to float32, reused buffer (the loader's HostBuffers)": per_sample_ms(
             lambda: [reused.copy_(batch).sub_(mean).div_(std) for _ in range(stacks)], stacks * batch_size),
         "main: masks widened to int64, reused buffer": per_sample_ms(
             lambda: [reused_masks.copy_(masks) for _ in range(stacks)], stacks * batch_size),
@@ -100,17 +98,18 @@ def main() -> int:
     p.add_argument("--shards", type=Path, required=True)
     p.add_argument("--workers", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seconds", type=float, default=8.0, help="timed seconds of the whole loader (default 8)")
     p.add_argument("--json", type=Path)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
-        print(json.dumps(loader_rate(args.shards, args.batch_size, args.workers)))
+        print(json.dumps(loader_rate(args.shards, args.batch_size, args.workers, args.seconds)))
         return 0
     result = {"shards": str(args.shards), "batch_size": args.batch_size, "workers": args.workers,
               "stages_ms_per_sample": stages(args.shards, args.batch_size), "loader": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
     argv = [__file__, "--child", "--shards", str(args.shards), "--workers", str(args.workers),
-            "--batch-size", str(args.batch_size)]
+            "--batch-size", str(args.batch_size), "--seconds", str(args.seconds)]
     for label, thp in (("default allocation", None), ("THP_MEM_ALLOC_ENABLE=1", "1")):
         env = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
         if thp:

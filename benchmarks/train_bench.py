@@ -25,10 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure import default_dataset, host, publish, train_pairs, vanilla_loader  # noqa: E402
+from harness import host, publish
+from recipes import default_dataset, train_pairs, vanilla_loader
 
-from fastseg.training.model import PRECISION_DTYPES  # noqa: E402
+from fastseg.training.model import PRECISION_DTYPES
 
 
 def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, flops: int, peak) -> dict:

@@ -9,7 +9,9 @@ process starts its workers from a forkserver instead, without re-running the use
 from __future__ import annotations
 
 import multiprocessing
+import os
 import sys
+import time
 from contextlib import contextmanager
 
 _native_threads = False  # set once this process has built a DALI pipeline: its threads live as long as it does
@@ -44,3 +46,25 @@ def workers_starting():
     finally:
         if path is not None:
             main.__file__ = path
+
+
+_ORPHAN_ERRORS = (ConnectionError, EOFError, BrokenPipeError)
+
+
+def quiet_when_orphaned(worker_id: int = 0) -> None:
+    """A worker's `worker_init_fn`: once the process that started it is gone (a rank killed by the OOM killer, say),
+    the worker's helper threads fail on their closed connections; their tracebacks would bury the one line that says
+    what happened (fastseg-train's). Such errors are dropped once the parent is gone; every other error is reported
+    as it was."""
+    parent, report = os.getppid(), sys.excepthook
+
+    def hook(kind, error, trace):
+        if issubclass(kind, _ORPHAN_ERRORS):
+            deadline = time.monotonic() + 2.0  # the connection closes a moment before the kernel re-parents us
+            while os.getppid() == parent and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if os.getppid() != parent:
+                return
+        report(kind, error, trace)
+
+    sys.excepthook = hook

@@ -84,12 +84,7 @@ def split_url(url: str) -> tuple[str, str]:
     return bucket, key
 
 
-_clients = {}
-
-
-def forget_clients() -> None:
-    """Drop this process's client, so the next call reads the AWS settings afresh (changed credentials, say)."""
-    _clients.clear()
+_clients = {}  # (process, AWS settings) -> client
 
 
 def settings() -> dict[str, str]:
@@ -101,14 +96,14 @@ def settings() -> dict[str, str]:
 def use_settings(aws: dict[str, str]) -> None:
     if aws and any(os.environ.get(k) != v for k, v in aws.items()):
         os.environ.update(aws)
-        _clients.pop(os.getpid(), None)
 
 
 def client():
-    """One client per process (the torch loader's workers each make their own), with short timeouts and few retries, so
-    an unreachable endpoint is reported in seconds rather than minutes."""
-    pid = os.getpid()
-    if pid not in _clients:
+    """One client per process (the torch loader's workers each make their own) and AWS settings (changed
+    credentials or endpoint get a new one), with short timeouts and few retries, so an unreachable endpoint is
+    reported in seconds rather than minutes."""
+    key = (os.getpid(), tuple(sorted(settings().items())))
+    if key not in _clients:
         try:
             import boto3
             from botocore.config import Config
@@ -116,8 +111,9 @@ def client():
             raise FastsegError("s3:// needs boto3: pip install boto3") from err
         config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
                         max_pool_connections=32)
-        _clients[pid] = boto3.session.Session().client("s3", config=config)
-    return _clients[pid]
+        _clients.clear()  # one live client: the previous settings' is not needed again
+        _clients[key] = boto3.session.Session().client("s3", config=config)
+    return _clients[key]
 
 
 def endpoint() -> str:

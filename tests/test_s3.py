@@ -231,15 +231,11 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
     with pytest.raises(FastsegError, match="s3://sets/holey/train-000001.tar: listed in the manifest but missing"):
         make_loader("s3://sets/holey", backend="torch")
 
-    # wrong credentials, for fastseg-shard and the loaders alike
-    from fastseg import storage
-
+    # wrong credentials, for fastseg-shard and the loaders alike (a changed setting gets a new client)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-the-secret")
-    storage.forget_clients()  # the next request signs with the new settings
     code, err = shard_cli(capsys, "--verify", url, "--quiet")
     assert code == 1 and f"{url}: access denied" in err and "AWS_SECRET_ACCESS_KEY" in err and "Traceback" not in err
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIANOSUCHKEY")
-    storage.forget_clients()  # the next request signs with the new settings
     with pytest.raises(FastsegError, match=f"{url}: access denied"):
         make_loader(url, backend="dali")
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", KEYS["AWS_ACCESS_KEY_ID"])
@@ -247,12 +243,10 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
 
     # an unreachable endpoint: said within seconds, naming it
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
-    storage.forget_clients()  # the next request signs with the new settings
     start = time.time()
     with pytest.raises(FastsegError, match=r"s3://sets/tiny: cannot reach the S3 endpoint http://127.0.0.1:\d+"):
         make_loader(url)
     assert time.time() - start < 60
-    storage.forget_clients()  # the next request signs with the new settings
 
 
 def test_loader_bench_reads_the_bucket_beside_the_disk(bucket_set, data, tmp_path):

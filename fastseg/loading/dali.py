@@ -1,7 +1,7 @@
 """The DALI pipeline (the only module that imports nvidia.dali) and a thin epoch-exact iterator over it.
 
 DALI's webdataset reader never stops at an epoch end: it wraps around and moves each rank to the next slice.
-So the iterator counts batches itself (LoaderPlan.batches per epoch, bookkeeping in plan.EpochLoader) instead of
+So the iterator counts batches itself (LoaderPlan.batches per epoch, bookkeeping in contract.EpochLoader) instead of
 relying on DALI's generic iterator, whose len() and reset behaviour are easy to get wrong under Lightning.
 
 The pipeline runs on DALI's dynamic executor, which hands each output buffer to torch without a copy (DLPack) and
@@ -47,6 +47,8 @@ def check_dali_version(version: str) -> None:
 
 check_dali_version(nvidia.dali.__version__)
 
+__all__ = ["DALI_FLOOR", "DaliLoader", "build_pipeline", "check_dali_version", "find_undecodable",
+           "segmentation_pipeline"]
 SHUFFLE_BUFFER = 256
 
 

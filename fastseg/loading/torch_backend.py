@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .. import storage
 from ..errors import FastsegError
 from ..format import MASK_EXT, parse_index
-from ..processes import workers_starting
+from ..processes import quiet_when_orphaned, workers_starting
 from .contract import EpochLoader, LoaderPlan, Normalize
 
 
@@ -139,7 +139,7 @@ class HostBuffers:
     normalization that fills it (benchmarks/torch_stages.py). Each buffer is a numpy array lent to torch through a
     view of it: torch keeps that view alive while any tensor shares its memory (slices and views included), so a
     dead weak reference to the view means the caller has let go of every one. With all buffers held, a batch gets
-    fresh memory, as before."""
+    fresh memory."""
 
     def __init__(self, slots: int = 4):
         self.slots = slots
@@ -172,9 +172,15 @@ class TorchLoader(EpochLoader):
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
             pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            worker_init_fn=quiet_when_orphaned,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
         self.buffers = HostBuffers() if plan.device.type == "cpu" else None
+
+    @property
+    def dataset(self) -> ShardSamples:
+        """The Dataset its workers read: sample i of the split, by offset (`members` lists where each one is)."""
+        return self.loader.dataset
 
     def _iterate(self):
         """The DataLoader's iterator; its persistent workers start on the first call, forked where that is safe

@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
+__all__ = ["CLASSES", "generate"]
+
 CLASSES = [("background", [0, 0, 0]), ("disk", [230, 25, 75]), ("box", [60, 180, 75]), ("triangle", [0, 130, 200])]
 SIZES = [(320, 240), (288, 288)]
 

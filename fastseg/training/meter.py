@@ -165,7 +165,7 @@ def verdict(summary: dict, loader: str, workers: int, accelerator: str, augment:
         elif augment == "crop":
             tips.append("--augment flip (no resampling at the native size)")
         return f"input-bound: {rate}, {waiting}; try {', '.join(tips)}"
-    mfu = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") else ""
+    utilisation = f", MFU {summary['mfu']:.1%}" if summary.get("mfu") else ""
     tip = ("--compile, a larger --batch-size, --precision bf16-mixed" if accelerator == "gpu" else
            "a GPU, or a smaller --width/--image-size")
-    return f"compute-bound: {rate}, {waiting}{mfu}; the input keeps up; to go faster try {tip}"
+    return f"compute-bound: {rate}, {waiting}{utilisation}; the input keeps up; to go faster try {tip}"

@@ -1,4 +1,4 @@
-"""The synthetic set the demo uses, and the loader benchmark, run for real on tiny data."""
+"""The benchmark scripts, each run for real on a few samples, and the synthetic set the demo and benchmarks use."""
 from __future__ import annotations
 
 import json
@@ -146,3 +146,75 @@ def test_train_bench_runs_both_paths(tmp_path):
     for run in report["runs"]:
         assert run["images_per_s"] > 0 and 0 <= run["data_stall_fraction"] <= 1 and run["step_ms"] > 0
     assert report["flops_per_image"] > 0 and report["runs"][-1]["steps"] >= 3
+
+
+# --- every benchmark script runs, on a few samples -------------------------------------------------------------
+def bench(script: str, *argv, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, argv)], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    from .conftest import make_dataset
+
+    root = tmp_path_factory.mktemp("tiny")
+    data = make_dataset(root / "data", count=12, size=(64, 48))
+    shard(data, root / "shards", ShardOptions(val_fraction=0.25, progress=False, workers=2))
+    return data, root / "shards"
+
+
+@pytest.mark.slow
+def test_the_stage_benchmarks_run_and_report(tiny, tmp_path):
+    data, shards = tiny
+    done = bench("dali_stages.py", "--shards", shards, "--threads", "1", "--batch-size", "3", "--batches", "6",
+                 "--json", tmp_path / "dali.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    dali = json.loads((tmp_path / "dali.json").read_text())
+    assert dali["size"] == [48, 64] and dali["loader_samples_per_s"] > 0
+    done = bench("torch_stages.py", "--shards", shards, "--workers", "1", "--batch-size", "3", "--seconds", "0.5",
+                 "--json", tmp_path / "torch.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    stages = json.loads((tmp_path / "torch.json").read_text())
+    assert all(ms > 0 for ms in stages["stages_ms_per_sample"].values())
+    assert all(run["samples_per_s"] > 0 for run in stages["loader"].values())
+    done = bench("shard_bench.py", "--data", data, "--workers", "1", "--min-seconds", "0.05",
+                 "--json", tmp_path / "shard.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    (figures,) = json.loads((tmp_path / "shard.json").read_text())["datasets"].values()
+    assert figures["samples"] == 12 and 0 < figures["of_limit"] and figures["peak_memory_mb"]["whole"] > 0
+
+
+@pytest.mark.slow
+def test_the_learning_check_reports_its_verdict(tiny, tmp_path):
+    data, _ = tiny
+    done = bench("learning_check.py", "--data", data, "--epochs", "1", "--loader", "torch",
+                 "--json", tmp_path / "learning.json")
+    found = json.loads((tmp_path / "learning.json").read_text())
+    assert done.returncode == (0 if found["passed"] else 1), done.stderr[-2000:]
+    assert found["passed"] == (found["val_miou"] >= found["bar"]) and found["epochs"] == 1
+
+
+def test_benchmarks_use_only_what_fastseg_exports():
+    """No sys.path edits, and from fastseg only public names: a stage package's submodule is reached through the
+    package's __all__ (or the submodule's own), never by a name the package keeps to itself."""
+    import ast
+    import importlib
+    import inspect
+
+    for path in sorted((ROOT / "benchmarks").glob("*.py")):
+        text = path.read_text()
+        assert "sys.path" not in text, path
+        for node in ast.walk(ast.parse(text)):
+            if not (isinstance(node, ast.ImportFrom) and (node.module or "").startswith("fastseg")):
+                continue
+            module = importlib.import_module(node.module)
+            package = importlib.import_module(node.module.rpartition(".")[0]) if node.module.count(".") > 1 else None
+            for alias in node.names:
+                assert not alias.name.startswith("_"), (path.name, node.module, alias.name)
+                if inspect.ismodule(getattr(module, alias.name, None)):
+                    continue  # a module of fastseg's (fastseg.storage), whose names are checked where they are used
+                if hasattr(module, "__all__"):
+                    assert alias.name in module.__all__, (path.name, node.module, alias.name)
+                elif package is not None and node.module.split(".")[1] in ("shards", "loading"):
+                    assert alias.name in package.__all__, (path.name, node.module, alias.name)

@@ -1,0 +1,68 @@
+"""What the benchmarks time besides fastseg's public API: the tutorial recipe (a Pillow DataLoader over the source
+files), the source files of a shard set's train split, and the default synthetic dataset."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+
+def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0)):
+    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too."""
+    import torch
+    from PIL import Image
+    from torch.utils.data import DataLoader, Dataset
+
+    from fastseg.loading import draw_crop
+
+    class FolderDataset(Dataset):
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            image = Image.open(pairs[i][0]).convert("RGB")
+            mask = Image.open(pairs[i][1])
+            box = draw_crop(np.random.default_rng(), *image.size, scale) if augment == "crop" else None
+            if box is not None or (size and image.size != (size[1], size[0])):
+                image = image.resize((size[1], size[0]), Image.BILINEAR, box=box, reducing_gap=None)
+                mask = mask.resize((size[1], size[0]), Image.NEAREST, box=box)
+            image, mask = np.asarray(image, np.float32), np.asarray(mask, np.int64)
+            if np.random.rand() < 0.5:
+                image, mask = image[:, ::-1], mask[:, ::-1]
+            image = (image - mean) / std
+            return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask.copy())}
+
+    # pinned, as the tutorial recipe has it: on a GPU, .to(cuda, non_blocking=True) from pageable memory blocks
+    return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
+
+
+def train_pairs(shards) -> list[tuple[str, str]]:
+    """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
+    bucket: read by offset through the index either way)."""
+    from fastseg import storage
+    from fastseg.format import open_set, parse_index
+    from fastseg.loading import check_shards
+
+    pairs = []
+    for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
+        for sample in parse_index(index.read_text(), str(index)):
+            _, offset, size, _ = next(m for m in sample if m[0] == "json")
+            if storage.is_remote(path):
+                meta = json.loads(storage.read_range(path, offset, size))
+            else:
+                with open(path, "rb") as tar:
+                    tar.seek(offset)
+                    meta = json.loads(tar.read(size))
+            pairs.append((meta["image"], meta["mask"]))
+    return pairs
+
+
+def default_dataset(tmp: Path) -> tuple[Path, Path]:
+    from fastseg.shards import ShardOptions, shard
+    from fastseg.shards.synthetic import generate
+
+    data = generate(tmp / "synthetic", count=160)
+    shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
+    return data, tmp / "shards"
