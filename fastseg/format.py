@@ -32,15 +32,26 @@ def make_key(name: str) -> str:
     return _KEY_UNSAFE.sub("_", name).strip("_") or "sample"
 
 
-def shard_name(split: str, number: int) -> str:
-    return f"{split}-{number:06d}.tar"
+def shard_name(split: str, number: int, part: tuple[int, int] | None = None) -> str:
+    """`train-000003.tar`; a part's own shards carry its number (`train-p00002-000003.tar`), so that no two parts
+    of a set written on many machines ever write the same name."""
+    return f"{split}-{'' if part is None else f'p{part[0]:05d}-'}{number:06d}.tar"
+
+
+def part_record_name(index: int, count: int) -> str:
+    """What part `index` of `count` writes last: its shards and statistics, for the merge."""
+    return f"part-{index:05d}-of-{count:05d}.json"
+
+
+PART_RECORD = re.compile(r"^part-(\d{5})-of-(\d{5})\.json$")
+PART_SHARD = re.compile(rf"^({'|'.join(SPLITS)})-p(\d{{5}})-\d{{6}}\.(tar|idx)$")
 
 
 def index_name(tar_name: str) -> str:
     return tar_name[: -len(".tar")] + ".idx"
 
 
-_SET_FILE = re.compile(rf"^({'|'.join(SPLITS)})-\d{{6}}\.(tar|idx)$")
+_SET_FILE = re.compile(rf"^(({'|'.join(SPLITS)})-(p\d{{5}}-)?\d{{6}}\.(tar|idx)|part-\d{{5}}-of-\d{{5}}\.json)$")
 
 
 def listing(names: list[str], most: int = 5) -> str:

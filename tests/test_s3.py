@@ -275,3 +275,31 @@ def test_ddp_training_from_the_bucket(bucket_set, tmp_path):
              for k in json.loads(line)["keys"]] for r in range(2)]
     assert not set(keys[0]) & set(keys[1]) and len(keys[0]) + len(keys[1]) == 10  # disjoint and complete
     assert json.loads((out / "metrics.json").read_text())["val_pixels"] == 4 * 32 * 48
+
+
+def test_parts_written_to_a_bucket_merge_into_the_set_one_machine_writes(bucket_set, data, capsys):
+    """Each part uploads its own shards and record; the merge reads the records and the listing, never a shard."""
+    from fastseg import storage
+    from fastseg.shards import merge
+
+    url, disk = bucket_set
+    for part in ("0/2", "1/2"):
+        assert run_cli("fastseg-shard", shard_main, [str(data), "s3://sets/parts", "--part", part, "--max-count",
+                                                     "3", "--workers", "1", "--quiet"]) == 0
+    read = []
+    real_read = storage.read
+    storage.read = lambda url_: read.append(url_) or real_read(url_)
+    try:
+        merged = merge("s3://sets/parts", progress=False)
+    finally:
+        storage.read = real_read
+    assert all(name.rpartition("/")[2].startswith("part-") for name in read)  # records only
+    single = json.loads((disk / "manifest.json").read_text())
+    assert merged.class_pixels == single["class_pixels"] and merged.sizes == single["sizes"]
+    for split in ("train", "val"):
+        keys = {backend: sorted(k for b in make_loader("s3://sets/parts", split=split, backend=backend, batch_size=3,
+                                                       workers=0, shuffle=False, augment="none", return_keys=True)
+                               for k in b["key"][: b["real"]]) for backend in ("dali", "torch")}
+        assert keys["dali"] == keys["torch"] and len(keys["dali"]) == single["splits"][split]["samples"]
+    code, _ = shard_cli(capsys, "--verify", "s3://sets/parts", "--quiet")
+    assert code == 0

@@ -9,7 +9,7 @@ from pathlib import Path
 from .. import storage
 from ..shards.masks import parse_value_map
 from ..shards.verify import verify
-from ..shards import ShardOptions, shard
+from ..shards import ShardOptions, merge, parse_part, shard
 from ..storage import location
 from . import run_cli
 
@@ -33,6 +33,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (or s3://bucket/prefix) for shards and manifest.json")
     p.add_argument("--verify", type=location, metavar="OUT", help="re-check an existing shard set (folder or "
                    "s3:// prefix) and exit")
+    p.add_argument("--part", metavar="I/N",
+                   help="write part I of N (counted from 0) of the set, on one of N machines; 'auto' reads a SLURM job "
+                        "array's task id and count; then --merge OUT")
+    p.add_argument("--merge", type=location, metavar="OUT",
+                   help="write the one manifest of a set written with --part, once all its parts are there, and exit")
     p.add_argument("--images", type=Path, help="image folder (with --masks, instead of SRC's layout)")
     p.add_argument("--masks", type=Path, help="mask folder matching --images")
     p.add_argument("--classes", type=Path, help='JSON list of {"name", "color"}; order gives the class ids')
@@ -67,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
             print(line, file=sys.stderr)
         print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
+    if args.merge:
+        merge(args.merge, progress=not args.quiet)
+        return 0
     if args.out is None and args.src is not None and (args.images or args.masks):
         args.src, args.out = None, args.src  # `fastseg-shard --images I --masks M OUT`
     if args.out is None:
@@ -76,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
         resize_masks=args.resize_masks, keep_zero_label=args.keep_zero_label, skip_unpaired=args.skip_unpaired,
         mask_threshold=args.mask_threshold, pair_key=args.pair_key,
+        part=parse_part(args.part) if args.part else None,
         map_values=parse_value_map(args.map_values) if args.map_values is not None else None,
         overwrite=args.overwrite,
         workers=args.workers, progress=not args.quiet,

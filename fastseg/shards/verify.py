@@ -7,7 +7,6 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import webdataset as wds
 from PIL import Image
 from tqdm import tqdm
 
@@ -49,6 +48,8 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
         index = None
     if index is not None:
         problems += _check_index(path, index_path, index)
+    import webdataset as wds  # here, not at the top: it imports torch, a second that only --verify needs
+
     count = 0
     try:
         for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):

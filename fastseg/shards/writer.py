@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import io
 import math
-import random
 import tarfile
 from collections import defaultdict
 from pathlib import Path
@@ -65,6 +64,26 @@ class Stats:
         self.class_hist[split] += sample.class_hist
         self.sizes[split].add(sample.size)
 
+    def to_record(self) -> dict:
+        """Exact integer counts (a part's share, for the merge): pixel values per channel, stored mask values per
+        split, image sizes per split."""
+        return {"pixel_hist": self.pixel_hist.tolist(),
+                "class_hist": {split: hist.tolist() for split, hist in self.class_hist.items()},
+                "sizes": {split: sorted([list(wh) for wh in sizes]) for split, sizes in self.sizes.items()}}
+
+    @classmethod
+    def from_records(cls, records: list[dict]) -> Stats:
+        """The counts of a whole set from its parts' records: sums of integers, so exactly a single run's."""
+        total = cls()
+        for record in records:
+            total.pixel_hist += np.array(record["pixel_hist"], np.int64)
+            for split, hist in record["class_hist"].items():
+                total.class_hist.setdefault(split, np.zeros(256, np.int64))
+                total.class_hist[split] += np.array(hist, np.int64)
+            for split, sizes in record["sizes"].items():
+                total.sizes[split] |= {tuple(wh) for wh in sizes}
+        return total
+
     def mean_std(self) -> tuple[list[float], list[float]]:
         if not self.pixel_hist.any():  # no training split: no statistics to take
             return [0.0, 0.0, 0.0], [255.0, 255.0, 255.0]
@@ -75,21 +94,30 @@ class Stats:
         return [round(float(m), 4) for m in mean], [round(float(max(s, 1e-6)), 4) for s in np.sqrt(var)]
 
 
-def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, seed: int, shard_size: int,
-              max_count: int | None, resize_masks: bool, progress: bool) -> Manifest:
-    """Every split's shards and indexes in `folder`, then the manifest; the manifest is also returned. Samples that
-    fail their checks are collected, and reported together before any manifest is written."""
+def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, **options) -> Manifest:
+    """A whole set in `folder`: every split's shards and indexes (write_shards), then the manifest, written last
+    and returned."""
+    infos, stats = write_shards(pool, splits, spec, folder, **options)
+    manifest = manifest_from(infos, stats, spec)
+    (folder / MANIFEST).write_text(manifest.to_json())
+    return manifest
+
+
+def write_shards(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, shard_size: int,
+                 max_count: int | None, resize_masks: bool, progress: bool,
+                 part: tuple[int, int] | None = None) -> tuple[dict[str, SplitInfo], Stats]:
+    """Every split's shards and indexes in `folder`, the pairs in the order given (sources.in_shard_order), and the
+    statistics gathered on the way. Samples that fail their checks are collected and reported together, before
+    anything that looks finished is written. A `part` (I, N) writes under that part's shard names."""
     stats, errors, infos = Stats(), [], {}
     total = sum(len(p) for p in splits.values())
     bar = tqdm(total=total, unit="sample", desc="sharding", disable=not progress)
     for split, pairs in splits.items():
-        pairs = list(pairs)
-        random.Random(seed).shuffle(pairs)  # mix sources across shards, so that no shard holds one sequence
         jobs = [(p, spec, resize_masks) for p in pairs]
         results = pool.imap(encode_job, jobs, chunksize=4)  # one ordered stream per split: no stall at shard edges
         shards = []
         for number, chunk in enumerate(plan_shards(pairs, shard_size, max_count)):
-            path = folder / shard_name(split, number)
+            path = folder / shard_name(split, number, part)
             with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
                 for result in (next(results) for _ in chunk):
                     bar.update()
@@ -106,17 +134,20 @@ def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path,
     bar.close()
     if errors:
         _raise_collected(errors)
-    present = sum(stats.class_hist.values())
+    return infos, stats
+
+
+def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec) -> Manifest:
+    """The manifest of a set: its splits and shards, and the classes and statistics from the gathered counts."""
+    present = sum(stats.class_hist.values()) if stats.class_hist else np.zeros(256, np.int64)
     classes = spec.classes(present)
     mean, std = stats.mean_std()
     train_hist = stats.class_hist.get("train", present)
-    manifest = Manifest(
+    return Manifest(
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
     )
-    (folder / MANIFEST).write_text(manifest.to_json())
-    return manifest
 
 
 def _raise_collected(errors: list[FastsegError]) -> None:

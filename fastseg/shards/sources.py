@@ -1,0 +1,74 @@
+"""The pairs of a source folder per split, and how their masks become class ids, decided once (and the same way on
+every machine that shards a part of it): a public dataset's own (datasets.py), or the generic layouts' (pairs.py)
+with the mask kind detected from a spread of masks (masks.py). Also the worker pool that encodes them."""
+from __future__ import annotations
+
+import random
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+from ..errors import FastsegError
+from ..processes import workers_starting
+from . import masks as maskmod
+from .datasets import KNOWN_LAYOUTS, recognise
+from .options import ShardOptions
+from .pairs import Pair, compile_pair_key, find_pairs, split_off_val
+
+
+def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec]:
+    """The pairs per split and how their masks become class ids: a public dataset's own (datasets.py), or the
+    generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
+    known = None if opts.images or opts.masks or opts.pair_key else recognise(src, opts.keep_zero_label)
+    if known is not None:
+        own = [flag for flag, value in (("--classes", opts.classes), ("--ignore-value", opts.ignore_value),
+                                        ("--mask-threshold", opts.mask_threshold), ("--map-values", opts.map_values))
+               if value is not None]
+        if own:
+            raise FastsegError(f"{src} is {known.name}, which brings its own class table: {', '.join(own)} does not "
+                               "apply; to use it, shard the folders with --images DIR --masks DIR")
+        print(known.describe())
+        for split, why in known.skipped.items():
+            print(f"skipping the {split} split: {why}")
+        return split_off_val(known.splits, opts.val_fraction, opts.seed), known.spec
+    pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
+    found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS)
+    if found.unpaired:
+        listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
+        if not opts.skip_unpaired:
+            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {listing}; "
+                               "rename them to match, or pass --skip-unpaired")
+        print(f"skipping {len(found.unpaired)} unpaired file(s): {listing}")
+    splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
+    everything = [p for pairs in splits.values() for p in pairs]
+    spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
+    return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value, threshold=opts.mask_threshold,
+                                       value_map=opts.map_values)
+
+
+def in_shard_order(splits: dict[str, list[Pair]], seed: int) -> dict[str, list[Pair]]:
+    """Each split's pairs in the order they go into shards: a seeded shuffle, so that no shard holds one sequence
+    (and every part of a set written on many machines agrees on it)."""
+    ordered = {}
+    for split, pairs in splits.items():
+        ordered[split] = list(pairs)
+        random.Random(seed).shuffle(ordered[split])
+    return ordered
+
+
+@contextmanager
+def encoding_pool(workers: int):
+    """The worker pool that encodes samples. Workers take SIGTERM's default (die): a forked one would inherit the
+    writer's handler, and the pool's own terminate() could then leave one waiting forever on a queue lock that a
+    killed sibling held."""
+    with workers_starting() as context, context.Pool(max(1, workers), signal.signal,
+                                                     (signal.SIGTERM, signal.SIG_DFL)) as pool:
+        yield pool
+
+
+def discover_classes(pool, splits: dict[str, list[Pair]], spec: maskmod.MaskSpec) -> None:
+    """Colour masks without a class file: the classes are the colours found in all of them (black first)."""
+    if spec.kind == "rgb" and not spec.fixed:
+        masks = [p.mask for pairs in splits.values() for p in pairs]
+        spec.colors = maskmod.discover_colors(pool.imap_unordered(maskmod.colors_in, masks, 8))
+        spec.names = [f"class_{i}" for i in range(len(spec.colors))]
