@@ -218,3 +218,13 @@ def test_benchmarks_use_only_what_fastseg_exports():
                     assert alias.name in module.__all__, (path.name, node.module, alias.name)
                 elif package is not None and node.module.split(".")[1] in ("shards", "loading"):
                     assert alias.name in package.__all__, (path.name, node.module, alias.name)
+
+
+def test_the_parts_benchmark_runs_and_reports(tiny, tmp_path):
+    data, _ = tiny
+    done = bench("parts_bench.py", "--data", data, "--parts", "1", "2", "--simulated", "3", "30",
+                 "--json", tmp_path / "parts.json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    found = json.loads((tmp_path / "parts.json").read_text())
+    assert [r["parts"] for r in found["runs"]] == [1, 2] and all(r["samples_per_s"] > 0 for r in found["runs"])
+    assert [m["parts"] for m in found["merge_only"]] == [3, 30] and found["single_machine"]["seconds"] > 0
