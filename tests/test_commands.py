@@ -163,3 +163,62 @@ def test_bad_input_fails_before_training(shards, tmp_path, capsys):
     assert run(["--checkpoint", tmp_path / "x.ckpt", "--input", tmp_path, "--out", tmp_path / "p"], predict_main,
                "fastseg-predict") == 1
     assert "no such checkpoint" in capsys.readouterr().err
+
+
+# --- your own model and the recipes' schedule, end to end ---------------------------------------------------------
+def test_your_own_model_trains_resumes_and_predicts(shards, tmp_path, capsys):
+    import torch
+
+    out = tmp_path / "own"
+    args = ["--shards", shards, "--out", out, "--model", "tests.custom_model:build", "--model-arg", "width=6",
+            "--checkpoint-every", "2", *TRAIN]
+    assert run([*args, "--epochs", "1"]) == 0
+    saved = torch.load(out / "checkpoints/last.ckpt", map_location="cpu", weights_only=False)
+    assert saved["hyper_parameters"]["model_path"] == "tests.custom_model:build"
+    assert saved["hyper_parameters"]["model_args"] == {"width": 6}
+    assert any(k.startswith("model.0.") for k in saved["state_dict"])  # the custom network's own layers
+    assert run([*args, "--epochs", "2", "--resume", "auto"]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["epochs"] == 2 and metrics["throughput"]["flops_per_image"] > 0  # the meter counted its FLOPs
+    resumed = next(out.glob("logs/csv/version_1/metrics.csv"))
+    assert max(int(r["step"]) for r in csv.DictReader(open(resumed)) if r.get("train_loss")) + 1 == 2 * 4
+    assert run(["--checkpoint", out / "checkpoints/best.ckpt", "--shards", shards, "--split", "val", "--out",
+                tmp_path / "eval", "--workers", "1"], predict_main, "fastseg-predict") == 0
+    assert json.loads((tmp_path / "eval/metrics.json").read_text())["val_pixels"] == 6 * 32 * 32
+    assert run([*args, "--epochs", "1", "--out", tmp_path / "bad", "--model", "nope.nowhere:net"]) == 1
+    assert "--model nope.nowhere:net: cannot import nope.nowhere" in capsys.readouterr().err
+
+
+def test_sgd_with_poly_and_warmup_reaches_the_formulas_rates_and_max_steps_stops(shards, tmp_path):
+    import pytorch_lightning as pl
+
+    from fastseg.loading import SegDataModule
+    from fastseg.training.module import SegModule
+    from fastseg.training.optim import lr_factor
+
+    manifest = __import__("fastseg").load_manifest(shards)
+    module = SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
+                       mean=manifest.mean, std=manifest.std, image_size=(32, 32), width=4, lr=0.01, epochs=None,
+                       optimizer="sgd", schedule="poly", warmup_steps=3, min_lr=1e-4)
+    seen = []
+
+    class Rates(pl.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_index):
+            optimizer = trainer.optimizers[0]
+            seen.append((optimizer.param_groups[0]["lr"], optimizer.param_groups[0]["momentum"]))
+
+    trainer = pl.Trainer(accelerator="cpu", max_steps=9, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, callbacks=[Rates()],
+                         num_sanity_val_steps=0, limit_val_batches=0)
+    trainer.fit(module, datamodule=SegDataModule(shards, batch_size=4, workers=0, backend="torch"))
+    assert trainer.global_step == 9 and len(seen) == 9
+    for step, (lr, momentum) in enumerate(seen):
+        assert momentum == 0.9
+        assert lr == pytest.approx(0.01 * lr_factor(step, schedule="poly", total=9, warmup=3, min_ratio=0.01))
+    assert seen[0][0] == pytest.approx(0.01 / 3) and seen[2][0] == pytest.approx(0.01)  # the warm-up
+
+    out = tmp_path / "steps"
+    assert run(["--shards", shards, "--out", out, "--max-steps", "6", "--optimizer", "sgd", "--schedule", "poly",
+                "--class-weights", "median-freq", *TRAIN]) == 0
+    assert steps_logged(out) == 6  # one epoch of 4 steps and two of the next: where --max-steps says
+    assert run(["--shards", shards, "--out", tmp_path / "both", "--max-steps", "6", "--epochs", "2", *TRAIN]) == 1

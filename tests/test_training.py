@@ -1,4 +1,4 @@
-"""UNet, losses and metrics on small tensors, against values worked out by hand."""
+"""UNet and your own model, losses, metrics and the schedules on small tensors, against values worked out by hand."""
 from __future__ import annotations
 
 import math
@@ -64,3 +64,45 @@ def test_metrics_from_counts_by_hand():
                                equal_nan=True)  # nothing predicted as 2: precision has no value
     assert math.isclose(found["precision_mean"], (0.5 + 2 / 3) / 2) and found["pixels"] == 5
     assert math.isclose(found["recall_mean"], (0.5 + 1.0 + 0.0) / 3)
+
+
+# --- the recipes' schedule, class weights, your own model ---------------------------------------------------------
+def test_poly_and_warmup_follow_the_formula():
+    from fastseg.training.optim import lr_factor
+
+    total, warmup = 100, 10
+    assert lr_factor(0, schedule="poly", total=total, warmup=warmup) == pytest.approx(1 / 10)
+    assert lr_factor(4, schedule="poly", total=total, warmup=warmup) == pytest.approx(5 / 10)
+    for step in (10, 37, 99):
+        assert lr_factor(step, schedule="poly", total=total, warmup=warmup) == pytest.approx((1 - step / total) ** 0.9)
+    assert lr_factor(50, schedule="poly", total=total, min_ratio=0.1) == pytest.approx(0.1 + 0.9 * 0.5 ** 0.9)
+    assert lr_factor(total, schedule="cosine", total=total, min_ratio=0.2) == pytest.approx(0.2)
+    assert lr_factor(total // 2, schedule="cosine", total=total) == pytest.approx(0.5)
+
+
+def test_median_frequency_weights_and_the_weighted_loss():
+    from fastseg.training.optim import median_frequency_weights
+
+    weights = median_frequency_weights([600, 300, 100, 0])
+    assert weights == pytest.approx([0.5, 1.0, 3.0, 0.0])  # median of 0.6, 0.3, 0.1 is 0.3; an absent class: 0
+    logits, mask = torch.randn(2, 3, 8, 8), torch.randint(0, 3, (2, 8, 8))
+    mask[0, :2] = 255
+    w = torch.tensor([0.5, 1.0, 3.0])
+    expected = torch.nn.functional.cross_entropy(logits, mask, weight=w, ignore_index=255)
+    assert segmentation_loss(logits, mask, class_weights=w) == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_your_own_model_is_built_by_name_with_clear_errors():
+    from fastseg.training.model import build_model, parse_model_args
+
+    net = build_model("tests.custom_model:build", parse_model_args(["width=6", "depth=1"]), 3)
+    assert net(torch.zeros(1, 3, 16, 16)).shape == (1, 3, 16, 16) and net[0].out_channels == 6
+    assert parse_model_args(["name=resnet34", "ratio=0.5", "pretrained=None"]) == {
+        "name": "resnet34", "ratio": 0.5, "pretrained": None}
+    for path, message in (("nope.nowhere:build", "cannot import nope.nowhere"), ("tests.custom_model", "write"),
+                          ("tests.custom_model:missing", "has no function missing"),
+                          ("tests.custom_model:not_a_module", "returned a str, not a torch.nn.Module")):
+        with pytest.raises(FastsegError, match=message):
+            build_model(path, {}, 3)
+    with pytest.raises(FastsegError, match="KEY=VALUE"):
+        parse_model_args(["width"])

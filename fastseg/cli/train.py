@@ -18,7 +18,8 @@ from ..errors import FastsegError
 from ..format import Manifest, ShardSet, open_set
 from ..loading.config import AUGMENTS, BACKENDS, LoaderConfig, default_workers
 from ..storage import location
-from ..training.model import PRECISION_DTYPES
+from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
+from ..training.optim import OPTIMIZERS, SCHEDULES
 from . import run_cli
 
 
@@ -26,13 +27,28 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-train", description=__doc__)
     p.add_argument("--shards", type=location, required=True, help="a shard set made by fastseg-shard")
     p.add_argument("--out", type=Path, default=Path("runs/fastseg"), help="checkpoints, logs, metrics (default runs/fastseg)")
-    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--epochs", type=int, help="training epochs (default 20; or count the run in --max-steps)")
+    p.add_argument("--max-steps", type=int, metavar="N",
+                   help="train for N optimizer steps instead of epochs, as MMSegmentation's configs count (80k, 160k)")
     p.add_argument("--batch-size", type=int, default=16, help="per device")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+                   help="adamw (default; fused on CUDA), or sgd (momentum 0.9) as the published recipes train")
+    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+                   help="cosine (default: over the epochs) or poly: (1 - step/max_steps) ** 0.9, every iteration")
+    p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warm-up over the first N steps")
+    p.add_argument("--min-lr", type=float, default=0.0, help="where the schedule ends (MMSegmentation's eta_min)")
+    p.add_argument("--class-weights", choices=("none", "median-freq"), default="none",
+                   help="median-freq: SegNet's median frequency balancing, from the manifest's class pixel counts")
     p.add_argument("--dice-weight", type=float, default=0.0, help="add this times the Dice loss")
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
     p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
+    p.add_argument("--model", metavar="PACKAGE.MODULE:FUNCTION",
+                   help="your own network: FUNCTION(num_classes=C, **model args) returns an nn.Module giving N×C×H×W "
+                        "logits (C: 1 for two classes, else the class count); default: the UNet")
+    p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="an argument for --model's function (repeat it); VALUE is read as a Python literal if it is one")
     p.add_argument("--loader", choices=BACKENDS, default="dali")
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
@@ -73,12 +89,20 @@ class RunConfig:
     train_split: str
     val_split: str
     out: Path
-    epochs: int
+    epochs: int | None  # None: a run counted in max_steps
+    max_steps: int | None
     lr: float
     weight_decay: float
     dice_weight: float
     width: int
-    compile_model: bool  # torch.compile the UNet
+    model_path: str | None  # --model: your own network's factory
+    model_args: dict
+    optimizer: str
+    schedule: str
+    warmup_steps: int
+    min_lr: float
+    class_weights: list[float] | None
+    compile_model: bool  # torch.compile the network
     accelerator: str  # "gpu" or "cpu"
     devices: int
     num_nodes: int
@@ -131,9 +155,21 @@ def resolve(args) -> RunConfig:
         raise FastsegError(f"--devices {args.devices} on the GPU, but {gpus} CUDA device(s) are visible; "
                            "lower --devices or use --accelerator cpu")
     for flag, value in (("--devices", args.devices), ("--log-every", args.log_every),
-                        ("--checkpoint-every", args.checkpoint_every or 1)):
+                        ("--checkpoint-every", args.checkpoint_every or 1), ("--epochs", args.epochs or 1),
+                        ("--max-steps", args.max_steps or 1)):
         if value < 1:
             raise FastsegError(f"{flag} must be at least 1")
+    if args.epochs is not None and args.max_steps is not None:
+        raise FastsegError("--epochs and --max-steps both say how long to train; give one of them")
+    if args.warmup_steps < 0 or args.min_lr < 0:
+        raise FastsegError("--warmup-steps and --min-lr are 0 or more")
+    if args.model:
+        import_factory(args.model)  # importable, before any process starts
+    class_weights = None
+    if args.class_weights == "median-freq":
+        from ..training.optim import median_frequency_weights
+
+        class_weights = median_frequency_weights([manifest.class_pixels.get(c.name, 0) for c in manifest.classes])
     precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
     if accelerator == "cpu" and precision == "16-mixed":
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
@@ -161,8 +197,10 @@ def resolve(args) -> RunConfig:
     steps = batches_per_epoch(manifest.splits[args.split].samples, ranks, args.batch_size)
     return RunConfig(
         shard_set=shard_set, loader=loader, train_split=args.split, val_split=args.val_split, out=args.out,
-        epochs=args.epochs, lr=args.lr, weight_decay=args.weight_decay, dice_weight=args.dice_weight,
-        width=args.width, compile_model=args.compile, accelerator=accelerator, devices=args.devices,
+        epochs=None if args.max_steps else (args.epochs or 20), max_steps=args.max_steps, lr=args.lr,
+        weight_decay=args.weight_decay, dice_weight=args.dice_weight, width=args.width, model_path=args.model,
+        model_args=parse_model_args(args.model_arg), optimizer=args.optimizer, schedule=args.schedule,
+        warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile, accelerator=accelerator, devices=args.devices,
         num_nodes=args.num_nodes, precision=precision, resume=resume, resume_flag=args.resume,
         overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
         log_batch_keys=args.log_batch_keys,
@@ -303,7 +341,10 @@ def segmodule(run: RunConfig):
     return SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
                      mean=manifest.mean, std=manifest.std, image_size=run.loader.size, width=run.width, lr=run.lr,
                      weight_decay=run.weight_decay, epochs=run.epochs, dice_weight=run.dice_weight,
-                     channels_last=run.loader.channels_last, compile_model=run.compile_model)
+                     channels_last=run.loader.channels_last, compile_model=run.compile_model,
+                     model_path=run.model_path, model_args=run.model_args, optimizer=run.optimizer,
+                     schedule=run.schedule, warmup_steps=run.warmup_steps, min_lr=run.min_lr,
+                     class_weights=run.class_weights)
 
 
 def make_callbacks(run: RunConfig):
@@ -314,6 +355,7 @@ def make_callbacks(run: RunConfig):
     from ..training.callbacks import BatchKeyLog, PreviewWriter
     from ..training.losses import out_channels
     from ..training.meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
+    from ..training.model import build_model
 
     folder = run.out / "checkpoints"
     checkpoints = ModelCheckpoint(dirpath=folder, filename="best", monitor="val_miou", mode="max",
@@ -323,7 +365,9 @@ def make_callbacks(run: RunConfig):
     if run.checkpoint_every:
         callbacks.append(ModelCheckpoint(dirpath=folder, filename="last", enable_version_counter=False,
                                          every_n_train_steps=run.checkpoint_every, save_on_train_epoch_end=False))
-    flops = flops_per_image(out_channels(run.manifest.num_classes), run.width, run.loader.size)
+    classes = out_channels(run.manifest.num_classes)
+    build = (lambda: build_model(run.model_path, run.model_args, classes)) if run.model_path else None
+    flops = flops_per_image(classes, run.width, run.loader.size, build)
     meter = ThroughputMeter(FetchTimer(), flops, peak_flops(run.device, run.precision))
     callbacks += [meter, PreviewWriter(run.out / "previews"), TQDMProgressBar(refresh_rate=run.log_every)]
     if run.log_batch_keys:
@@ -340,7 +384,7 @@ def make_trainer(run: RunConfig, callbacks: list, profiler):
     return pl.Trainer(
         accelerator=run.accelerator, devices=run.devices, num_nodes=run.num_nodes,
         strategy="ddp" if run.ranks > 1 else "auto", precision=run.precision,
-        max_epochs=run.epochs, default_root_dir=run.out, use_distributed_sampler=False,
+        max_epochs=run.epochs, max_steps=run.max_steps or -1, default_root_dir=run.out, use_distributed_sampler=False,
         logger=[TensorBoardLogger(run.out / "logs", name="tensorboard"), CSVLogger(run.out / "logs", name="csv")],
         callbacks=callbacks, log_every_n_steps=run.log_every, enable_model_summary=False,
         benchmark=run.accelerator == "gpu", profiler=profiler, plugins=[AtomicCheckpointIO()],

@@ -35,14 +35,17 @@ def dice_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int) -> to
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: int = IGNORE_INDEX,
-                      dice_weight: float = 0.0) -> torch.Tensor:
-    """Mean over the pixels that are not ignored; zero (with a gradient path) if every pixel is ignored."""
+                      dice_weight: float = 0.0, class_weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean over the pixels that are not ignored; zero (with a gradient path) if every pixel is ignored. With
+    `class_weights` (one per class), each pixel counts by its class's weight, and the mean is over the weights,
+    as torch's weighted cross-entropy takes it."""
     valid = mask != ignore_index
     if logits.shape[1] == 1:
         per_pixel = F.binary_cross_entropy_with_logits(logits[:, 0].float(), valid * mask.float(), reduction="none")
     else:
         per_pixel = F.cross_entropy(logits.float(), mask, ignore_index=ignore_index, reduction="none")
-    loss = (per_pixel * valid).sum() / valid.sum().clamp(min=1)
+    weight = valid.float() if class_weights is None else class_weights[torch.where(valid, mask, 0)] * valid
+    loss = (per_pixel * weight).sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
     if dice_weight:
         loss = loss + dice_weight * dice_loss(logits, mask, ignore_index)
     return loss

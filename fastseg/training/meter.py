@@ -53,12 +53,19 @@ class FetchTimer(Profiler):
         return ""
 
 
-def flops_per_image(out_channels: int, width: int, size: tuple[int, int]) -> int:
-    """Forward + backward FLOPs of one image through the UNet, counted on the meta device (no memory, no time)."""
-    with torch.device("meta"):
-        model = UNet(out_channels, width=width)
-        image = torch.empty(1, 3, *size)
-    return measure_flops(model, lambda: model(image), lambda out: out.sum())
+def flops_per_image(out_channels: int, width: int, size: tuple[int, int], build=None) -> int | None:
+    """Forward + backward FLOPs of one image through the UNet (or the network `build()` returns), counted on the
+    meta device (no memory, no time). None where a network cannot be built there (one that loads weights, say):
+    the run then reports no MFU."""
+    try:
+        with torch.device("meta"):
+            model = build() if build is not None else UNet(out_channels, width=width)
+            image = torch.empty(1, 3, *size)
+        return measure_flops(model, lambda: model(image), lambda out: out.sum())
+    except Exception:  # whatever a user's network does on the meta device; the FLOPs are a nice-to-have
+        if build is None:
+            raise
+        return None
 
 
 def peak_flops(device: torch.device, precision: str) -> float | None:

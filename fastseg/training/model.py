@@ -1,5 +1,9 @@
-"""A plain UNet (Ronneberger et al. 2015) with BatchNorm: four pooling stages down, four up, logits out."""
+"""A plain UNet (Ronneberger et al. 2015) with BatchNorm: four pooling stages down, four up, logits out; or your own
+network, imported by name (build_model)."""
 from __future__ import annotations
+
+import ast
+import importlib
 
 import torch
 from torch import nn
@@ -58,3 +62,46 @@ class UNet(nn.Module):
         for up in self.up:
             x = up(x, skips.pop())
         return self.head(x)
+
+
+def parse_model_args(items: list[str]) -> dict:
+    """`--model-arg KEY=VALUE`: VALUE read as a Python literal where it is one (3, 0.5, True, "x", [1, 2]), else as
+    the string it is (`encoder_name=resnet34`)."""
+    found = {}
+    for item in items:
+        key, equals, value = item.partition("=")
+        if not equals or not key.isidentifier():
+            raise FastsegError(f"--model-arg {item!r}: write KEY=VALUE, e.g. encoder_name=resnet34")
+        try:
+            found[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            found[key] = value
+    return found
+
+
+def import_factory(path: str):
+    """The function 'package.module:function' names; an error naming the path where it cannot be imported."""
+    module_name, colon, function_name = path.partition(":")
+    if not colon or not module_name or not function_name:
+        raise FastsegError(f"--model {path!r}: write PACKAGE.MODULE:FUNCTION, e.g. mymodels.seg:build")
+    try:
+        factory = getattr(importlib.import_module(module_name), function_name, None)
+    except ImportError as err:
+        raise FastsegError(f"--model {path}: cannot import {module_name} ({err}); install it, or put its folder on "
+                           "PYTHONPATH") from err
+    if not callable(factory):
+        raise FastsegError(f"--model {path}: {module_name} has no function {function_name}")
+    return factory
+
+
+def build_model(path: str, args: dict, num_classes: int) -> nn.Module:
+    """Your own network: `path` is 'package.module:function', called as function(num_classes=C, **args), which
+    returns an nn.Module mapping N×3×H×W images to N×C×H×W logits (C: 1 for a binary set, else the classes)."""
+    factory = import_factory(path)
+    try:
+        model = factory(num_classes=num_classes, **args)
+    except TypeError as err:
+        raise FastsegError(f"--model {path}: calling it with num_classes={num_classes} and {args} failed ({err})") from err
+    if not isinstance(model, nn.Module):
+        raise FastsegError(f"--model {path}: returned a {type(model).__name__}, not a torch.nn.Module")
+    return model

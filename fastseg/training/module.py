@@ -1,4 +1,5 @@
-"""SegModule: the UNet as a LightningModule; loss, metrics and optimizer. Data and devices are not its business.
+"""SegModule: the network (the UNet, or your own) as a LightningModule; loss, metrics, optimizer and schedule. Data
+and devices are not its business.
 
 Speed options change nothing but speed: channels-last memory format (convolutions on tensor cores without layout
 transposes), torch.compile, and the fused AdamW wherever the parameters live on CUDA.
@@ -7,24 +8,43 @@ from __future__ import annotations
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 
+from ..errors import FastsegError
 from ..format import IGNORE_INDEX
 from .losses import out_channels, predict, segmentation_loss
 from .metrics import VAL_METRICS, confusion_metric, scores
-from .model import UNet
+from .model import UNet, build_model
+from .optim import make_optimizer, make_schedule
 
 
 class SegModule(pl.LightningModule):
     def __init__(self, class_names: list[str], *, class_colors: list[list[int]], mean: list[float],
                  std: list[float], image_size: tuple[int, int], width: int = 64, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, epochs: int = 20, dice_weight: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX, channels_last: bool = False, compile_model: bool = False):
+                 weight_decay: float = 1e-4, epochs: int | None = 20, dice_weight: float = 0.0,
+                 ignore_index: int = IGNORE_INDEX, channels_last: bool = False, compile_model: bool = False,
+                 model: nn.Module | None = None, model_path: str | None = None, model_args: dict | None = None,
+                 own_model: bool = False, optimizer: str = "adamw", schedule: str = "cosine",
+                 warmup_steps: int = 0, min_lr: float = 0.0, class_weights: list[float] | None = None):
+        """model: your own network (an nn.Module mapping N×3×H×W to N×C×H×W logits, C = 1 for two classes, else
+        the class count); or model_path 'package.module:function' (+ model_args), which the checkpoint records
+        and fastseg-predict rebuilds; default: the UNet of `width`. own_model is set when `model` is given, so that
+        loading such a checkpoint asks for the model again. epochs: None for a run counted in steps."""
         super().__init__()
-        self.save_hyperparameters()  # everything fastseg-predict needs to use a checkpoint on its own
+        self.save_hyperparameters(ignore=["model"])  # everything fastseg-predict needs to use a checkpoint alone
         self.num_classes = len(class_names)
-        self.model = UNet(out_channels(self.num_classes), width=width)
+        if model is not None:
+            self.hparams.own_model = True
+        elif own_model:
+            raise FastsegError("this checkpoint's network was passed to SegModule as an object; load it with "
+                               "SegModule.load_from_checkpoint(path, model=YourNetwork(...))")
+        elif model_path:
+            model = build_model(model_path, model_args or {}, out_channels(self.num_classes))
+        self.model = model if model is not None else UNet(out_channels(self.num_classes), width=width)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
+        self.register_buffer("class_weights", weights, persistent=False)
         self.confusion = confusion_metric(self.num_classes, ignore_index)
         self.last_scores: dict | None = None
         self.preview = None  # (images, truths, predictions) of the first validation batch
@@ -40,7 +60,8 @@ class SegModule(pl.LightningModule):
 
     def _loss(self, batch):
         logits = self(batch["image"])
-        return logits, segmentation_loss(logits, batch["mask"], self.hparams.ignore_index, self.hparams.dice_weight)
+        return logits, segmentation_loss(logits, batch["mask"], self.hparams.ignore_index, self.hparams.dice_weight,
+                                         self.class_weights)
 
     def training_step(self, batch, batch_index):
         _, loss = self._loss(batch)
@@ -67,9 +88,8 @@ class SegModule(pl.LightningModule):
         self.log("val_pixels", float(found["pixels"]), sync_dist=True, reduce_fx="max")
 
     def configure_optimizers(self):
-        # fused: one kernel for the whole update on CUDA; elsewhere the foreach default
-        fused = True if self.device.type == "cuda" else None
-        optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay,
-                                      fused=fused)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, self.hparams.epochs))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "epoch"}}
+        h = self.hparams
+        optimizer = make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay, self.device.type == "cuda")
+        schedule = make_schedule(optimizer, schedule=h.schedule, epochs=h.epochs, warmup=h.warmup_steps,
+                                 min_lr=h.min_lr, lr=h.lr, total_steps=lambda: int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": schedule}
