@@ -93,9 +93,11 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
     key."""
     import webdataset as wds
 
+    from fastseg.format import IMAGE_EXTS, MASK_EXT
+
     def sample(item):
-        image = item["image.jpg"] if "image.jpg" in item else item["image.png"]
-        return peer_sample(image, item["mask.png"], item["__key__"], mean, std, recipe)
+        image = next(item[ext] for ext in IMAGE_EXTS if ext in item)
+        return peer_sample(image, item[MASK_EXT], item["__key__"], mean, std, recipe)
 
     from PIL import Image
 
@@ -106,7 +108,7 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
     urls = [f"pipe:aws s3 cp --quiet {url} -" if url.startswith("s3://") else url for url in urls]
     dataset = (wds.WebDataset(urls, shardshuffle=len(urls), nodesplitter=wds.split_by_node if ranks else None,
                               empty_check=False)
-               .shuffle(256).decode(wds.handle_extension("mask.png", class_ids), "pil").map(sample))
+               .shuffle(256).decode(wds.handle_extension(MASK_EXT, class_ids), "pil").map(sample))
     return wds.WebLoader(dataset, batch_size=batch_size, num_workers=workers, persistent_workers=workers > 0,
                          pin_memory=pin)
 

@@ -42,13 +42,13 @@ def train_pairs(shards) -> list[tuple[str, str]]:
     """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
     bucket: read by offset through the index either way)."""
     from fastseg import storage
-    from fastseg.format import open_set, parse_index
+    from fastseg.format import META_EXT, open_set, parse_index
     from fastseg.loading import check_shards
 
     pairs = []
     for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
         for sample in parse_index(index.read_text(), str(index)):
-            _, offset, size, _ = next(m for m in sample if m[0] == "json")
+            _, offset, size, _ = next(m for m in sample if m[0] == META_EXT)
             if storage.is_remote(path):
                 meta = json.loads(storage.read_range(path, offset, size))
             else:

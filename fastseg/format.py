@@ -22,6 +22,7 @@ SPLITS = ("train", "val", "test")
 
 # Member names are KEY.EXT; DALI and webdataset split a name at its first dot, so KEY never has one.
 IMAGE_EXTS = ("image.jpg", "image.png")
+JPEG_IMAGE_EXT, PNG_IMAGE_EXT = IMAGE_EXTS
 MASK_EXT = "mask.png"
 META_EXT = "json"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")

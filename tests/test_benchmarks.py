@@ -149,9 +149,12 @@ def test_train_bench_runs_both_paths(tmp_path):
 
 
 # --- every benchmark script runs, on a few samples -------------------------------------------------------------
-def bench(script: str, *argv, timeout: float = 240) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, argv)], capture_output=True,
-                          text=True, timeout=timeout)
+def bench(script: str, out: Path, *argv, statuses=(0,)) -> tuple[dict, int]:
+    """Run benchmarks/SCRIPT with `--json out`; its results, and its exit status (one of `statuses`)."""
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *map(str, argv), "--json", str(out)],
+                          capture_output=True, text=True, timeout=240)
+    assert done.returncode in statuses, done.stderr[-2000:]
+    return json.loads(out.read_text()), done.returncode
 
 
 @pytest.fixture(scope="module")
@@ -167,31 +170,25 @@ def tiny(tmp_path_factory):
 @pytest.mark.slow
 def test_the_stage_benchmarks_run_and_report(tiny, tmp_path):
     data, shards = tiny
-    done = bench("dali_stages.py", "--shards", shards, "--threads", "1", "--batch-size", "3", "--batches", "6",
-                 "--json", tmp_path / "dali.json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    dali = json.loads((tmp_path / "dali.json").read_text())
+    dali, _ = bench("dali_stages.py", tmp_path / "dali.json", "--shards", shards, "--threads", "1", "--batch-size",
+                    "3", "--batches", "6")
     assert dali["size"] == [48, 64] and dali["loader_samples_per_s"] > 0
-    done = bench("torch_stages.py", "--shards", shards, "--workers", "1", "--batch-size", "3", "--seconds", "0.5",
-                 "--json", tmp_path / "torch.json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    stages = json.loads((tmp_path / "torch.json").read_text())
+    stages, _ = bench("torch_stages.py", tmp_path / "torch.json", "--shards", shards, "--workers", "1",
+                      "--batch-size", "3", "--seconds", "0.5")
     assert all(ms > 0 for ms in stages["stages_ms_per_sample"].values())
     assert all(run["samples_per_s"] > 0 for run in stages["loader"].values())
-    done = bench("shard_bench.py", "--data", data, "--workers", "1", "--min-seconds", "0.05",
-                 "--json", tmp_path / "shard.json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    (figures,) = json.loads((tmp_path / "shard.json").read_text())["datasets"].values()
+    sharding, _ = bench("shard_bench.py", tmp_path / "shard.json", "--data", data, "--workers", "1",
+                        "--min-seconds", "0.05")
+    (figures,) = sharding["datasets"].values()
     assert figures["samples"] == 12 and 0 < figures["of_limit"] and figures["peak_memory_mb"]["whole"] > 0
 
 
 @pytest.mark.slow
 def test_the_learning_check_reports_its_verdict(tiny, tmp_path):
     data, _ = tiny
-    done = bench("learning_check.py", "--data", data, "--epochs", "1", "--loader", "torch",
-                 "--json", tmp_path / "learning.json")
-    found = json.loads((tmp_path / "learning.json").read_text())
-    assert done.returncode == (0 if found["passed"] else 1), done.stderr[-2000:]
+    found, status = bench("learning_check.py", tmp_path / "learning.json", "--data", data, "--epochs", "1",
+                          "--loader", "torch", statuses=(0, 1))
+    assert status == (0 if found["passed"] else 1)
     assert found["passed"] == (found["val_miou"] >= found["bar"]) and found["epochs"] == 1
 
 
@@ -222,9 +219,7 @@ def test_benchmarks_use_only_what_fastseg_exports():
 
 def test_the_parts_benchmark_runs_and_reports(tiny, tmp_path):
     data, _ = tiny
-    done = bench("parts_bench.py", "--data", data, "--parts", "1", "2", "--simulated", "3", "30",
-                 "--json", tmp_path / "parts.json")
-    assert done.returncode == 0, done.stderr[-2000:]
-    found = json.loads((tmp_path / "parts.json").read_text())
+    found, _ = bench("parts_bench.py", tmp_path / "parts.json", "--data", data, "--parts", "1", "2",
+                     "--simulated", "3", "30")
     assert [r["parts"] for r in found["runs"]] == [1, 2] and all(r["samples_per_s"] > 0 for r in found["runs"])
     assert [m["parts"] for m in found["merge_only"]] == [3, 30] and found["single_machine"]["seconds"] > 0

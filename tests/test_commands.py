@@ -58,6 +58,19 @@ def test_train_then_predict_end_to_end(loader, shards, tmp_path):
     a, b = Image.open(tmp_path / "pred/a.png"), Image.open(tmp_path / "pred/sub/b.png")
     assert (a.size, a.mode, b.size) == ((45, 30), "P", (20, 52))
     assert set(np.unique(np.asarray(a))) <= {0, 1, 2}
+    # the logits are resized to the image before the argmax (a class map scaled up would be blocky)
+    import torch
+    from torch.nn import functional as F
+
+    from fastseg.cli.predict import load_module
+    from fastseg.loading.contract import Normalize
+
+    module = load_module(out / "checkpoints/best.ckpt", "cpu")
+    photo = np.asarray(Image.open(tmp_path / "new/a.jpg").convert("RGB").resize((32, 32), Image.BILINEAR)).copy()
+    with torch.no_grad():
+        logits = module(Normalize(module.hparams.mean, module.hparams.std)(torch.from_numpy(photo).permute(2, 0, 1)[None]))
+    expected = F.interpolate(logits, size=(30, 45), mode="bilinear", align_corners=False).argmax(1)[0].numpy()
+    assert (np.asarray(a) == expected).all()
     assert Image.open(tmp_path / "pred/a_overlay.jpg").size == (45, 30)
     assert run(["--checkpoint", out / "checkpoints/best.ckpt", "--shards", shards, "--split", "val", "--out",
                 tmp_path / "eval", "--workers", "1"], predict_main, "fastseg-predict") == 0

@@ -480,3 +480,11 @@ def test_two_colour_palette_masks_are_background_and_foreground(tmp_path):
                                                               ("foreground", [255, 255, 255])]
     for key, sample in read_back(tmp_path / "out").items():
         np.testing.assert_array_equal(decode(sample["mask.png"]), disk_mask(24, 16, int(key[1:])))
+
+
+def test_isic_masks_pair_by_the_segmentation_suffix(tmp_path):
+    for i in range(3):  # ISIC 2018: ISIC_0000000.jpg beside ISIC_0000000_segmentation.png
+        save(textured(24, 16, i), tmp_path / "isic" / "images" / f"ISIC_000000{i}.jpg")
+        save((disk_mask(24, 16, i) * 255).astype(np.uint8), tmp_path / "isic" / "masks" / f"ISIC_000000{i}_segmentation.png")
+    shard(tmp_path / "isic", tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
+    assert sorted(read_back(tmp_path / "out")) == ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"]

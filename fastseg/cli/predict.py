@@ -57,8 +57,11 @@ def find_images(path: Path) -> list[Path]:
 
 @torch.no_grad()
 def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(upright RGB image, class indices of the same size): predicted at the training size, scaled back with
-    nearest neighbour so that no new class values appear."""
+    """(upright RGB image, class indices of the same size): the model runs at the training size, and its logits,
+    not a class map, are resized (bilinear) to the image's own size before the argmax, so edges are as fine as
+    the image's pixels, not the training size's."""
+    from torch.nn import functional as F
+
     from ..training.losses import predict
 
     try:
@@ -69,8 +72,9 @@ def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarra
     height, width = h.image_size
     pixels = np.array(image.resize((width, height), Image.BILINEAR))  # a writable copy for torch
     tensor = Normalize(h.mean, h.std)(torch.from_numpy(pixels).permute(2, 0, 1)[None])
-    indices = predict(module(tensor.to(device)))[0].byte().cpu().numpy()
-    return np.asarray(image), np.asarray(Image.fromarray(indices).resize(image.size, Image.NEAREST))
+    logits = module(tensor.to(device)).float()
+    logits = F.interpolate(logits, size=(image.size[1], image.size[0]), mode="bilinear", align_corners=False)
+    return np.asarray(image), predict(logits)[0].byte().cpu().numpy()
 
 
 def save_mask(indices: np.ndarray, colors: list[list[int]], path: Path) -> None:

@@ -16,13 +16,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FastsegError
-from ..format import MASK_EXT, META_EXT
+from ..format import JPEG_IMAGE_EXT, MASK_EXT, META_EXT, PNG_IMAGE_EXT
 from . import masks as maskmod
 from .pairs import Pair
 
 EXIF_ORIENTATION = 0x0112
-STORED_AS_IS = {("JPEG", "RGB"): "image.jpg", ("JPEG", "L"): "image.jpg", ("PNG", "RGB"): "image.png",
-                ("PNG", "L"): "image.png"}
+STORED_AS_IS = {("JPEG", "RGB"): JPEG_IMAGE_EXT, ("JPEG", "L"): JPEG_IMAGE_EXT, ("PNG", "RGB"): PNG_IMAGE_EXT,
+                ("PNG", "L"): PNG_IMAGE_EXT}
 
 
 @dataclass
@@ -76,7 +76,7 @@ def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
         return image, ext, data
     image = ImageOps.exif_transpose(image)
     image = image.convert("L" if image.mode in ("L", "LA") else "RGB")
-    return image, "image.png", encode_png(image)
+    return image, PNG_IMAGE_EXT, encode_png(image)
 
 
 WIDE_MODES = {"I;16": "16-bit", "I;16B": "16-bit", "I;16L": "16-bit", "I;16N": "16-bit", "I": "32-bit integer",

@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT, listing, load_manifest, parse_index, shard_problems
+from ..format import IGNORE_INDEX, MASK_EXT, META_EXT, listing, load_manifest, parse_index, shard_problems
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
@@ -56,7 +56,7 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
             count += 1
             where = f"{path}:{sample['__key__']}"
             image_ext = next((k for k in sample if k.startswith("image.")), None)
-            if image_ext is None or MASK_EXT not in sample or "json" not in sample:
+            if image_ext is None or MASK_EXT not in sample or META_EXT not in sample:
                 problems.append(f"{where}: incomplete sample ({', '.join(k for k in sample if not k.startswith('__'))})")
                 continue
             try:
