@@ -127,6 +127,9 @@ class Manifest:
     splits: dict[str, SplitInfo]
     class_pixels: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> distinct [width, height]
+    # how each member kind is stored: "source" bytes, or "fast-png" (unfiltered rows); sets written before this
+    # field kept image bytes as they came and wrote masks the fast way, which is what the default says
+    storage: dict[str, str] = field(default_factory=lambda: {"image": "source", "mask": "fast-png"})
     ignore_index: int = IGNORE_INDEX
     format_version: int = FORMAT_VERSION
 
@@ -149,7 +152,8 @@ class Manifest:
             for name, s in raw["splits"].items()
         }
         classes = [ClassInfo(**c) for c in raw["classes"]]
-        fields = {k: raw[k] for k in ("mean", "std", "class_pixels", "sizes", "ignore_index", "format_version") if k in raw}
+        fields = {k: raw[k] for k in ("mean", "std", "class_pixels", "sizes", "storage", "ignore_index",
+                                      "format_version") if k in raw}
         return cls(classes=classes, splits=splits, **fields)
 
 

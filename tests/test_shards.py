@@ -11,6 +11,7 @@ import time
 
 import numpy as np
 import pytest
+import torch
 import webdataset as wds
 from PIL import Image
 
@@ -18,7 +19,7 @@ from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
 from fastseg.errors import FastsegError
 from fastseg.format import format_index, load_manifest, parse_index
-from fastseg.shards import ShardOptions, shard
+from fastseg.shards import ShardOptions, shard, verify
 
 from .conftest import disk_mask, make_dataset, save, shared, textured
 
@@ -255,7 +256,7 @@ def test_overwrite_replaces_only_a_shard_set(tmp_path, capsys):
 KILLED_MID_SWAP = """
 import os, sys
 from pathlib import Path
-from fastseg.shards import ShardOptions, shard
+from fastseg.shards import ShardOptions, shard, verify
 
 renames = []
 real_rename = Path.rename
@@ -488,3 +489,35 @@ def test_isic_masks_pair_by_the_segmentation_suffix(tmp_path):
         save((disk_mask(24, 16, i) * 255).astype(np.uint8), tmp_path / "isic" / "masks" / f"ISIC_000000{i}_segmentation.png")
     shard(tmp_path / "isic", tmp_path / "out", ShardOptions(val_fraction=0, **QUIET))
     assert sorted(read_back(tmp_path / "out")) == ["ISIC_0000000", "ISIC_0000001", "ISIC_0000002"]
+
+
+def test_fast_png_storage_keeps_every_pixel_and_says_so(tmp_path):
+    from fastseg.loading import make_loader
+
+    src = make_dataset(tmp_path / "data", count=4, image_ext="png")
+    save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
+    save(textured(40, 32, 9), tmp_path / "data/images/s009.jpg", quality=90)
+    save((disk_mask(40, 32, 9) * 255).astype(np.uint8), tmp_path / "data/masks/s009.png")
+    manifest = shard(src, tmp_path / "fast", ShardOptions(val_fraction=0, store="fast-png", **QUIET))
+    assert manifest.storage == {"image": "fast-png", "mask": "fast-png"}
+    samples = read_back(tmp_path / "fast")
+    assert samples["s009"]["image.jpg"] == (src / "images/s009.jpg").read_bytes()  # JPEG: never re-encoded
+    from fastseg.shards.encode import encode_fast_png
+
+    for key in ("s000", "s001"):  # grey and RGB
+        source = np.asarray(Image.open(src / "images" / f"{key}.png"))
+        stored = samples[key]["image.png"]
+        assert stored == encode_fast_png(source, level=3) != (src / "images" / f"{key}.png").read_bytes()
+        np.testing.assert_array_equal(decode(stored), source)
+    shard(src, tmp_path / "source", ShardOptions(val_fraction=0, **QUIET))
+    for backend in ("dali", "torch"):  # what a loader returns does not depend on the storage
+        fast, plain = (next(iter(make_loader(tmp_path / name, backend=backend, batch_size=5, augment="none",
+                                             shuffle=False, workers=0, return_keys=True)))
+                       for name in ("fast", "source"))
+        assert fast["key"] == plain["key"] and torch.equal(fast["image"], plain["image"])
+    assert verify(tmp_path / "fast", progress=False) == []
+    # a set written before the storage field loads, and says what it is
+    raw = json.loads((tmp_path / "source/manifest.json").read_text())
+    del raw["storage"]
+    (tmp_path / "source/manifest.json").write_text(json.dumps(raw))
+    assert load_manifest(tmp_path / "source").storage == {"image": "source", "mask": "fast-png"}

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .. import storage
+from ..shards.encode import STORES
 from ..shards.masks import parse_value_map
 from ..shards.verify import verify
 from ..shards import ShardOptions, merge, parse_part, shard
@@ -46,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binary masks stored lossy or anti-aliased (JPEG masks, say): brightness >= T is foreground")
     p.add_argument("--map-values", metavar="SRC:DST,...",
                    help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
+    p.add_argument("--store", choices=STORES, default="source",
+                   help="lossless (non-JPEG) images: source (their bytes as they are; default) or fast-png (re-encoded "
+                        "with unfiltered rows: decoded faster, 1.3x the bytes on CamVid); JPEG is never re-encoded")
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")
@@ -84,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
         resize_masks=args.resize_masks, keep_zero_label=args.keep_zero_label, skip_unpaired=args.skip_unpaired,
         mask_threshold=args.mask_threshold, pair_key=args.pair_key,
-        part=parse_part(args.part) if args.part else None,
+        part=parse_part(args.part) if args.part else None, store=args.store,
         map_values=parse_value_map(args.map_values) if args.map_values is not None else None,
         overwrite=args.overwrite,
         workers=args.workers, progress=not args.quiet,

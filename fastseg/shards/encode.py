@@ -36,31 +36,46 @@ class Encoded:
     class_hist: np.ndarray  # 256 bins of stored mask values
 
 
+# How lossless images are stored (--store): "source" keeps a PNG's bytes as they are; "fast-png" re-encodes every
+# non-JPEG image as a PNG of unfiltered rows at zlib level 3, which both loaders inflate without undoing row filters
+# (Pillow on CamVid: 2.7 ms against 4.3-4.7 ms an image, for 1.3x the bytes; benchmarks/results/store_*). JPEG
+# images are never re-encoded. Masks are always stored the fast way (zlib level 1: label maps compress well).
+STORES = ("source", "fast-png")
+
+
 def encode_png(image: Image.Image, level: int = 3) -> bytes:
     out = io.BytesIO()
     image.save(out, "PNG", compress_level=level)
     return out.getvalue()
 
 
-def encode_mask_png(indices: np.ndarray) -> bytes:
-    """An 8-bit grayscale PNG of a class-index mask: each row unfiltered, then zlib level 1. Pillow tries all five
-    PNG row filters on every row (adaptive filtering), which on label maps takes twice as long as this (~2 ms
-    against ~1 ms a 854x480 mask) for a slightly larger file."""
-    height, width = indices.shape
-    rows = np.zeros((height, width + 1), np.uint8)  # each row starts with its filter type: 0, none
-    rows[:, 1:] = indices
+def encode_fast_png(pixels: np.ndarray, level: int = 1) -> bytes:
+    """An 8-bit PNG (H×W grayscale or H×W×3 RGB) whose rows are unfiltered, then zlib at `level`. Pillow tries all
+    five PNG row filters on every row (adaptive filtering), which on label maps takes twice as long as this (~2 ms
+    against ~1 ms a 854x480 mask) for a slightly larger file, and a decoder then undoes the filter on every row."""
+    height, width = pixels.shape[:2]
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = np.zeros((height, width * channels + 1), np.uint8)  # each row starts with its filter type: 0, none
+    rows[:, 1:] = pixels.reshape(height, width * channels)
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8 bits, grayscale, deflate, no interlace
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
-            + chunk(b"IEND", b""))
+    colour = {1: 0, 3: 2}[channels]  # PNG colour types: grayscale, truecolour
+    header = struct.pack(">IIBBBBB", width, height, 8, colour, 0, 0, 0)  # 8 bits, deflate, no interlace
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), level)) + chunk(b"IEND", b""))
 
 
-def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
-    """Decode fully (catching truncation), set upright, and decide what the shard stores.
-    JPEG/PNG in L or RGB, already upright, keep their bytes; anything else is stored as lossless PNG."""
+def encode_mask_png(indices: np.ndarray) -> bytes:
+    """A class-index mask as an 8-bit grayscale PNG, the fast way (encode_fast_png, zlib level 1)."""
+    return encode_fast_png(indices, level=1)
+
+
+def load_image(data: bytes, where: str, store: str = "source") -> tuple[Image.Image, str, bytes]:
+    """Decode fully (catching truncation), set upright, and decide what the shard stores. JPEG in L or RGB, already
+    upright, keeps its bytes; so does such a PNG with store "source"; anything else is stored as lossless PNG
+    (with store "fast-png": unfiltered rows, see STORES)."""
     try:
         image = Image.open(io.BytesIO(data))
         image.load()
@@ -72,10 +87,12 @@ def load_image(data: bytes, where: str) -> tuple[Image.Image, str, bytes]:
                            "8 bits per channel (scaled to 0..255 as you see fit) and shard again")
     upright = image.getexif().get(EXIF_ORIENTATION, 1) == 1
     ext = STORED_AS_IS.get((image.format, image.mode))
-    if ext and upright:
+    if ext and upright and (ext == JPEG_IMAGE_EXT or store == "source"):
         return image, ext, data
     image = ImageOps.exif_transpose(image)
     image = image.convert("L" if image.mode in ("L", "LA") else "RGB")
+    if store == "fast-png":
+        return image, PNG_IMAGE_EXT, encode_fast_png(np.asarray(image), level=3)
     return image, PNG_IMAGE_EXT, encode_png(image)
 
 
@@ -91,8 +108,8 @@ def check_single_frame(image: Image.Image, where: str) -> None:
                            "picture per file: keep the one that pairs with its partner, and shard again")
 
 
-def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool) -> Encoded:
-    image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image))
+def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, store: str = "source") -> Encoded:
+    image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image), store)
     try:
         mask = Image.open(pair.mask)
         mask.load()
@@ -120,8 +137,8 @@ class SizeMismatch(FastsegError):
 
 def encode_job(job):
     """Worker entry: an Encoded sample, or the FastsegError that names what is wrong with it."""
-    pair, spec, resize_masks = job
+    pair, spec, resize_masks, store = job
     try:
-        return encode_sample(pair, spec, resize_masks)
+        return encode_sample(pair, spec, resize_masks, store)
     except FastsegError as err:
         return err

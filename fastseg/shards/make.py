@@ -45,7 +45,8 @@ def _write(src: Path, folder: Path, opts: ShardOptions) -> Manifest:
     with encoding_pool(opts.workers) as pool:
         discover_classes(pool, splits, spec)
         return write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
-                         max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress)
+                         max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
+                         store=opts.store)
 
 
 def _summary(manifest: Manifest, out: Path, seconds: float) -> None:

@@ -41,7 +41,7 @@ from .writer import Stats, manifest_from, write_shards
 
 # the options that decide which samples a part takes and what it writes: parts must agree on all of them
 DECIDING = ("seed", "val_fraction", "shard_size", "max_count", "resize_masks", "ignore_value", "mask_threshold",
-            "pair_key", "map_values", "keep_zero_label", "skip_unpaired", "images", "masks")
+            "pair_key", "map_values", "keep_zero_label", "skip_unpaired", "images", "masks", "store")
 
 
 def parse_part(text: str, environ=os.environ) -> tuple[int, int]:
@@ -86,7 +86,7 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
                            "its own masks, and parts could disagree; give the classes with --classes FILE (names and "
                            "colours), the same file to every part")
     mine = {split: pairs[index::count] for split, pairs in in_shard_order(splits, opts.seed).items()}
-    record = {"format_version": FORMAT_VERSION, "part": index, "parts": count,
+    record = {"format_version": FORMAT_VERSION, "part": index, "parts": count, "store": opts.store,
               "fingerprint": fingerprint(splits, spec, opts), "spec": asdict(spec)}
     print(f"part {index} of {count}: {', '.join(f'{s} {len(p)}' for s, p in mine.items())} of "
           f"{', '.join(f'{s} {len(p)}' for s, p in splits.items())}")
@@ -94,7 +94,8 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
         folder = Path(tmp)
         with encoding_pool(opts.workers) as pool:
             infos, stats = write_shards(pool, mine, spec, folder, shard_size=opts.shard_size, max_count=opts.max_count,
-                                        resize_masks=opts.resize_masks, progress=opts.progress, part=opts.part)
+                                        resize_masks=opts.resize_masks, progress=opts.progress, store=opts.store,
+                                        part=opts.part)
         record.update(splits={split: asdict(info) for split, info in infos.items()}, stats=stats.to_record())
         (folder / part_record_name(index, count)).write_text(json.dumps(record) + "\n")
         if storage.is_remote(out):
@@ -187,7 +188,7 @@ def merge(out, *, progress: bool = True) -> Manifest:
         # round-robin by part, so that DALI's contiguous rank slices each read from every part
         shards = [part[k] for k in range(max(map(len, per_part))) for part in per_part if k < len(part)]
         infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
-    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]))
+    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), records[0].get("store", "source"))
     _write_manifest(manifest, root, remote)
     print(f"merged {len(records)} part(s) into {root}: "
           f"{', '.join(f'{s} {i.samples} in {len(i.shards)} shard(s)' for s, i in manifest.splits.items())}; "
