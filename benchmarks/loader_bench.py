@@ -20,10 +20,9 @@ Peers (benchmarks/peers.py; `--peer-python` names their own environment): webdat
 mosaic_r1/_r2 on the CPU; on a GPU webdataset_gpu, litdata_gpu, mosaic_gpu (recipe 2, the batch moved and
 normalized on the GPU) beside dali_gpu and torch_gpu. Every figure also has its ratio to the best peer's.
 
-One difference in the work remains where images are resampled (crop, or an output size other than the native
-one): Pillow's bilinear resize (vanilla, the torch loader) antialiases when it shrinks, DALI's (antialias=False)
-does not, so DALI does less work per output pixel there. At the native size with flip nothing is resampled. The results
-record this under "resampling".
+Where images are resampled (crop, or an output size other than the native one) every loader does the same work:
+bilinear, antialiased when it shrinks (Pillow's in vanilla and the torch loader, DALI's with antialias=True). At
+the native size with flip nothing is resampled. The results record this under "resampling".
 """
 from __future__ import annotations
 
@@ -66,8 +65,9 @@ COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dal
           "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974"}
 
 
-RESAMPLING = ("crop, or an output size other than the native one: Pillow's bilinear (vanilla, torch) antialiases "
-              "when it shrinks, DALI's (antialias=False) does not; at the native size with flip, no loader resamples")
+RESAMPLING = ("crop, or an output size other than the native one: bilinear, antialiased when shrinking, in every "
+              "loader (Pillow's in vanilla and torch, DALI's antialias=True); at the native size with flip, no loader "
+              "resamples")
 
 
 def publish_peers(folder: Path, kinds: list[str], root: str) -> str:
