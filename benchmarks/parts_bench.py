@@ -90,13 +90,14 @@ def main() -> int:
         for parts in args.simulated:
             simulated_records(Path(tmp) / f"sim-{parts}", parts)
             start = time.perf_counter()
-            merge(Path(tmp) / f"sim-{parts}", progress=False)
+            merge(Path(tmp) / f"sim-{parts}")
             seconds = time.perf_counter() - start
             result["merge_only"].append({"parts": parts, "seconds": round(seconds, 3),
                                          "ms_per_part": round(1000 * seconds / parts, 3),
                                          "shard_bytes_listed": 2 * parts * SHARD_BYTES})
     result["single_machine"] = {"seconds": round(single, 2), "samples_per_s": round(samples / single, 1)}
-    rows = ["| how | processes × workers | parts (s) | merge (s) | whole (s) | samples/s |", "|---|---|---:|---:|---:|---:|",
+    rows = ["| how | processes × workers | parts (s) | merge (s) | whole (s) | samples/s |",
+            "|---|---|---:|---:|---:|---:|",
             f"| one fastseg-shard | 1 × {cores} | - | - | {single:.2f} | {samples / single:.1f} |"]
     rows += [f"| {r['parts']} part(s) at once, then --merge | {r['parts']} × {r['workers_per_part']} | "
              f"{r['parts_seconds']:.2f} | {r['merge_seconds']:.3f} | {r['seconds']:.2f} | {r['samples_per_s']:.1f} |"

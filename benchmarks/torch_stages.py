@@ -61,7 +61,8 @@ def stages(shards: Path, batch_size: int) -> dict:
             count),
         "worker: JPEG decode, Pillow + copy out": per_sample_ms(
             lambda: [np.asarray(Image.open(io.BytesIO(i)).convert("RGB")) for i, _ in blobs], count),
-        "worker: JPEG decode, simplejpeg (the loader's)": per_sample_ms(lambda: [decode_image(i) for i, _ in blobs], count),
+        "worker: JPEG decode, simplejpeg (the loader's)": per_sample_ms(
+            lambda: [decode_image(i) for i, _ in blobs], count),
         "worker: mask PNG decode, Pillow": per_sample_ms(
             lambda: [np.array(Image.open(io.BytesIO(m))) for _, m in blobs], count),
         "worker: whole sample (read, decode, flip)": per_sample_ms(lambda: [dataset[(i, 0)] for i in range(count)],

@@ -223,3 +223,9 @@ def test_the_parts_benchmark_runs_and_reports(tiny, tmp_path):
                      "--simulated", "3", "30")
     assert [r["parts"] for r in found["runs"]] == [1, 2] and all(r["samples_per_s"] > 0 for r in found["runs"])
     assert [m["parts"] for m in found["merge_only"]] == [3, 30] and found["single_machine"]["seconds"] > 0
+
+
+def test_the_resample_check_runs_and_finds_the_loaders_agree(tiny, tmp_path):
+    _, shards = tiny
+    found, _ = bench("resample_check.py", tmp_path / "resample.json", "--shards", shards, "--size", "24", "32")
+    assert found["batches"]["images"] == 3 and found["batches"]["mean_abs"] < 0.01

@@ -50,7 +50,7 @@ def test_parts_merge_into_the_set_one_machine_writes(data, tmp_path, capsys):
                              text=True) for i in range(3)]  # concurrently, as three machines would
     assert [run.wait(timeout=120) for run in runs] == [0, 0, 0], [run.stderr.read() for run in runs]
     assert not (tmp_path / "parts" / "manifest.json").exists()  # parts alone never look like a finished set
-    merged = merge(tmp_path / "parts", progress=False)
+    merged = merge(tmp_path / "parts")
     assert {s: i.samples for s, i in merged.splits.items()} == {s: i.samples for s, i in single.splits.items()}
     assert [c.name for c in merged.classes] == [c.name for c in single.classes]
     assert merged.class_pixels == single.class_pixels and merged.sizes == single.sizes
@@ -60,14 +60,14 @@ def test_parts_merge_into_the_set_one_machine_writes(data, tmp_path, capsys):
     first = [s.name for s in merged.splits["train"].shards[:3]]
     assert first == ["train-p00000-000000.tar", "train-p00001-000000.tar", "train-p00002-000000.tar"]
     # an ordinary set: --verify, both loaders
-    assert verify(tmp_path / "parts", progress=False) == []
+    assert verify(tmp_path / "parts") == []
     for backend in ("dali", "torch"):
         keys = [k for b in make_loader(tmp_path / "parts", backend=backend, batch_size=4, workers=0, shuffle=False,
                                        return_keys=True) for k in b["key"][: b["real"]]]
         assert sorted(keys) == sorted(samples(tmp_path / "single")["train"])
     # merging twice writes the same manifest
     before = (tmp_path / "parts" / "manifest.json").read_text()
-    merge(tmp_path / "parts", progress=False)
+    merge(tmp_path / "parts")
     assert (tmp_path / "parts" / "manifest.json").read_text() == before
 
 
@@ -76,27 +76,27 @@ def test_a_merge_refuses_missing_stale_and_mismatched_parts(data, tmp_path):
     for i in (0, 2):
         assert part_cli(data, out, f"{i}/3").returncode == 0
     with pytest.raises(FastsegError, match=r"1 of 3 parts are missing \(1: no part-00001-of-00003.json"):
-        merge(out, progress=False)
+        merge(out)
     assert not (out / "manifest.json").exists()
     done = part_cli(data, out, "1/3", "--seed", "7")  # written with another seed: another split and order
     assert done.returncode == 0, done.stderr
     with pytest.raises(FastsegError, match=r"part\(s\) 1 were written with other options or sources than part 0"):
-        merge(out, progress=False)
+        merge(out)
     # a rerun replaces that part's own files and no other's
     others = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if "-p00001-" not in p.name and "00001-of" not in p.name}
     assert part_cli(data, out, "1/3").returncode == 0
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.name in others} == others
-    merge(out, progress=False)
+    merge(out)
     # a shard that does not match its record (cut short, say) is named with the part to rerun
     cut = out / "train-p00002-000000.tar"
     cut.write_bytes(cut.read_bytes()[:1024])
     with pytest.raises(FastsegError, match=r"train-p00002-000000.tar: 1024 bytes, its record says \d+ \(part 2\); "
                                            r"rerun part 2"):
-        merge(out, progress=False)
+        merge(out)
     assert part_cli(data, out, "2/3").returncode == 0  # a part run takes the stale manifest away first
     assert not (out / "manifest.json").exists()
-    merge(out, progress=False)
-    assert verify(out, progress=False) == []
+    merge(out)
+    assert verify(out) == []
 
 
 def test_parts_refuse_what_could_disagree(data, tmp_path):
@@ -116,7 +116,7 @@ def test_parts_refuse_what_could_disagree(data, tmp_path):
     done = part_cli(data, tmp_path / "other", "0/2")
     assert done.returncode == 1 and "notes.png, which are not parts of a set" in done.stderr
     with pytest.raises(FastsegError, match="no part records"):
-        merge(tmp_path / "other", progress=False)
+        merge(tmp_path / "other")
 
 
 def test_parts_as_ray_tasks(data, tmp_path):
@@ -130,4 +130,4 @@ def test_parts_as_ray_tasks(data, tmp_path):
         assert ray.get([part.remote(i, 2) for i in range(2)]) == [True, True]
     finally:
         ray.shutdown()
-    assert sum(s.samples for s in merge(tmp_path / "ray", progress=False).splits.values()) == 20
+    assert sum(s.samples for s in merge(tmp_path / "ray").splits.values()) == 20

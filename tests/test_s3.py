@@ -290,7 +290,7 @@ def test_parts_written_to_a_bucket_merge_into_the_set_one_machine_writes(bucket_
     real_read = storage.read
     storage.read = lambda url_: read.append(url_) or real_read(url_)
     try:
-        merged = merge("s3://sets/parts", progress=False)
+        merged = merge("s3://sets/parts")
     finally:
         storage.read = real_read
     assert all(name.rpartition("/")[2].startswith("part-") for name in read)  # records only

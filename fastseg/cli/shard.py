@@ -7,10 +7,9 @@ import sys
 from pathlib import Path
 
 from .. import storage
+from ..shards import ShardOptions, merge, parse_part, shard, verify
 from ..shards.encode import STORES
 from ..shards.masks import parse_value_map
-from ..shards.verify import verify
-from ..shards import ShardOptions, merge, parse_part, shard
 from ..storage import location
 from . import run_cli
 
@@ -49,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
     p.add_argument("--store", choices=STORES, default="source",
                    help="lossless (non-JPEG) images: source (their bytes as they are; default) or fast-png (re-encoded "
-                        "with unfiltered rows: decoded faster, 1.3x the bytes on CamVid); JPEG is never re-encoded")
+                        "with unfiltered rows: decoded faster, 1.2x the bytes on CamVid); JPEG is never re-encoded")
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")
@@ -77,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{args.verify}: {'OK' if not problems else f'{len(problems)} problem(s)'}")
         return 1 if problems else 0
     if args.merge:
-        merge(args.merge, progress=not args.quiet)
+        merge(args.merge)
         return 0
     if args.out is None and args.src is not None and (args.images or args.masks):
         args.src, args.out = None, args.src  # `fastseg-shard --images I --masks M OUT`

@@ -45,10 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
     p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
     p.add_argument("--model", metavar="PACKAGE.MODULE:FUNCTION",
-                   help="your own network: FUNCTION(num_classes=C, **model args) returns an nn.Module giving N×C×H×W "
-                        "logits (C: 1 for two classes, else the class count); default: the UNet")
+                   help="your own network: FUNCTION(num_classes=C, **model args) returns an nn.Module giving "
+                        "N×C×H×W logits (C: 1 for two classes, else the class count); default: the UNet")
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="an argument for --model's function (repeat it); VALUE is read as a Python literal if it is one")
+                   help="an argument for --model's function (repeat it); VALUE is read as a Python literal if it "
+                        "is one")
     p.add_argument("--loader", choices=BACKENDS, default="dali")
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
@@ -200,9 +201,9 @@ def resolve(args) -> RunConfig:
         epochs=None if args.max_steps else (args.epochs or 20), max_steps=args.max_steps, lr=args.lr,
         weight_decay=args.weight_decay, dice_weight=args.dice_weight, width=args.width, model_path=args.model,
         model_args=parse_model_args(args.model_arg), optimizer=args.optimizer, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile, accelerator=accelerator, devices=args.devices,
-        num_nodes=args.num_nodes, precision=precision, resume=resume, resume_flag=args.resume,
-        overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
+        warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile,
+        accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
+        resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
         log_batch_keys=args.log_batch_keys,
     )
 

@@ -21,6 +21,7 @@ from ..errors import FastsegError
 from ..format import IGNORE_INDEX, Manifest
 from .config import LoaderConfig
 
+
 def batches_per_epoch(samples: int, world_size: int, batch_size: int) -> int:
     """Every rank takes as many batches as the longest rank slice needs."""
     return max(1, math.ceil(math.ceil(samples / world_size) / batch_size))

@@ -73,7 +73,8 @@ def _resize(image, mask, size, window=None):
     """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
     when shrinking, which is what Pillow's BILINEAR does in the torch loader. DALI's antialias=False would be 19%
     faster on the CPU crop path (benchmarks/results/resample_davis_crop_cpu_*), but a model trained through one
-    backend and scored through the other then sees other pixels (0.039 mean difference, normalized)."""
+    backend and scored through the other then sees other pixels (0.035 mean difference, normalized, against 0.005:
+    benchmarks/results/resample_check_davis*_cpu)."""
     # straight to float: faster than a uint8 result, and normalize reads it as is
     image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT,
                       **(window or {}))

@@ -72,7 +72,7 @@ class SegDataModule(pl.LightningDataModule):
         if torch.distributed.is_available() and torch.distributed.is_initialized():
             ranks = [None] * torch.distributed.get_world_size()
             torch.distributed.all_gather_object(ranks, state)  # every rank saves; rank 0 writes the file
-        train = self.role_config("train")
+        train = loader.plan.config
         return {"loader": ranks, "world_size": len(ranks), "batch_size": train.batch_size,
                 "backend": train.backend, "augment": train.augment, "seed": train.seed}
 

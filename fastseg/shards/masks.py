@@ -197,11 +197,10 @@ def mapped_spec(table: dict[int, int], entries: list[dict], source: str, names: 
     names = [e["name"] for e in entries] or list(names or (["background", "foreground"] if count == 2 else []))
     if len(names) > count:
         raise FastsegError(f"{len(names)} class names for {count} class ids from {source}")
-    colors = [list(e["color"]) for e in entries if "color" in e]
+    black_white = [[0, 0, 0], [255, 255, 255]] if count == 2 and not entries else []
+    colors = [list(e["color"]) for e in entries if "color" in e] or black_white
     names += [f"class_{i}" for i in range(len(names), count)]
     colors += [default_color(i) for i in range(len(colors), count)]
-    if count == 2 and colors == [default_color(0), default_color(1)] and not entries:
-        colors = [[0, 0, 0], [255, 255, 255]]
     lut = [table.get(v, _UNKNOWN) for v in range(256)]
     return MaskSpec("index", names, colors, fixed=True, table=lut, table_source=source)
 

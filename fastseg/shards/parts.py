@@ -36,6 +36,7 @@ from ..storage import partial_path, sweep_stale
 from .masks import MaskSpec
 from .options import ShardOptions
 from .pairs import Pair
+from .publish import upload_set
 from .sources import encoding_pool, in_shard_order, pairs_and_spec
 from .writer import Stats, manifest_from, write_shards
 
@@ -148,17 +149,12 @@ def _publish_to_bucket(folder: Path, root: str, index: int, count: int, progress
     storage.check_bucket(root)
     existing = storage.sizes(root)
     _check_target(sorted(existing), root)
-    record = part_record_name(index, count)
-    stale = sorted(n for n in existing if _own(n, index) or n == MANIFEST)
-    storage.delete(root, [n for n in stale if n in (MANIFEST, record)])  # not finished, not complete: first
-    files = sorted(p for p in folder.iterdir() if p.name != record)
-    for path in files:
-        storage.upload(path, storage.join(root, path.name))
-    storage.delete(root, [n for n in stale if n not in (MANIFEST, record) and n not in {p.name for p in files}])
-    storage.upload(folder / record, storage.join(root, record))  # last: the part is complete
+    # the merged manifest and this part's own objects are replaced; no other part's are touched
+    own = {name: size for name, size in existing.items() if _own(name, index) or name == MANIFEST}
+    upload_set(folder, root, own, progress, last=part_record_name(index, count))  # the record last: complete
 
 
-def merge(out, *, progress: bool = True) -> Manifest:
+def merge(out) -> Manifest:
     """The one manifest of a set written in parts, from their records, written last. Refused, with the parts
     named, while any part is missing, was written with other options or sources, or does not match its record."""
     remote = storage.is_remote(out)

@@ -47,16 +47,17 @@ def bucket_target(root: str, overwrite: bool) -> dict[str, int]:
     return existing
 
 
-def upload_set(folder: Path, root: str, existing: dict[str, int], progress: bool = True) -> None:
-    """Upload a finished shard set under an s3:// prefix so that it never looks complete before it is: an old
-    manifest goes first, the new one last; objects of the old set that the new one lacks are removed before."""
-    if MANIFEST in existing:
-        storage.delete(root, [MANIFEST])
-    files = sorted(p for p in folder.iterdir() if p.name != MANIFEST)
+def upload_set(folder: Path, root: str, existing: dict[str, int], progress: bool = True, *,
+               last: str = MANIFEST) -> None:
+    """Upload a finished folder under an s3:// prefix so that it never looks complete before it is: an old manifest
+    (and an old `last`: the manifest, or a part's record) goes first, the new `last` last; objects of `existing`
+    that the folder lacks are removed before it."""
+    storage.delete(root, [name for name in dict.fromkeys((MANIFEST, last)) if name in existing])
+    files = sorted(p for p in folder.iterdir() if p.name != last)
     for path in tqdm(files, unit="file", desc="uploading", disable=not progress):
         storage.upload(path, storage.join(root, path.name))
-    storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST}))
-    storage.upload(folder / MANIFEST, storage.join(root, MANIFEST))
+    storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST, last}))
+    storage.upload(folder / last, storage.join(root, last))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

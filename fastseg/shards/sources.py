@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from ..errors import FastsegError
+from ..format import listing
 from ..processes import workers_starting
 from . import masks as maskmod
 from .datasets import KNOWN_LAYOUTS, recognise
@@ -34,11 +35,11 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
     pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
     found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS)
     if found.unpaired:
-        listing = ", ".join(str(p) for p in found.unpaired[:5]) + (" …" if len(found.unpaired) > 5 else "")
+        named = listing([str(p) for p in found.unpaired])
         if not opts.skip_unpaired:
-            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {listing}; "
+            raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {named}; "
                                "rename them to match, or pass --skip-unpaired")
-        print(f"skipping {len(found.unpaired)} unpaired file(s): {listing}")
+        print(f"skipping {len(found.unpaired)} unpaired file(s): {named}")
     splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
     everything = [p for pairs in splits.values() for p in pairs]
     spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]

@@ -94,11 +94,12 @@ class Stats:
         return [round(float(m), 4) for m in mean], [round(float(max(s, 1e-6)), 4) for s in np.sqrt(var)]
 
 
-def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, **options) -> Manifest:
+def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, store: str = "source",
+              **options) -> Manifest:
     """A whole set in `folder`: every split's shards and indexes (write_shards), then the manifest, written last
     and returned."""
-    infos, stats = write_shards(pool, splits, spec, folder, **options)
-    manifest = manifest_from(infos, stats, spec, options.get("store", "source"))
+    infos, stats = write_shards(pool, splits, spec, folder, store=store, **options)
+    manifest = manifest_from(infos, stats, spec, store)
     (folder / MANIFEST).write_text(manifest.to_json())
     return manifest
 

@@ -28,12 +28,16 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
 
 
-def datamodule_state(path: Path) -> dict:
-    """The SegDataModule state saved in a checkpoint ({} if it has none). Memory-mapped: the weights are not read,
-    so checking a resume before a run starts costs a fraction of Lightning's own load."""
+def read_checkpoint(path: Path) -> dict:
+    """A checkpoint's contents, memory-mapped: its weights are not read, so looking at its position or loader state
+    costs a fraction of Lightning's own load."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+        return torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:
         raise FastsegError(f"{path}: not a readable checkpoint ({err}); pass another one to --resume, "
                            "or start a new run") from err
-    return checkpoint.get("SegDataModule", {})
+
+
+def datamodule_state(path: Path) -> dict:
+    """The SegDataModule state saved in a checkpoint ({} if it has none)."""
+    return read_checkpoint(path).get("SegDataModule", {})

@@ -22,6 +22,9 @@ import pytorch_lightning as pl
 import torch
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+from ..errors import FastsegError
+from .checkpoints import read_checkpoint
+
 EXIT_SIGINT, EXIT_SIGTERM = 130, 143  # 128 + the signal number, as shells report them
 
 # what a collective says on the surviving ranks when a peer process is gone (gloo, NCCL, the TCP store)
@@ -148,9 +151,9 @@ def lost_rank(error: BaseException) -> bool:
 
 
 def checkpoint_position(path: Path) -> str | None:
-    """'epoch E, step S' of a checkpoint, read without loading its weights (memory-mapped); None if unreadable."""
+    """'epoch E, step S' of a checkpoint, read without loading its weights; None if it cannot be read."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception:  # a checkpoint being replaced, or none: the caller says there is none
+        checkpoint = read_checkpoint(path)
+    except FastsegError:  # a checkpoint being replaced, or none: the caller says there is none
         return None
     return f"epoch {checkpoint.get('epoch', '?')}, step {checkpoint.get('global_step', '?')}"

@@ -45,7 +45,7 @@ def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor, ignore_index: in
     else:
         per_pixel = F.cross_entropy(logits.float(), mask, ignore_index=ignore_index, reduction="none")
     weight = valid.float() if class_weights is None else class_weights[torch.where(valid, mask, 0)] * valid
-    loss = (per_pixel * weight).sum() / weight.sum().clamp(min=1e-12 if class_weights is not None else 1)
+    loss = (per_pixel * weight).sum() / weight.sum().clamp(min=1e-12)
     if dice_weight:
         loss = loss + dice_weight * dice_loss(logits, mask, ignore_index)
     return loss
