@@ -15,6 +15,7 @@ from ..loading.contract import Normalize
 from ..shards.pairs import IMAGE_SUFFIXES
 from ..storage import location
 from . import run_cli
+from .evaluation import add_evaluation_arguments, scoring_from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, help="loader threads/processes for --shards (default: the cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    add_evaluation_arguments(p)
     return p
 
 
@@ -56,24 +58,26 @@ def find_images(path: Path) -> list[Path]:
 
 
 @torch.no_grad()
-def predict_file(module, path: Path, device: str) -> tuple[np.ndarray, np.ndarray]:
-    """(upright RGB image, class indices of the same size): the model runs at the training size, and its logits,
-    not a class map, are resized (bilinear) to the image's own size before the argmax, so edges are as fine as
-    the image's pixels, not the training size's."""
-    from torch.nn import functional as F
-
+def predict_file(module, path: Path, device: str, scoring) -> tuple[np.ndarray, np.ndarray]:
+    """(upright RGB image, class indices of the same size), predicted as validation scores: the image resized as
+    scoring says (to the training size, or with --eval-size to fit that scale, aspect kept), run whole or window by
+    window, and its logits, not a class map, resized (bilinear) to the image's own size before the argmax, so edges
+    are as fine as the image's pixels."""
+    from ..loading.config import keep_ratio_size
     from ..training.losses import predict
+    from ..training.scoring import label_logits
 
     try:
         image = ImageOps.exif_transpose(Image.open(path)).convert("RGB")
     except Exception as err:
         raise FastsegError(f"{path}: cannot decode the image ({err})") from err
     h = module.hparams
-    height, width = h.image_size
-    pixels = np.array(image.resize((width, height), Image.BILINEAR))  # a writable copy for torch
-    tensor = Normalize(h.mean, h.std)(torch.from_numpy(pixels).permute(2, 0, 1)[None])
-    logits = module(tensor.to(device)).float()
-    logits = F.interpolate(logits, size=(image.size[1], image.size[0]), mode="bilinear", align_corners=False)
+    rows, cols = image.size[1], image.size[0]
+    height, width = keep_ratio_size(rows, cols, scoring.size) if scoring.size else tuple(h.image_size)
+    pixels = np.array(image.resize((width, height), Image.BILINEAR, reducing_gap=None))  # writable, for torch
+    tensor = Normalize(h.mean, h.std)(torch.from_numpy(pixels).permute(2, 0, 1)[None]).to(device)
+    (_, logits, _), = label_logits(module, {"image": tensor, "sizes": [(height, width, rows, cols)]}, scoring,
+                                   module.stride)
     return np.asarray(image), predict(logits)[0].byte().cpu().numpy()
 
 
@@ -86,7 +90,7 @@ def save_mask(indices: np.ndarray, colors: list[list[int]], path: Path) -> None:
         palette_image(indices, colors).save(path)
 
 
-def predict_files(module, args) -> None:
+def predict_files(module, args, scoring) -> None:
     from tqdm import tqdm
 
     from ..training.visualize import overlay
@@ -96,7 +100,7 @@ def predict_files(module, args) -> None:
     colors = module.hparams.class_colors
     base = args.input if args.input.is_dir() else args.input.parent
     for path in tqdm(images, unit="image", desc="predicting"):
-        picture, indices = predict_file(module, path, args.device)
+        picture, indices = predict_file(module, path, args.device, scoring)
         name = path.relative_to(base).with_suffix("")
         target = args.out / f"{name}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -107,33 +111,42 @@ def predict_files(module, args) -> None:
 
 
 @torch.no_grad()
-def evaluate(module, args) -> None:
+def evaluate(module, args, scoring) -> None:
     from tqdm import tqdm
 
     from ..loading.make import make_loader
     from ..training.callbacks import metrics_report, write_report
     from ..training.losses import predict
     from ..training.metrics import confusion_metric, scores
+    from ..training.scoring import label_logits
 
     h = module.hparams
     loader = make_loader(args.shards, split=args.split, backend=args.loader, batch_size=args.batch_size,
-                         size=tuple(h.image_size), augment=False, device=args.device, workers=args.workers)
+                         augment=False, device=args.device, workers=args.workers,
+                         **scoring.loader_options(tuple(h.image_size)))
     confusion = confusion_metric(len(h.class_names), h.ignore_index).to(args.device)
     for batch in tqdm(loader, unit="batch", desc=f"evaluating {args.split}"):
-        confusion.update(predict(module(batch["image"])), batch["mask"])
+        if scoring.at_labels:
+            for _, logits, mask in label_logits(module, batch, scoring, module.stride):
+                confusion.update(predict(logits), mask)
+        else:
+            confusion.update(predict(module(batch["image"])), batch["mask"])
     args.out.mkdir(parents=True, exist_ok=True)
-    write_report(args.out / "metrics.json", metrics_report(scores(confusion.compute()), h.class_names))
+    report = metrics_report(scores(confusion.compute()), h.class_names)
+    report.update(scoring.describe(tuple(h.image_size)))
+    write_report(args.out / "metrics.json", report)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if (args.input is None) == (args.shards is None):
         raise FastsegError("give --input (images to predict) or --shards (a split to evaluate), one of them")
+    scoring = scoring_from(args)  # the flags checked before the checkpoint is read
     module = load_module(args.checkpoint, args.device)
     if args.shards:
-        evaluate(module, args)
+        evaluate(module, args, scoring)
     else:
-        predict_files(module, args)
+        predict_files(module, args, scoring)
     return 0
 
 

@@ -20,7 +20,9 @@ from ..loading.config import AUGMENTS, BACKENDS, LoaderConfig, default_workers
 from ..storage import location
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
 from ..training.optim import OPTIMIZERS, SCHEDULES
+from ..training.scoring import Scoring
 from . import run_cli
+from .evaluation import add_evaluation_arguments, scoring_from
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -78,6 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", default="val")
     p.add_argument("--no-checksums", action="store_true", help="skip the shards' sha256 check at start-up")
+    add_evaluation_arguments(p)
     return p
 
 
@@ -114,6 +117,7 @@ class RunConfig:
     log_every: int
     checkpoint_every: int | None
     log_batch_keys: bool
+    scoring: Scoring  # how validation scores
 
     @property
     def manifest(self) -> Manifest:
@@ -130,11 +134,11 @@ class RunConfig:
     def as_json(self, world_size: int) -> dict:
         """config.json: the run as resolved, one flat object."""
         fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()
-                  if k not in ("shard_set", "loader")}
+                  if k not in ("shard_set", "loader", "scoring")}
         loader = {k: v for k, v in asdict(self.loader).items() if k != "backend"}
         return {"shards": str(self.shard_set.root), "loader": self.loader.backend, **loader,
                 "image_size": list(self.loader.size), **fields, "world_size": world_size,
-                "resumed_from": self.resume}
+                "resumed_from": self.resume, "scoring": self.scoring.describe(self.loader.size)}
 
 
 def resolve(args) -> RunConfig:
@@ -204,7 +208,7 @@ def resolve(args) -> RunConfig:
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile,
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
         resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
-        log_batch_keys=args.log_batch_keys,
+        log_batch_keys=args.log_batch_keys, scoring=scoring_from(args),
     )
 
 
@@ -332,7 +336,7 @@ def datamodule(run: RunConfig):
     from ..loading.datamodule import SegDataModule
 
     return SegDataModule(run.shard_set, run.loader, train_split=run.train_split, val_split=run.val_split,
-                         resume_checked=True)
+                         val_options=run.scoring.loader_options(run.loader.size), resume_checked=True)
 
 
 def segmodule(run: RunConfig):
@@ -345,7 +349,8 @@ def segmodule(run: RunConfig):
                      channels_last=run.loader.channels_last, compile_model=run.compile_model,
                      model_path=run.model_path, model_args=run.model_args, optimizer=run.optimizer,
                      schedule=run.schedule, warmup_steps=run.warmup_steps, min_lr=run.min_lr,
-                     class_weights=run.class_weights)
+                     class_weights=run.class_weights, eval_mode=run.scoring.mode, eval_window=run.scoring.window,
+                     eval_stride=run.scoring.stride)
 
 
 def make_callbacks(run: RunConfig):
@@ -402,6 +407,7 @@ def report(run: RunConfig, module, trainer, checkpoints, meter) -> None:
     from ..training.callbacks import metrics_report, write_report
 
     found = metrics_report(module.last_scores, module.hparams.class_names)
+    found.update(run.scoring.describe(run.loader.size))
     found.update(epochs=trainer.current_epoch, best_checkpoint=str(checkpoints.best_model_path))
     if meter.epochs:
         found["throughput"] = meter.report(run.loader.backend, run.loader.workers, run.accelerator,

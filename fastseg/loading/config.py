@@ -34,6 +34,10 @@ class LoaderConfig:
     checksums: bool = True  # sha256 of every local shard at start-up
     return_keys: bool = False  # batch["key"]: the sample keys
     channels_last: bool = False  # images leave the pipeline N×H×W×C, so the N×C×H×W view is channels-last
+    # Scoring at the labels' resolution: masks exactly as the set holds them (padded with ignore to the batch's
+    # largest) beside images resized to `size` (padded with 0 after normalization), and batch["sizes"]
+    original_labels: bool = False
+    keep_ratio: bool = False  # original_labels: resize to fit the scale `size` with the aspect kept (keep_ratio_size)
 
     def __post_init__(self):
         if self.backend not in BACKENDS:
@@ -52,6 +56,11 @@ class LoaderConfig:
         if not 0 < low <= high <= 1:
             raise FastsegError(f"the crop scale is an area fraction range 0 < low <= high <= 1, not {self.scale!r}")
         object.__setattr__(self, "scale", (low, high))
+        if self.keep_ratio and not self.original_labels:
+            raise FastsegError("keep_ratio resizes validation images for scoring at the labels' resolution; it needs "
+                               "original_labels=True")
+        if self.original_labels and self.augment not in (None, "none"):
+            raise FastsegError(f"original_labels is for scoring: it takes no augmentation (augment={self.augment!r})")
 
     @classmethod
     def build(cls, base: LoaderConfig | None = None, **options) -> LoaderConfig:
@@ -70,6 +79,14 @@ class LoaderConfig:
             shuffle=training if self.shuffle is None else self.shuffle,
             workers=default_workers() if self.workers is None else self.workers,
         )
+
+
+def keep_ratio_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """(height, width) of an image resized to the scale (H, W) with its aspect kept, as MMSegmentation's
+    `Resize(keep_ratio=True)` (mmcv.rescale_size) computes it: the factor min(long(scale) / long(image),
+    short(scale) / short(image)), so portrait and landscape images fit the same scale alike; sides rounded."""
+    factor = min(max(scale) / max(height, width), min(scale) / min(height, width))
+    return int(height * factor + 0.5), int(width * factor + 0.5)
 
 
 def default_workers(devices: int = 1) -> int:

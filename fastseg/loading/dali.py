@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 
 from ..errors import FastsegError
-from ..format import IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
+from ..format import IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
 from ..processes import note_native_threads
 from ..storage import read_span
 from .contract import EpochLoader, LoaderPlan
@@ -82,6 +82,33 @@ def _resize(image, mask, size, window=None):
     return image, mask
 
 
+def _for_scoring(plan: LoaderPlan, image, mask):
+    """Scoring at the labels' resolution: the image resized to `size` (or to fit it with the aspect kept, the
+    size computed from the decoded mask's shape as keep_ratio_size does), normalized, padded with 0 to the batch's
+    largest; the mask as decoded, padded with ignore; and per sample (image rows, columns, label rows, columns)."""
+    shape = mask.shape()  # on the CPU, where the mask is decoded: the image has the same size (shard contract)
+    rows, cols = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
+    if plan.config.keep_ratio:
+        scale = plan.config.size
+        factor = dmath.min(max(scale) / dmath.max(rows, cols), min(scale) / dmath.min(rows, cols))
+        height, width = dmath.floor(rows * factor + 0.5), dmath.floor(cols * factor + 0.5)
+        image = fn.resize(image, size=fn.stack(height, width), interp_type=types.INTERP_LINEAR, antialias=True,
+                          dtype=types.FLOAT)
+    else:
+        height, width = (types.Constant(float(side), device="cpu") for side in plan.config.size)
+        if not plan.native:
+            image = fn.resize(image, size=list(plan.config.size), interp_type=types.INTERP_LINEAR, antialias=True,
+                              dtype=types.FLOAT)
+    sizes = fn.cast(fn.stack(height, width, rows, cols), dtype=types.INT64)
+    mean, std = plan.mean_std
+    image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT,
+                                     output_layout="HWC" if plan.config.channels_last else "CHW")
+    image = fn.pad(image, fill_value=0.0, axis_names="HW")
+    mask = fn.pad(fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64), fill_value=IGNORE_INDEX,
+                  axis_names="HW")
+    return image, (mask.gpu() if plan.device.type == "cuda" else mask), sizes
+
+
 @pipeline_def
 def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None):
     """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment") cuts it after that stage, with
@@ -98,6 +125,8 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
         return image, mask
     image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
     mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
+    if plan.config.original_labels:
+        return (*_for_scoring(plan, image, mask), *meta)
     if gpu:
         mask = mask.gpu()
     if stop_after == "decode":
@@ -213,12 +242,18 @@ class DaliLoader(EpochLoader):
     def to_torch(self, outputs, epoch: int, index: int) -> dict:
         """One run's outputs as a batch of the contract (batch `index` of `epoch`, for the padding)."""
         images, masks, *metas = outputs
+        sizes = None
+        if self.plan.config.original_labels:
+            sizes, *metas = metas
+            sizes = [tuple(int(v) for v in np.array(sizes[i])) for i in range(len(sizes))]
         with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive
             image = torch.from_dlpack(images.as_tensor())
             mask = torch.from_dlpack(masks.as_tensor())
         if self.plan.config.channels_last:
             image = image.permute(0, 3, 1, 2)  # N×H×W×C from the pipeline: this view is channels-last already
         batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
+        if sizes is not None:
+            batch["sizes"] = sizes
         if self.plan.config.return_keys:
             batch["key"] = [json.loads(np.array(metas[0][i]).tobytes())["key"] for i in range(len(metas[0]))]
         return batch

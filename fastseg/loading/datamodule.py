@@ -20,14 +20,18 @@ class SegDataModule(pl.LightningDataModule):
     loader), so a resumed run continues with the exact next batch."""
 
     def __init__(self, shards: str | ShardSet, config: LoaderConfig | None = None, *, train_split: str = "train",
-                 val_split: str = "val", resume_checked: bool = False, **options):
+                 val_split: str = "val", val_options: dict | None = None, resume_checked: bool = False,
+                 **options):
         """config (or keyword options that build one, as for make_loader) is the training loader's; validation
-        reads the same way without augmentation or shuffling. resume_checked: the caller has already checked that
+        reads the same way without augmentation or shuffling, with masks at the set's own resolution
+        (original_labels, for scoring there), and with `val_options` (LoaderConfig fields) replaced: e.g.
+        training.scoring.Scoring(...).loader_options(size). resume_checked: the caller has already checked that
         the checkpoint being resumed matches these options (fastseg-train does, before any process starts)."""
         super().__init__()
         self.shard_set = open_set(shards)  # read once here (or by the caller) and handed to every loader
         self.config = LoaderConfig.build(config, **options)
         self.train_split, self.val_split, self.resume_checked = train_split, val_split, resume_checked
+        self.val_options = {"original_labels": True, **(val_options or {})}
         self.save_hyperparameters({"shards": str(self.shard_set.root), "train_split": train_split,
                                    "val_split": val_split, **asdict(self.config)})
         self.manifest = self.shard_set.manifest
@@ -37,8 +41,11 @@ class SegDataModule(pl.LightningDataModule):
     def role_config(self, role: str) -> LoaderConfig:
         if role == "train":
             return self.config.for_split(self.manifest, self.train_split, training=True)
-        quiet = replace(self.config, augment="none", shuffle=False, return_keys=False)
-        return quiet.for_split(self.manifest, self.val_split, training=False)
+        size = self.config.size  # validation is resized as training is
+        if size is None and self.train_split in self.manifest.splits:
+            size = self.role_config("train").size
+        quiet = replace(self.config, augment="none", shuffle=False, return_keys=False, size=size)
+        return LoaderConfig.build(quiet, **self.val_options).for_split(self.manifest, self.val_split, training=False)
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer

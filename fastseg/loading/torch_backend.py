@@ -13,6 +13,7 @@ import io
 import math
 import os
 import weakref
+from functools import partial
 
 import numpy as np
 import simplejpeg
@@ -22,8 +23,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import MASK_EXT, parse_index
+from ..format import IGNORE_INDEX, MASK_EXT, parse_index
 from ..processes import quiet_when_orphaned, workers_starting
+from .config import keep_ratio_size
 from .contract import EpochLoader, LoaderPlan, Normalize
 
 
@@ -76,6 +78,8 @@ class ShardSamples(Dataset):
             raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
                                f"fastseg-shard --verify {self.plan.root}") from err
         config = self.plan.config
+        if config.original_labels:
+            return self._for_scoring(image, mask, key)
         height, width = config.size
         box = None
         flip_h = flip_v = False
@@ -99,6 +103,43 @@ class ShardSamples(Dataset):
         if flip_v:
             image, mask = image.flip(rows), mask.flip(0)
         return image, mask, key
+
+    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str):
+        """The image resized as scoring asks (to `size`, or to fit it with the aspect kept), the mask as it is,
+        and (image rows, image columns, label rows, label columns)."""
+        config = self.plan.config
+        rows, cols = mask.shape
+        height, width = keep_ratio_size(rows, cols, config.size) if config.keep_ratio else config.size
+        if image.shape[:2] != (height, width):
+            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=None))
+        image = torch.from_numpy(image)
+        return (image if config.channels_last else image.permute(2, 0, 1)), torch.from_numpy(mask), key, \
+            (height, width, rows, cols)
+
+
+def collate_padded(samples: list, channels_last: bool) -> tuple:
+    """Samples of different sizes as one batch: images padded at the bottom and right with 0 (zeroed again after
+    normalization), masks with ignore, to the largest in the batch; with the real sizes."""
+    images, masks, keys, sizes = zip(*samples)
+    rows = max(size[0] for size in sizes), max(size[2] for size in sizes)
+    cols = max(size[1] for size in sizes), max(size[3] for size in sizes)
+    shape = (len(images), rows[0], cols[0], 3) if channels_last else (len(images), 3, rows[0], cols[0])
+    image_batch = torch.zeros(shape, dtype=torch.uint8)
+    mask_batch = torch.full((len(masks), rows[1], cols[1]), IGNORE_INDEX, dtype=torch.uint8)
+    for i, (image, mask, (height, width, _, _)) in enumerate(zip(images, masks, sizes)):
+        if channels_last:
+            image_batch[i, :height, :width] = image
+        else:
+            image_batch[i, :, :height, :width] = image
+        mask_batch[i, :mask.shape[0], :mask.shape[1]] = mask
+    return image_batch, mask_batch, keys, list(sizes)
+
+
+def zero_padding(images: torch.Tensor, sizes: list[tuple[int, int, int, int]]) -> None:
+    """Normalized N×C×H×W images: 0 past each one's own rows and columns, as the DALI pipeline pads them."""
+    for image, (height, width, _, _) in zip(images, sizes):
+        image[:, height:] = 0
+        image[:, :, width:] = 0
 
 
 def decode_image(data: bytes) -> np.ndarray:
@@ -173,6 +214,8 @@ class TorchLoader(EpochLoader):
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
             pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
             worker_init_fn=quiet_when_orphaned,
+            collate_fn=partial(collate_padded, channels_last=plan.config.channels_last)
+            if plan.config.original_labels else None,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
         self.buffers = HostBuffers() if plan.device.type == "cpu" else None
@@ -199,7 +242,7 @@ class TorchLoader(EpochLoader):
             raise FastsegError(str(err).strip().splitlines()[-1].rpartition("FastsegError: ")[2]) from None
 
     def _batches(self, epoch: int, start: int):
-        for index, (image, mask, keys) in enumerate(self._iterate(), start):
+        for index, (image, mask, keys, *sizes) in enumerate(self._iterate(), start):
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.config.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
@@ -211,6 +254,9 @@ class TorchLoader(EpochLoader):
                 image = self.normalize(image, out=out.permute(0, 3, 1, 2) if self.plan.config.channels_last else out)
                 mask = self.buffers.take(tuple(mask.shape), np.int64).copy_(mask)
             batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
+            if sizes:
+                batch["sizes"] = sizes[0]
+                zero_padding(image, sizes[0])
             if self.plan.config.return_keys:
                 batch["key"] = list(keys)
             yield batch

@@ -45,6 +45,8 @@ class Up(nn.Module):
 
 
 class UNet(nn.Module):
+    stride = 2**DEPTH  # what input sides must divide by (scoring pads to it)
+
     def __init__(self, out_channels: int, in_channels: int = 3, width: int = 64):
         super().__init__()
         widths = [width * 2**i for i in range(DEPTH + 1)]  # 64, 128, 256, 512, 1024 for the classic width

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytorch_lightning as pl
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX
@@ -16,6 +17,7 @@ from .losses import out_channels, predict, segmentation_loss
 from .metrics import VAL_METRICS, confusion_metric, scores
 from .model import UNet, build_model
 from .optim import make_optimizer, make_schedule
+from .scoring import Scoring, label_logits, network_stride
 
 
 class SegModule(pl.LightningModule):
@@ -25,11 +27,15 @@ class SegModule(pl.LightningModule):
                  ignore_index: int = IGNORE_INDEX, channels_last: bool = False, compile_model: bool = False,
                  model: nn.Module | None = None, model_path: str | None = None, model_args: dict | None = None,
                  own_model: bool = False, optimizer: str = "adamw", schedule: str = "cosine",
-                 warmup_steps: int = 0, min_lr: float = 0.0, class_weights: list[float] | None = None):
+                 warmup_steps: int = 0, min_lr: float = 0.0, class_weights: list[float] | None = None,
+                 eval_mode: str = "whole", eval_window: tuple[int, int] | None = None,
+                 eval_stride: tuple[int, int] | None = None):
         """model: your own network (an nn.Module mapping N×3×H×W to N×C×H×W logits, C = 1 for two classes, else
         the class count); or model_path 'package.module:function' (+ model_args), which the checkpoint records
         and fastseg-predict rebuilds; default: the UNet of `width`. own_model is set when `model` is given, so that
-        loading such a checkpoint asks for the model again. epochs: None for a run counted in steps."""
+        loading such a checkpoint asks for the model again. epochs: None for a run counted in steps.
+        eval_mode/eval_window/eval_stride: how validation batches at the labels' resolution are run (scoring.py);
+        batches with masks at the training size are scored there."""
         super().__init__()
         self.save_hyperparameters(ignore=["model"])  # everything fastseg-predict needs to use a checkpoint alone
         self.num_classes = len(class_names)
@@ -45,6 +51,8 @@ class SegModule(pl.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
+        self.scoring = Scoring(mode=eval_mode, window=eval_window, stride=eval_stride)
+        self.stride = network_stride(self.model)
         self.confusion = confusion_metric(self.num_classes, ignore_index)
         self.last_scores: dict | None = None
         self.preview = None  # (images, truths, predictions) of the first validation batch
@@ -70,12 +78,29 @@ class SegModule(pl.LightningModule):
         return loss
 
     def validation_step(self, batch, batch_index):
+        if "sizes" in batch:
+            return self._score_at_labels(batch, batch_index)
         logits, loss = self._loss(batch)
         pred = predict(logits)
         self.confusion.update(pred, batch["mask"])
         self.log("val_loss", loss, sync_dist=True, batch_size=batch["image"].shape[0])
         if batch_index == 0:
             self.preview = (batch["image"][:4].detach(), batch["mask"][:4], pred[:4])
+
+    def _score_at_labels(self, batch, batch_index):
+        """Each real sample's logits at its label's size, scored against the label as the set holds it."""
+        h, losses, preview = self.hparams, [], []
+        for index, (small, logits, mask) in enumerate(label_logits(self, batch, self.scoring, self.stride)):
+            self.confusion.update(predict(logits), mask)
+            losses.append(segmentation_loss(logits, mask, h.ignore_index, h.dice_weight, self.class_weights))
+            if batch_index == 0 and len(preview) < 4 and (not preview or small.shape == preview[0][2].shape):
+                truth = F.interpolate(mask[None].float(), size=small.shape[-2:], mode="nearest")[0].long()
+                preview.append((batch["image"][index, :, :small.shape[-2], :small.shape[-1]], truth[0], small))
+        if losses:
+            self.log("val_loss", torch.stack(losses).mean(), sync_dist=True, batch_size=len(losses))
+        if preview:
+            images, truths, smalls = zip(*preview)
+            self.preview = (torch.stack(images).detach(), torch.stack(truths), predict(torch.cat(smalls)))
 
     def on_validation_epoch_end(self):
         found = scores(self.confusion.compute())  # compute() sums the counts over all ranks first
