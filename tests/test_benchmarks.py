@@ -229,3 +229,19 @@ def test_the_resample_check_runs_and_finds_the_loaders_agree(tiny, tmp_path):
     _, shards = tiny
     found, _ = bench("resample_check.py", tmp_path / "resample.json", "--shards", shards, "--size", "24", "32")
     assert found["batches"]["images"] == 3 and found["batches"]["mean_abs"] < 0.01
+
+
+def test_the_scoring_cost_benchmark_times_every_rule_on_both_loaders(tiny, tmp_path):
+    from fastseg.cli import run_cli
+    from fastseg.cli.train import main as train
+
+    _, shards = tiny
+    assert run_cli("fastseg-train", train, ["--shards", str(shards), "--out", str(tmp_path / "run"), "--epochs", "1",
+                                            "--width", "4", "--batch-size", "4", "--image-size", "32", "--workers",
+                                            "1", "--accelerator", "cpu", "--no-checksums"]) == 0
+    found, _ = bench("eval_bench.py", tmp_path / "eval.json", "--shards", shards, "--checkpoint",
+                     tmp_path / "run/checkpoints/best.ckpt", "--split", "train", "--eval-size", "40", "56",
+                     "--window", "32", "32", "--stride", "16", "16", "--workers", "1", "--rounds", "1")
+    assert len(found["rules"]) == 2 * 4 and all(r["images_per_s"] > 0 for r in found["rules"].values())
+    at_labels = found["rules"]["torch: labels, whole, training size"]
+    assert at_labels["pixels"] == 9 * 64 * 48 > found["rules"]["torch: train size (quick rule)"]["pixels"]

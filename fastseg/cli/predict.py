@@ -110,29 +110,20 @@ def predict_files(module, args, scoring) -> None:
     print(f"wrote {len(images)} mask(s) to {args.out}")
 
 
-@torch.no_grad()
 def evaluate(module, args, scoring) -> None:
     from tqdm import tqdm
 
     from ..loading.make import make_loader
     from ..training.callbacks import metrics_report, write_report
-    from ..training.losses import predict
-    from ..training.metrics import confusion_metric, scores
-    from ..training.scoring import label_logits
+    from ..training.scoring import score_loader
 
     h = module.hparams
     loader = make_loader(args.shards, split=args.split, backend=args.loader, batch_size=args.batch_size,
                          augment=False, device=args.device, workers=args.workers,
                          **scoring.loader_options(tuple(h.image_size)))
-    confusion = confusion_metric(len(h.class_names), h.ignore_index).to(args.device)
-    for batch in tqdm(loader, unit="batch", desc=f"evaluating {args.split}"):
-        if scoring.at_labels:
-            for _, logits, mask in label_logits(module, batch, scoring, module.stride):
-                confusion.update(predict(logits), mask)
-        else:
-            confusion.update(predict(module(batch["image"])), batch["mask"])
+    found = score_loader(module, tqdm(loader, unit="batch", desc=f"evaluating {args.split}"), scoring)
     args.out.mkdir(parents=True, exist_ok=True)
-    report = metrics_report(scores(confusion.compute()), h.class_names)
+    report = metrics_report(found, h.class_names)
     report.update(scoring.describe(tuple(h.image_size)))
     write_report(args.out / "metrics.json", report)
 

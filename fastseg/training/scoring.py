@@ -17,7 +17,10 @@ import torch
 from torch.nn import functional as F
 
 from ..errors import FastsegError
+from .losses import predict
+from .metrics import confusion_metric, scores
 
+__all__ = ["MODES", "Scoring", "label_logits", "network_stride", "run_padded", "score_loader", "slide_logits"]
 MODES = ("whole", "slide")
 Run = Callable[[torch.Tensor], torch.Tensor]  # N×3×H×W normalized images → N×C×H×W logits
 
@@ -136,3 +139,18 @@ def label_logits(run: Run, batch: dict, scoring: Scoring, multiple: int) -> Iter
         logits = run(chosen)
         for k, index in enumerate(members):
             yield at_label(index, logits[k:k + 1])
+
+
+@torch.no_grad()
+def score_loader(module, batches, scoring: Scoring) -> dict:
+    """The scores (metrics.scores) of a SegModule over an iterable of batches: `original_labels` batches when
+    scoring at the labels' resolution, batches at the training size otherwise."""
+    h = module.hparams
+    confusion = confusion_metric(len(h.class_names), h.ignore_index).to(module.device)
+    for batch in batches:
+        if scoring.at_labels:
+            for _, logits, mask in label_logits(module, batch, scoring, module.stride):
+                confusion.update(predict(logits), mask)
+        else:
+            confusion.update(predict(module(batch["image"])), batch["mask"])
+    return scores(confusion.compute())
