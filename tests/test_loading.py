@@ -136,6 +136,25 @@ def test_ddp_ranks_are_disjoint_complete_and_equal(backend, world, png_shards):
     assert orders[0] != orders[1]  # a fresh order (and, with world > 1, fresh slices) each epoch
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_every_epoch_is_a_new_permutation_of_the_whole_split_in_both_backends(world, png_shards):
+    """A full reshuffle, the same rule in both backends: each epoch the whole split permuted, cut into rank slices."""
+    manifest_order = real_keys(epoch(make_loader(png_shards, backend="torch", batch_size=4, shuffle=False,
+                                                 augment="none", return_keys=True, workers=INLINE)))
+    orders = {}
+    for backend in BACKENDS:
+        loaders = [make_loader(png_shards, backend=backend, batch_size=3, augment="none", rank=r, world_size=world,
+                               return_keys=True, workers=INLINE, seed=2) for r in range(world)]
+        orders[backend] = [[real_keys(epoch(loader)) for loader in loaders] for _ in range(3)]
+    assert orders["dali"] == orders["torch"]  # the same samples in the same order, rank by rank
+    epochs = [[k for rank in ranks for k in rank] for ranks in orders["torch"]]
+    for keys in epochs:
+        assert sorted(keys) == sorted(manifest_order) and keys != manifest_order  # complete, disjoint, reordered
+    assert epochs[0] != epochs[1] != epochs[2]
+    if world == 2:  # not the same slice with its order changed: samples cross between the ranks
+        assert set(orders["torch"][0][0]) != set(orders["torch"][1][0])
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_len_matches_batches_and_padding_is_ignored(backend, png_shards):
     loader = make_loader(png_shards, backend=backend, batch_size=4, augment=False, return_keys=True, workers=INLINE)

@@ -1,8 +1,9 @@
 """The loader contract both backends import: the plan (split, slices, batches per epoch, padding rule) and the
 epoch/position bookkeeping that makes a loader resumable.
 
-Epoch semantics, matching DALI's webdataset reader: the split's samples (in manifest order) are cut into
-`world_size` contiguous slices; in epoch e, rank r reads slice (r + e) % world_size, shuffled when training. Every
+Epoch semantics: when training (shuffle), each epoch is a new permutation of the whole split, cut into `world_size`
+contiguous slices, rank r reading slice r; otherwise, as DALI's webdataset reader reads, the split in manifest
+order is cut into slices and in epoch e rank r reads slice (r + e) % world_size. Every
 rank pads its epoch to ceil(longest slice / batch) batches by repeating its last sample, so all ranks run the same
 number of steps; padded samples get an all-ignore mask, so they never count in a loss or metric. Batches are
 {"image": float32 N×3×H×W normalized, "mask": int64 N×H×W (255 = ignore), "real": int} [+ "key"]; "real" counts
@@ -15,6 +16,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..errors import FastsegError
@@ -69,11 +71,24 @@ class LoaderPlan:
         return batches_per_epoch(self.samples, self.world_size, self.batch_size)
 
     def epoch_slice(self, epoch: int) -> range:
+        """Without shuffling: the manifest-order slice this rank reads in `epoch`."""
         return self.rank_slice((self.rank + epoch) % self.world_size)
+
+    def epoch_samples(self, epoch: int) -> list[int]:
+        """The split's sample numbers this rank reads in `epoch`, in order. Shuffled: a new permutation of the whole
+        split every epoch (seeded by seed and epoch, the same on every rank), cut into the rank slices, so that
+        ranks stay disjoint and complete and every sample can meet any other. Otherwise the manifest order."""
+        if not self.config.shuffle:
+            return list(self.epoch_slice(epoch))
+        order = np.random.default_rng((self.config.seed, epoch)).permutation(self.samples)
+        return order[self.rank_slice(self.rank).start:self.rank_slice(self.rank).stop].tolist()
+
+    def epoch_length(self, epoch: int) -> int:
+        return len(self.rank_slice(self.rank) if self.config.shuffle else self.epoch_slice(epoch))
 
     def real_samples(self, epoch: int, batch_index: int) -> int:
         """How many samples of a batch are this rank's own; the rest of the batch is padding."""
-        left = len(self.epoch_slice(epoch)) - batch_index * self.batch_size
+        left = self.epoch_length(epoch) - batch_index * self.batch_size
         return min(max(left, 0), self.batch_size)
 
     def mark_padding(self, mask: torch.Tensor, epoch: int, batch_index: int) -> torch.Tensor:

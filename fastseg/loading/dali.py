@@ -14,6 +14,8 @@ from __future__ import annotations
 import io
 import json
 import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 import numpy as np
@@ -21,11 +23,11 @@ import torch
 from PIL import Image
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT, parse_index
+from ..format import IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT
 from ..processes import note_native_threads
-from ..storage import read_span
 from . import recipe
 from .contract import EpochLoader, LoaderPlan
+from .members import SampleTable
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
 # held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
@@ -51,7 +53,6 @@ check_dali_version(nvidia.dali.__version__)
 
 __all__ = ["DALI_FLOOR", "DaliLoader", "build_pipeline", "check_dali_version", "find_undecodable",
            "segmentation_pipeline"]
-SHUFFLE_BUFFER = 256
 
 
 def _crop_window(scale: tuple[float, float], hflip, vflip):
@@ -181,18 +182,58 @@ def _for_scoring(plan: LoaderPlan, image, mask):
     return image, (mask.gpu() if plan.device.type == "cuda" else mask), sizes
 
 
+class ShuffledFeed(SampleTable):
+    """The encoded members of each batch in the order the contract gives (LoaderPlan.epoch_samples: a new
+    permutation of the whole split every epoch), for fn.external_source: DALI's webdataset reader can only shuffle
+    inside a buffer over the order the shards were written in. Called once per batch, in order, from batch `start`
+    (counted over the epochs) on; a restored pipeline gets a feed that starts where its checkpoint stands. Reads from
+    a bucket go out in parallel."""
+
+    def __init__(self, plan: LoaderPlan, start: int = 0):
+        super().__init__(plan)
+        self.batch = start
+        self._epoch = self._padded = None
+        remote = bool(self.aws)
+        self._pool = ThreadPoolExecutor(16) if remote else None
+
+    def _members(self, index: int) -> list[np.ndarray]:
+        path, _, members = self.members[index]
+        names = [next(ext for ext in members if ext.startswith("image.")), MASK_EXT]
+        names += [META_EXT] if self.plan.config.return_keys else []
+        return [np.frombuffer(self.read(path, members[name]), np.uint8) for name in names]
+
+    def __call__(self):
+        epoch, position = divmod(self.batch, self.plan.batches)
+        self.batch += 1
+        size = self.plan.batch_size
+        if epoch != self._epoch:  # padded to whole batches by repeating the last sample, as the torch loader does
+            samples = self.plan.epoch_samples(epoch)
+            self._epoch, self._padded = epoch, samples + samples[-1:] * (self.plan.batches * size - len(samples))
+        chosen = self._padded[position * size:(position + 1) * size]
+        rows = list(self._pool.map(self._members, chosen)) if self._pool else [self._members(i) for i in chosen]
+        return tuple(list(column) for column in zip(*rows))
+
+
+def _read(plan: LoaderPlan, feed: ShuffledFeed | None):
+    """The encoded image, mask (and meta) of each sample: from the shuffled feed when training, else from DALI's
+    webdataset reader in manifest order (which streams s3:// shards itself)."""
+    if feed is not None:
+        return fn.external_source(source=feed, num_outputs=3 if plan.config.return_keys else 2, batch=True,
+                                  dtype=types.UINT8)
+    return fn.readers.webdataset(
+        paths=plan.shards, index_paths=[str(p) for p in plan.indexes],
+        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.config.return_keys else []),
+        missing_component_behavior="error", shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
+        name="Reader",
+    )
+
+
 @pipeline_def
-def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None):
+def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None,
+                          feed: ShuffledFeed | None = None):
     """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment") cuts it after that stage, with
     everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py times the real thing."""
-    image, mask, *meta = fn.readers.webdataset(
-        paths=plan.shards,  # s3:// URLs too: DALI's reader streams them itself
-        index_paths=[str(p) for p in plan.indexes],
-        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.config.return_keys else []),
-        missing_component_behavior="error",
-        shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
-        random_shuffle=plan.config.shuffle, initial_fill=SHUFFLE_BUFFER, name="Reader",
-    )
+    image, mask, *meta = _read(plan, feed)
     if stop_after == "read":
         return image, mask
     image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
@@ -232,33 +273,41 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     return image, mask, *meta
 
 
-def find_undecodable(plan: LoaderPlan, samples: range) -> tuple[str, str, str] | None:
-    """(shard, key, error) of the first sample in `samples` (split order) whose image or mask Pillow cannot decode.
-    DALI's decoder does not say which sample failed; this reads the slice it was reading, member by member."""
-    number = 0
-    for shard, index in zip(plan.shards, plan.indexes):
-        rows = parse_index(index.read_text(), str(index))
-        for members in rows[max(samples.start - number, 0): max(samples.stop - number, 0)]:
-            for ext, offset, size, name in members:
-                if ext.startswith("image.") or ext == MASK_EXT:
-                    try:
-                        Image.open(io.BytesIO(read_span(shard, offset, size))).load()
-                    except Exception as err:  # Pillow raises several types for corrupt data
-                        return shard, name.partition(".")[0], f"{name}: {str(err).split(' <')[0]}"
-        number += len(rows)
+def find_undecodable(plan: LoaderPlan, samples: list[int]) -> tuple[str, str, str] | None:
+    """(shard, key, error) of the first of `samples` (split numbers) whose image or mask Pillow cannot decode.
+    DALI's decoder does not say which sample failed; this reads the ones it was reading, member by member."""
+    table = SampleTable(plan)
+    for number in samples:
+        shard, key, members = table.members[number]
+        for ext, span in members.items():
+            if ext.startswith("image.") or ext == MASK_EXT:
+                try:
+                    Image.open(io.BytesIO(table.read(shard, span))).load()
+                except Exception as err:  # Pillow raises several types for corrupt data
+                    return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
     return None
 
 
-def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_after: str | None = None):
-    """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on."""
+def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_after: str | None = None,
+                   start: int = 0):
+    """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on; when
+    shuffling, its feed starts at batch `start` (counted over the epochs), where `checkpoint` stands."""
     gpu = plan.device.type == "cuda"
+    feed = ShuffledFeed(plan, start) if plan.config.shuffle else None
+    with warnings.catch_warnings():  # DALI's note that a callable source's position is ours to restore: it is
+        warnings.filterwarnings("ignore", message="Checkpointing enabled in a pipeline with external source")
+        pipe = _built(plan, gpu, stop_after, feed, checkpoint)
+    note_native_threads()
+    return pipe
+
+
+def _built(plan: LoaderPlan, gpu: bool, stop_after, feed, checkpoint):
     pipe = segmentation_pipeline(
-        plan, gpu, stop_after, batch_size=plan.batch_size, num_threads=max(1, plan.config.workers),
+        plan, gpu, stop_after, feed, batch_size=plan.batch_size, num_threads=max(1, plan.config.workers),
         device_id=(plan.device.index or 0) if gpu else None, seed=plan.config.seed * 1009 + plan.rank,
         prefetch_queue_depth=2, exec_dynamic=True, enable_checkpointing=True, checkpoint=checkpoint,
     )
     pipe.build()
-    note_native_threads()
     return pipe
 
 
@@ -270,7 +319,7 @@ class DaliLoader(EpochLoader):
         self._build(checkpoint=None)
 
     def _build(self, checkpoint: str | None) -> None:
-        self.pipe = build_pipeline(self.plan, checkpoint=checkpoint)
+        self.pipe = build_pipeline(self.plan, checkpoint=checkpoint, start=self.epoch * len(self) + self.position)
 
     def _epoch(self, epoch: int, start: int):
         for index in range(start, len(self)):
@@ -308,7 +357,7 @@ class DaliLoader(EpochLoader):
             return FastsegError(f"out of memory while loading batches of {plan.batch_size} at {plan.size[0]}x"
                                 f"{plan.size[1]} ({cause[:200]}); lower --batch-size or --image-size")
         if "decoders.image" in report:
-            bad = find_undecodable(plan, plan.epoch_slice(self.epoch))
+            bad = find_undecodable(plan, plan.epoch_samples(self.epoch))
             where = (f"{bad[0]}: sample {bad[1]} does not decode ({bad[2]})" if bad else
                      f"a sample of {', '.join(p.rpartition('/')[2] for p in plan.shards)} does not decode "
                      f"({cause[:200]})")

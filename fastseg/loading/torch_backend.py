@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import io
 import math
-import os
 import weakref
 from functools import partial
 
@@ -21,13 +20,13 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from .. import storage
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT, parse_index
+from ..format import IGNORE_INDEX, MASK_EXT
 from ..processes import quiet_when_orphaned, workers_starting
 from . import recipe
 from .config import keep_ratio_size
 from .contract import EpochLoader, LoaderPlan, Normalize
+from .members import SampleTable
 
 
 def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
@@ -39,32 +38,8 @@ def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple
     return x0 * width, y0 * height, (x0 + w) * width, (y0 + h) * height
 
 
-class ShardSamples(Dataset):
+class ShardSamples(SampleTable, Dataset):
     """Sample i of the split (manifest order), decoded and transformed to uint8 CHW image + HW mask."""
-
-    def __init__(self, plan: LoaderPlan):
-        self.plan = plan
-        self.members = []  # per sample: (shard path, key, {ext: (offset, size)}); the key is in the member names
-        for path, index in zip(plan.shards, plan.indexes):
-            for sample in parse_index(index.read_text(), str(index)):
-                key = sample[0][3].partition(".")[0]
-                self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
-        self._files = {}
-        # the AWS settings of the process that made the loader: workers from a forkserver started earlier would
-        # otherwise read with whatever the environment held then
-        self.aws = storage.settings() if any(storage.is_remote(p) for p in plan.shards) else {}
-
-    def __len__(self) -> int:
-        return len(self.members)
-
-    def read(self, path: str, span: tuple[int, int]) -> bytes:
-        """The bytes of one member, by offset: a pread on disk, a ranged GET in a bucket."""
-        if storage.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
-            storage.use_settings(self.aws)
-            return storage.read_range(path, *span)
-        if path not in self._files:  # one descriptor per shard per worker process
-            self._files[path] = os.open(path, os.O_RDONLY)
-        return os.pread(self._files[path], span[1], span[0])
 
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
@@ -189,8 +164,8 @@ def decode_image(data: bytes) -> np.ndarray:
 
 
 class RankEpochSampler(Sampler):
-    """This rank's indices for one epoch: its slice, shuffled when training, padded to whole batches; from batch
-    `start` on."""
+    """This rank's samples for one epoch (LoaderPlan.epoch_samples: a slice of a new permutation of the split when
+    training), padded to whole batches; from batch `start` on."""
 
     def __init__(self, plan: LoaderPlan):
         self.plan, self.epoch, self.start = plan, 0, 0
@@ -199,10 +174,7 @@ class RankEpochSampler(Sampler):
         return (self.plan.batches - self.start) * self.plan.batch_size
 
     def __iter__(self):
-        indices = list(self.plan.epoch_slice(self.epoch))
-        if self.plan.config.shuffle:
-            order = np.random.default_rng((self.plan.config.seed, self.epoch, self.plan.rank)).permutation(len(indices))
-            indices = [indices[i] for i in order]
+        indices = self.plan.epoch_samples(self.epoch)
         indices += indices[-1:] * (self.plan.batches * self.plan.batch_size - len(indices))
         return iter((i, self.epoch) for i in indices[self.start * self.plan.batch_size:])
 
