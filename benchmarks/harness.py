@@ -82,7 +82,8 @@ def host() -> dict:
     versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": numpy.__version__,
                 "pillow": PIL.__version__}
     for name, module in (("nvidia-dali", "nvidia.dali"), ("webdataset", "webdataset"),
-                         ("pytorch-lightning", "pytorch_lightning")):
+                         ("pytorch-lightning", "pytorch_lightning"), ("albumentations", "albumentations"),
+                         ("opencv", "cv2")):
         try:
             versions[name] = __import__(module, fromlist=["__version__"]).__version__
         except ImportError:

@@ -2,7 +2,7 @@
 torch loader (a DataLoader), and the DALI pipeline on the CPU (and, where there is a GPU, DALI with `mixed`
 decoding and the torch loader normalizing on the GPU).
 
-    python benchmarks/loader_bench.py --data DIR --shards DIR [--augment flip|crop] [--workers 1 2 ...]
+    python benchmarks/loader_bench.py --data DIR --shards DIR [--augment flip|crop|mmseg] [--workers 1 2 ...]
                                       [--loaders vanilla torch dali_cpu ...] [--batch-size 16] [--size H W]
                                       [--rounds 3] [--min-seconds 2] [--json PATH]
 
@@ -10,7 +10,10 @@ decoding and the torch loader normalizing on the GPU).
 With no arguments it generates a synthetic set (fastseg.shards.synthetic) in a temporary folder and shards it.
 --augment flip: every loader flips image and mask together and normalizes, at the output size (no resampling at
 the native size). --augment crop: every loader, vanilla included (with Pillow), does the same random scale-crop,
-resize and flip. Each loader runs in its own process, one after the other, for each worker count: one warm-up
+resize and flip. --augment mmseg (with --size, the crop, and --base-size): MMSegmentation's recipe (random resize,
+padded crop with cat_max_ratio, flip, photometric distortion), vanilla with Pillow as its transforms do it (the whole
+image resized, then cropped), albumentations_r1/_r2 with its transforms, fastseg's loaders as augment="mmseg".
+Each loader runs in its own process, one after the other, for each worker count: one warm-up
 epoch, then --rounds timed rounds of whole epochs, each lasting at least --min-seconds (small splits are
 repeated); the figure is the median round. The warm-up epoch is also reported on its own as the cold first epoch:
 the loader's files (its own format, the shards, or the source files) dropped from the page cache first, timed from
@@ -52,17 +55,20 @@ LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("t
            "webdataset_r1": ("webdataset", "cpu"), "webdataset_r2": ("webdataset", "cpu"),
            "litdata_r1": ("litdata", "cpu"), "litdata_r2": ("litdata", "cpu"),
            "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu"),
+           # albumentations over the source files, --augment mmseg only (MMSegmentation's recipe in its transforms)
+           "albumentations_r1": ("albumentations", "cpu"), "albumentations_r2": ("albumentations", "cpu"),
            # on a GPU: recipe 2 with the uint8 batch moved (pinned, non-blocking) and normalized there, as timm's
            # PrefetchLoader does; beside dali_gpu and torch_gpu
            "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"),
            "mosaic_gpu": ("mosaic", "cuda")}
 PEER_FORMATS = peers.FORMATS  # converted once per benchmark run, before any loader runs
-PEERS = ("webdataset", *PEER_FORMATS)
+PEERS = ("webdataset", "albumentations", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
           "dali_gpu": "#c44e52", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
           "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd", "webdataset_gpu": "#dd8452",
-          "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974"}
+          "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974", "albumentations_r1": "#e377c2",
+          "albumentations_r2": "#7f7f7f"}
 
 
 RESAMPLING = ("crop, or an output size other than the native one: bilinear, antialiased when shrinking, in every "
@@ -129,8 +135,18 @@ def child(args) -> None:
     elif not is_remote(str(args.shards)):
         evict_from_page_cache(p for p in Path(args.shards).iterdir() if p.is_file())
     cold_start = time.perf_counter()
+    mmseg = {"base": tuple(args.base_size) if args.base_size else None, "ratio_range": tuple(args.ratio_range),
+             "cat_max_ratio": args.cat_max_ratio, "photometric": args.photometric}
+    if args.augment == "mmseg" and backend in (None, "albumentations"):
+        if not size or not mmseg["base"]:
+            raise SystemExit("--augment mmseg needs --size (the crop) and --base-size for vanilla and albumentations")
     if backend is None:
-        loader = vanilla_loader(pairs, mean, std, args.batch_size, args.workers, size, args.augment)
+        loader = vanilla_loader(pairs, mean, std, args.batch_size, args.workers, size, args.augment, mmseg=mmseg)
+    elif backend == "albumentations":
+        if args.augment != "mmseg":
+            raise SystemExit("the albumentations peer runs --augment mmseg only")
+        loader = WebdatasetEpochs(peers.albumentations_loader(pairs, mean, std, args.batch_size, args.workers, size,
+                                                              mmseg, recipe), mean, std, recipe, device)
     elif backend == "webdataset":
         if args.augment != "flip":
             raise SystemExit("the webdataset peer runs --augment flip only (its crop recipe is not written yet)")
@@ -144,8 +160,11 @@ def child(args) -> None:
         loader = WebdatasetEpochs(peers.loader(backend, peer_folder, mean, std, args.batch_size,
                                                args.workers, recipe, pin=device == "cuda"), mean, std, recipe, device)
     else:
+        recipe_options = {} if args.augment != "mmseg" else {
+            "base_size": mmseg["base"], "ratio_range": mmseg["ratio_range"], "cat_max_ratio": mmseg["cat_max_ratio"],
+            "photometric": mmseg["photometric"]}
         loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
-                             device=device, workers=args.workers)
+                             device=device, workers=args.workers, **recipe_options)
     me = psutil.Process()
 
     def cpu_seconds():  # this process, its live workers, and workers that have already exited
@@ -267,7 +286,10 @@ def chart(result: dict, path: Path) -> None:
 def measure_loader(name: str, workers: int, args, limit: float, mb: float, shards=None, peer_dir=None) -> dict:
     argv = [__file__, "--child", name, "--shards", str(shards or args.shards), "--batch-size", str(args.batch_size),
             "--workers", str(workers), "--rounds", str(args.rounds), "--min-seconds", str(args.min_seconds),
-            "--augment", args.augment, "--size", *map(str, args.size)]
+            "--augment", args.augment, "--size", *map(str, args.size), "--ratio-range", *map(str, args.ratio_range),
+            "--cat-max-ratio", str(args.cat_max_ratio), "--photometric" if args.photometric else "--no-photometric"]
+    if args.base_size:
+        argv += ["--base-size", *map(str, args.base_size)]
     peer = LOADERS[name][0] in PEER_FORMATS
     if peer:
         argv += ["--peer-dir", str(peer_dir or args.peer_dir)]
@@ -297,7 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", type=Path)
     p.add_argument("--shards", type=location, help="a shard set: a folder, or an s3:// prefix (then each fastseg "
                    "loader also runs from a copy on disk, side by side)")
-    p.add_argument("--augment", choices=("flip", "crop"), default="flip")
+    p.add_argument("--augment", choices=("flip", "crop", "mmseg"), default="flip")
+    p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"), help="mmseg: the scale resized by the ratio")
+    p.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"))
+    p.add_argument("--cat-max-ratio", type=float, default=0.75)
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, nargs="+", default=[os.cpu_count() or 1],
                    help="one or more worker/thread counts (default: the number of cores)")
@@ -362,6 +388,9 @@ def describe_run(args, pairs) -> dict:
     decode = decode_rate(pairs, args.rounds, args.min_seconds)
     return {"dataset": str(args.data), "samples": len(pairs), "batch_size": args.batch_size,
             "augment": args.augment, "size": args.size, "rounds": args.rounds, "min_seconds": args.min_seconds,
+            **({"mmseg": {"base_size": args.base_size, "ratio_range": list(args.ratio_range),
+                          "cat_max_ratio": args.cat_max_ratio, "photometric": args.photometric}}
+               if args.augment == "mmseg" else {}),
             "device_kind": "GPU" if torch.cuda.is_available() else "CPU",
             "decode_single_core_samples_per_s": round(decode["samples_per_s"], 2),
             "decode_single_core_rounds": decode["rounds"], "resampling": RESAMPLING,

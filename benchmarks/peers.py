@@ -113,6 +113,55 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
                          pin_memory=pin)
 
 
+def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size, mmseg: dict, recipe: int,
+                          pin: bool = False):
+    """MMSegmentation's recipe with albumentations, as its segmentation examples compose it: OpenCV decoding and
+    transforms per sample in DataLoader workers over the source files. Its nearest equivalents: RandomScale (the
+    ratio, relative to each image: the base size when a set has one image size, as DAVIS has), RandomCrop padding
+    where the image is smaller (0 and ignore; before normalizing, so the image's padding is not 0 afterwards), a
+    retry loop for cat_max_ratio (albumentations has none), HorizontalFlip, RandomBrightnessContrast (brightness and
+    contrast, each p = 0.5) and HueSaturationValue (hue ±18 on OpenCV's scale, saturation shifted ±50% of its
+    range: additive where MMSegmentation multiplies). Recipe 1 normalizes in the workers (A.Normalize), recipe 2
+    hands uint8 out (WebdatasetEpochs normalizes the batch)."""
+    import albumentations as A
+    import cv2
+    import torch
+    from torch.utils.data import DataLoader, Dataset
+
+    from fastseg.loading import recipe as rules
+
+    cv2.setNumThreads(0)  # one thread a worker, as the DataLoader examples set it
+    low, high = mmseg["ratio_range"]
+    scale = A.RandomScale(scale_limit=(low - 1, high - 1), interpolation=cv2.INTER_LINEAR,
+                          mask_interpolation=cv2.INTER_NEAREST, p=1.0)
+    crop = A.RandomCrop(*size, pad_if_needed=True, pad_position="top_left", border_mode=cv2.BORDER_CONSTANT,
+                        fill=0, fill_mask=255)
+    colour = [A.RandomBrightnessContrast(brightness_limit=rules.BRIGHTNESS / 255, contrast_limit=0, p=0.5),
+              A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=0.5, p=0.5),
+              A.HueSaturationValue(hue_shift_limit=rules.HUE, sat_shift_limit=50, val_shift_limit=0, p=0.5)]
+    finish = A.Compose([A.HorizontalFlip(p=0.5), *(colour if mmseg["photometric"] else []),
+                        *([A.Normalize(mean=mean, std=std, max_pixel_value=1.0)] if recipe == 1 else [])])
+
+    class AlbumentationsDataset(Dataset):
+        def __len__(self):
+            return len(pairs)
+
+        def __getitem__(self, i):
+            image = cv2.cvtColor(cv2.imread(pairs[i][0], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+            mask = cv2.imread(pairs[i][1], cv2.IMREAD_UNCHANGED)
+            scaled = scale(image=image, mask=mask)
+            for _ in range(rules.CROP_TRIES):
+                out = crop(**scaled)
+                if mmseg["cat_max_ratio"] >= 1 or rules.acceptable(out["mask"], mmseg["cat_max_ratio"]):
+                    break
+            out = finish(**out)
+            return (torch.from_numpy(out["image"].transpose(2, 0, 1).copy()),
+                    torch.from_numpy(out["mask"].astype(np.int64)), Path(pairs[i][0]).stem)
+
+    return DataLoader(AlbumentationsDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
+                      persistent_workers=workers > 0, pin_memory=pin)
+
+
 class WebdatasetEpochs:
     """Each iteration is one epoch of the batch contract from a peer's loader: float32 N×3×H×W normalized, int64
     N×H×W masks. Recipe 2 normalizes here, in the main process, on `device` (on a GPU after a non-blocking copy from

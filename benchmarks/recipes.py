@@ -8,8 +8,32 @@ from pathlib import Path
 import numpy as np
 
 
-def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0)):
-    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too."""
+def mmseg_sample(image, mask, rng, size, base, ratio_range, cat_max_ratio, photometric):
+    """MMSegmentation's recipe on one Pillow pair, as its transforms run it: the whole image resized, then cropped
+    (cat_max_ratio tested on the resized mask), flipped, distorted; uint8 arrays of `size`, padded with 0 and ignore,
+    and the crop's (rows, columns)."""
+    from PIL import Image
+
+    from fastseg.loading import recipe
+
+    resized = recipe.resized_size(image.size[1], image.size[0], base, rng.uniform(*ratio_range))
+    image = np.asarray(image.resize(resized[::-1], Image.BILINEAR, reducing_gap=None))
+    mask = np.asarray(mask.resize(resized[::-1], Image.NEAREST))
+    top, left = recipe.pick_crop(mask, resized, size, rng.uniform(size=(recipe.DRAWS, 2)), cat_max_ratio)
+    image, mask = image[top:top + size[0], left:left + size[1]], mask[top:top + size[0], left:left + size[1]]
+    if rng.uniform() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if photometric:
+        image = recipe.photometric(image, recipe.photometric_draws(rng))
+    rows, cols = mask.shape
+    padded, labels = np.zeros((*size, 3), np.uint8), np.full(size, 255, np.uint8)
+    padded[:rows, :cols], labels[:rows, :cols] = image, mask
+    return padded, labels, (rows, cols)
+
+
+def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0), mmseg=None):
+    """Pillow decode in the workers; crop (in crop mode), resize to `size`, flip and normalize there too. mmseg: the
+    options of mmseg_sample (base, ratio_range, cat_max_ratio, photometric), the padding 0 after normalizing."""
     import torch
     from PIL import Image
     from torch.utils.data import DataLoader, Dataset
@@ -23,6 +47,12 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
         def __getitem__(self, i):
             image = Image.open(pairs[i][0]).convert("RGB")
             mask = Image.open(pairs[i][1])
+            if augment == "mmseg":
+                image, mask, (rows, cols) = mmseg_sample(image, mask, np.random.default_rng(), size, **mmseg)
+                image = (image.astype(np.float32) - mean) / std
+                image[rows:], image[:, cols:] = 0, 0
+                return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()),
+                        "mask": torch.from_numpy(mask.astype(np.int64))}
             box = draw_crop(np.random.default_rng(), *image.size, scale) if augment == "crop" else None
             if box is not None or (size and image.size != (size[1], size[0])):
                 image = image.resize((size[1], size[0]), Image.BILINEAR, box=box, reducing_gap=None)

@@ -245,3 +245,22 @@ def test_the_scoring_cost_benchmark_times_every_rule_on_both_loaders(tiny, tmp_p
     assert len(found["rules"]) == 2 * 4 and all(r["images_per_s"] > 0 for r in found["rules"].values())
     at_labels = found["rules"]["torch: labels, whole, training size"]
     assert at_labels["pixels"] == 9 * 64 * 48 > found["rules"]["torch: train size (quick rule)"]["pixels"]
+
+
+def test_loader_bench_times_the_published_recipe(tmp_path):
+    data = generate(tmp_path / "synth", count=12, seed=2)
+    shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", val_fraction=0, progress=False, workers=2))
+    report = run_loader_bench(data, tmp_path / "shards", tmp_path / "mmseg.json", "--workers", "1", "--augment", "mmseg",
+                              "--base-size", "64", "64", "--loaders", "vanilla", "torch", "dali_cpu")
+    assert report["augment"] == "mmseg" and report["mmseg"]["base_size"] == [64, 64]
+    for name in ("vanilla", "torch", "dali_cpu"):
+        assert report["runs"][0]["loaders"][name]["samples_per_s"] > 0
+        assert report["runs"][0]["loaders"][name]["batch"][0][-2:] == [64, 64]
+
+
+def test_the_shuffle_benchmark_times_both_orders(tiny, tmp_path):
+    _, shards = tiny
+    found, _ = bench("shuffle_bench.py", tmp_path / "shuffle.json", "--shards", shards, "--workers", "1", "--rounds", "1",
+                     "--batch-size", "3")
+    assert set(found["loaders"]) == {f"{b} shuffle {s}" for b in ("dali", "torch") for s in ("off", "on")}
+    assert all(r["samples_per_s"] > 0 for r in found["loaders"].values())

@@ -149,3 +149,23 @@ def test_the_shared_rules():
     assert recipe.pick_crop(np.zeros((10, 10), np.uint8), (10, 10), (4, 4), draws, 0.75) == (3, 3)
     # a crop larger than the image: the corner is 0
     assert recipe.pick_crop(mask, (10, 10), (16, 16), draws, 0.75) == (0, 0)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_fastseg_train_runs_the_recipe_from_its_flags(backend, half_shards, tmp_path, capsys):
+    import json
+
+    from fastseg.cli import run_cli
+    from fastseg.cli.train import main
+
+    argv = ["--shards", str(half_shards), "--out", str(tmp_path / "run"), "--epochs", "1", "--loader", backend,
+            "--augment", "mmseg", "--base-size", "48", "64", "--ratio-range", "0.75", "1.5", "--cat-max-ratio", "0.9",
+            "--image-size", "32", "48", "--width", "4", "--batch-size", "4", "--workers", "1", "--accelerator", "cpu",
+            "--val-split", "train"]
+    assert run_cli("fastseg-train", main, argv) == 0
+    config = json.loads((tmp_path / "run/config.json").read_text())
+    assert (config["augment"], config["base_size"], config["ratio_range"], config["cat_max_ratio"],
+            config["photometric"]) == ("mmseg", [48, 64], [0.75, 1.5], 0.9, True)
+    assert run_cli("fastseg-train", main, [*argv[:2], "--out", str(tmp_path / "bad"), "--ratio-range", "2", "1",
+                                            *argv[4:6], "--val-split", "train"]) == 1
+    assert "ratio range" in capsys.readouterr().err

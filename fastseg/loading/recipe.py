@@ -23,6 +23,8 @@ import numpy as np
 from ..format import IGNORE_INDEX
 from .config import keep_ratio_size
 
+__all__ = ["BRIGHTNESS", "CONTRAST", "CROP_TRIES", "DRAWS", "HUE", "SATURATION", "acceptable", "hsv_matrix",
+           "photometric", "photometric_draws", "pick_crop", "resized_size"]
 CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
 DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
