@@ -3,7 +3,8 @@
     python benchmarks/dali_stages.py --shards DIR [--size H W] [--augment flip|crop] [--threads 2] [--json PATH]
 
 Each stage is the loader's own pipeline cut after it (its public `stop_after` option: reader → decode → + augment
-(crop: the crop/flip resize; flip: the mask flip, and a resize only where the output size differs)), timed alone,
+(crop: the crop/flip resize; flip: the mask flip, and a resize only where the output size differs; mmseg: the
+window resize, flip and colour steps), timed alone,
 then the whole pipeline (+ normalize, which mirrors the image in flip mode, and the int64 mask cast); then the
 loader's per-batch hand-off to torch tensors is timed on its own.
 """
@@ -33,7 +34,9 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shards", type=Path, required=True)
     p.add_argument("--size", type=int, nargs=2, metavar=("H", "W"))
-    p.add_argument("--augment", choices=("flip", "crop"), default="flip")
+    p.add_argument("--augment", choices=("flip", "crop", "mmseg"), default="flip")
+    p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"), help="mmseg: the scale resized by the ratio")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True, help="mmseg: colour steps")
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--batches", type=int, default=60, help="whole epochs until this many batches have passed")
@@ -43,9 +46,12 @@ def main() -> int:
 
     loader = make_loader(args.shards, backend="dali", batch_size=args.batch_size,
                          size=tuple(args.size) if args.size else None,
-                         augment=args.augment, device="cpu", workers=args.threads)
+                         augment=args.augment, device="cpu", workers=args.threads,
+                         **({"base_size": tuple(args.base_size) if args.base_size else None,
+                             "photometric": args.photometric} if args.augment == "mmseg" else {}))
     plan = loader.plan
     result = {"shards": str(args.shards), "size": list(plan.size), "augment": args.augment, "threads": args.threads,
+              **({"photometric": args.photometric} if args.augment == "mmseg" else {}),
               "batch_size": args.batch_size, "stages_samples_per_s": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
     from fastseg.loading.dali import build_pipeline

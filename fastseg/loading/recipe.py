@@ -8,23 +8,27 @@ cat_max_ratio check (`pick_crop`), and the colour steps (`photometric`, which th
 pipeline builds from DALI's own operators with the same numbers). Every draw is made once per sample and used by
 image and mask alike.
 
-Colour steps, each with p = 0.5 and clipped to 0..255 after each step as uint8 would be: brightness + U(-32, 32);
-contrast × U(0.5, 1.5), before or after the colour steps at random; saturation × U(0.5, 1.5) and hue + an integer of
-U{-18..18} on OpenCV's 0..180 scale (× 2 degrees). Saturation and hue are applied as DALI's `hsv` operator applies
-them, one linear step in YIQ space (chroma scaled and rotated), rather than through OpenCV's HSV cone: both
-backends run the same matrix, where OpenCV's conversion has no DALI equivalent.
+Colour steps, each with p = 0.5: brightness + U(-32, 32); contrast × U(0.5, 1.5); saturation × U(0.5, 1.5) and hue
++ an integer of U{-18..18} on OpenCV's 0..180 scale (× 2 degrees). Saturation and hue are applied as DALI's `hsv`
+operator applies them, one linear step in YIQ space (chroma scaled and rotated), rather than through OpenCV's HSV
+cone, which has no DALI equivalent. All the steps are then linear in the pixel, so they compose into one affine
+colour transform (colour_transform), applied once and rounded and clipped to 0..255 as uint8 is: where
+MMSegmentation clips after every step, this differs only for pixels an intermediate step pushes out of range, and
+the order of contrast (before or after the colour steps, MMSegmentation's random `mode`) no longer matters. One
+transform is also what makes it cheap on the CPU (`photometric`); both backends and the GPU apply the same one.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
 import numpy as np
 
 from ..format import IGNORE_INDEX
 from .config import keep_ratio_size
 
-__all__ = ["BRIGHTNESS", "CONTRAST", "CROP_TRIES", "DRAWS", "HUE", "SATURATION", "acceptable", "hsv_matrix",
-           "photometric", "photometric_draws", "pick_crop", "resized_size"]
+__all__ = ["BRIGHTNESS", "CONTRAST", "CROP_TRIES", "DRAWS", "HUE", "SATURATION", "acceptable",
+           "colour_transform", "hsv_matrix", "photometric", "photometric_draws", "pick_crop", "resized_size"]
 CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
 DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
@@ -75,28 +79,24 @@ def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:
     return np.linalg.inv(RGB_TO_YIQ) @ rotate @ np.diag([1.0, saturation, saturation]) @ RGB_TO_YIQ
 
 
-def photometric_draws(rng: np.random.Generator) -> dict:
-    """One sample's colour draws, identity where its coin says no."""
-    coin = rng.uniform(size=5) < 0.5
-    return {"brightness": rng.uniform(-BRIGHTNESS, BRIGHTNESS) if coin[0] else 0.0,
-            "contrast": rng.uniform(*CONTRAST) if coin[1] else 1.0, "contrast_first": bool(coin[2]),
-            "saturation": rng.uniform(*SATURATION) if coin[3] else 1.0,
-            "hue": 2.0 * int(rng.integers(-HUE, HUE + 1)) if coin[4] else 0.0}
+def photometric_draws(rng: np.random.Generator) -> np.ndarray:
+    """One sample's colour draws (brightness shift, contrast factor, saturation factor, hue in degrees), identity
+    where its coin says no."""
+    coin = rng.uniform(size=4) < 0.5
+    return np.array([rng.uniform(-BRIGHTNESS, BRIGHTNESS) if coin[0] else 0.0,
+                     rng.uniform(*CONTRAST) if coin[1] else 1.0, rng.uniform(*SATURATION) if coin[2] else 1.0,
+                     2.0 * int(rng.integers(-HUE, HUE + 1)) if coin[3] else 0.0], np.float32)
 
 
-def _saturate(values: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(values), 0, 255)
+def colour_transform(draws) -> np.ndarray:
+    """The 3×4 affine [M | t] of the colour steps composed: brightness, contrast and saturation/hue are all linear
+    in the pixel, so together they are out = contrast · H · (pixel + brightness), whichever order contrast comes in."""
+    brightness, contrast, saturation, hue = (float(v) for v in draws)
+    matrix = contrast * hsv_matrix(hue, saturation)
+    return np.hstack([matrix, (matrix @ np.full(3, brightness))[:, None]]).astype(np.float32)
 
 
-def photometric(image: np.ndarray, draws: dict) -> np.ndarray:
-    """PhotoMetricDistortion on an H×W×3 uint8 image, in the order and with the clipping DALI's operators give."""
-    out = image.astype(np.float32)
-    if draws["brightness"]:
-        out = _saturate(out + draws["brightness"])
-    if draws["contrast_first"] and draws["contrast"] != 1.0:
-        out = _saturate(out * draws["contrast"])
-    if draws["saturation"] != 1.0 or draws["hue"]:
-        out = _saturate(out @ hsv_matrix(draws["hue"], draws["saturation"]).T.astype(np.float32))
-    if not draws["contrast_first"] and draws["contrast"] != 1.0:
-        out = _saturate(out * draws["contrast"])
-    return out.astype(np.uint8)
+def photometric(image: np.ndarray, draws) -> np.ndarray:
+    """PhotoMetricDistortion on an H×W×3 uint8 image: one affine colour transform, rounded and clipped to 0..255
+    (OpenCV's `transform`: 0.2 ms for 512×512 where numpy takes 1.7 ms and DALI's CPU `hsv` operator 7)."""
+    return cv2.transform(np.ascontiguousarray(image), colour_transform(draws))
