@@ -145,11 +145,21 @@ def test_the_shared_rules():
     mask = np.zeros((10, 10), np.uint8)
     mask[:, 8:] = 1
     draws = np.array([[0.0, 0.0]] * 3 + [[0.0, 0.99]] + [[0.5, 0.5]] * 7)
-    assert recipe.pick_crop(mask, (10, 10), (4, 4), draws, 0.75) == (0, 6)
-    assert recipe.pick_crop(mask, (10, 10), (4, 4), draws, 1.0) == (0, 0)
-    assert recipe.pick_crop(np.zeros((10, 10), np.uint8), (10, 10), (4, 4), draws, 0.75) == (3, 3)
+    assert recipe.pick_crop(mask, (4, 4), draws, 0.75) == (0, 6)
+    assert recipe.pick_crop(mask, (4, 4), draws, 1.0) == (0, 0)
+    assert recipe.pick_crop(np.zeros((10, 10), np.uint8), (4, 4), draws, 0.75) == (3, 3)
     # a crop larger than the image: the corner is 0
-    assert recipe.pick_crop(mask, (10, 10), (16, 16), draws, 0.75) == (0, 0)
+    assert recipe.pick_crop(mask, (16, 16), draws, 0.75) == (0, 0)
+    # the crop's window resampled alone is the whole image resized, then cut (OpenCV's own resize), flips included
+    import cv2
+
+    image = np.random.default_rng(1).integers(0, 256, (30, 40, 3)).astype(np.uint8)
+    whole = cv2.resize(image, (60, 45), interpolation=cv2.INTER_LINEAR)
+    window = (10 * 30 / 45, 12 * 40 / 60, 30 * 30 / 45, 36 * 40 / 60)  # rows 10..30, columns 12..36 of 45×60
+    cut = recipe.resample_window(image, window, (20, 24))
+    assert np.abs(cut.astype(int) - whole[10:30, 12:36]).max() <= 1
+    flipped = recipe.resample_window(image, (window[0], window[3], window[2], window[1]), (20, 24))
+    assert np.abs(flipped.astype(int) - whole[10:30, 12:36][:, ::-1]).max() <= 1
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

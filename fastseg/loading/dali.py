@@ -93,59 +93,60 @@ def _draw(low: float, high: float, identity: float, values=None):
     return identity + coin * (value - identity)
 
 
-def _photometric(image, gpu: bool):
-    """recipe.photometric, from draws made by DALI's random operators (so a pipeline checkpoint holds them): the
-    colour steps composed into one affine transform per sample (recipe.colour_transform, a small Python step), applied
-    on the GPU by coord_transform, on the CPU by OpenCV inside the graph (DALI's CPU hsv and coord_transform take 7 ms
-    a 512×512 crop, OpenCV 0.2)."""
-    draws = fn.stack(_draw(-recipe.BRIGHTNESS, recipe.BRIGHTNESS, 0.0), _draw(*recipe.CONTRAST, 1.0),
-                     _draw(*recipe.SATURATION, 1.0),
-                     _draw(0, 0, 0.0, values=[2.0 * v for v in range(-recipe.HUE, recipe.HUE + 1)]))
-    if not gpu:
-        return fn.python_function(image, draws, function=_colour, num_outputs=1)
-    affine = fn.python_function(draws, function=recipe.colour_transform, num_outputs=1)
-    return fn.coord_transform(image, M=affine[:, 0:3], T=affine[:, 3], dtype=types.UINT8)
+def _draws(config):
+    """One sample's draws as recipe.sample_draws lays them out, made by DALI's random operators (so a pipeline
+    checkpoint holds them)."""
+    low, high = config.ratio_range
+    ratio = fn.random.uniform(range=[low, high]) if low < high else types.Constant(low, device="cpu")
+    coin = [fn.cast(fn.random.coin_flip(), dtype=types.FLOAT) for _ in range(2)]
+    scalars = fn.stack(ratio, coin[0], coin[1] if config.vflip else coin[1] * 0.0,
+                       _draw(-recipe.BRIGHTNESS, recipe.BRIGHTNESS, 0.0), _draw(*recipe.CONTRAST, 1.0),
+                       _draw(*recipe.SATURATION, 1.0),
+                       _draw(0, 0, 0.0, values=[2.0 * v for v in range(-recipe.HUE, recipe.HUE + 1)]))
+    return fn.cat(scalars, fn.random.uniform(range=[0.0, 1.0], shape=[2 * recipe.DRAWS]))
 
 
-def _colour(image: np.ndarray, draws: np.ndarray) -> np.ndarray:
-    return recipe.photometric(image, draws)
+class _RecipeStep:
+    """recipe.transform over a batch, for fn.python_function on the CPU: OpenCV releases the GIL, so the samples
+    run on `threads` threads at once."""
+
+    def __init__(self, config, threads: int):
+        self.config, self.pool = config, ThreadPoolExecutor(max(1, threads))
+
+    def one(self, image, mask, draws):
+        c = self.config
+        return recipe.transform(image, mask[..., 0], draws, c.base_size, c.size, c.cat_max_ratio, c.photometric)
+
+    def __call__(self, images, masks, draws):
+        done = list(self.pool.map(self.one, images, masks, draws))
+        return [image for image, _ in done], [mask[..., None] for _, mask in done]
 
 
-def _pick_crop(mask: np.ndarray, resized: np.ndarray, draws: np.ndarray, crop, cat_max_ratio) -> np.ndarray:
-    """recipe.pick_crop for one sample, run by DALI (fn.python_function) on the mask as decoded."""
-    top, left = recipe.pick_crop(mask[..., 0], (int(resized[0]), int(resized[1])), crop, draws, cat_max_ratio)
-    return np.array([top, left], np.float32)
+def _geometry(mask: np.ndarray, draws: np.ndarray, base, crop, cat_max_ratio):
+    """recipe.crop_geometry and the colour transform, for the GPU path: the mask's crop, the image's window, [M|t]."""
+    labels, window = recipe.crop_geometry(mask[..., 0], draws, base, crop, cat_max_ratio)
+    return labels[..., None], np.array(window, np.float32), recipe.colour_transform(draws[recipe.COLOUR])
 
 
 def _recipe(plan: LoaderPlan, image, mask):
-    """augment="mmseg" (recipe.py): the crop window of the randomly resized image, resampled from the source in
-    one step (image bilinear antialiased, mask nearest), flipped by swapping the window's edges, then the colour
-    steps. cat_max_ratio is tested on the mask as decoded with the window mapped back to it (recipe.pick_crop),
-    which is the same rule up to the mask's resampling; the draws are DALI's random operators, so a pipeline
-    checkpoint holds them."""
+    """augment="mmseg" (recipe.py), by MMSegmentation's rule (cat_max_ratio tested on the resized mask) from draws
+    made by DALI's random operators. On the CPU, recipe.transform itself runs inside the graph (OpenCV: DALI's CPU
+    resize and hsv take 4 and 7 ms a 512×512 crop, OpenCV 0.5 and 0.2); on a GPU a small Python step finds the
+    mask's crop, the image's window and the colour transform, and DALI's GPU resize and coord_transform apply them."""
     config = plan.config
-    shape = mask.shape()  # on the CPU, where the mask is decoded: the image has the same size
-    rows, cols = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
-    low, high = config.ratio_range
-    ratio = fn.random.uniform(range=[low, high]) if low < high else types.Constant(low, device="cpu")
-    scale = [dmath.floor(side * ratio) for side in config.base_size]  # truncated, as recipe.resized_size
-    factor = dmath.min(dmath.max(*scale) / dmath.max(rows, cols), dmath.min(*scale) / dmath.min(rows, cols))
-    height, width = dmath.floor(rows * factor + 0.5), dmath.floor(cols * factor + 0.5)
-    corner = fn.python_function(mask, fn.stack(height, width), fn.random.uniform(range=[0.0, 1.0],
-                                                                                  shape=[recipe.DRAWS, 2]),
-                                function=partial(_pick_crop, crop=config.size, cat_max_ratio=config.cat_max_ratio))
-    top, left = corner[0], corner[1]
-    crop_rows, crop_cols = dmath.min(height, float(config.size[0])), dmath.min(width, float(config.size[1]))
-    y0, y1 = top * rows / height, (top + crop_rows) * rows / height
-    x0, x1 = left * cols / width, (left + crop_cols) * cols / width
-    hflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)
-    vflip = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT) if config.vflip else 0.0
-    window = dict(roi_start=fn.stack(y0 + vflip * (y1 - y0), x0 + hflip * (x1 - x0)),
-                  roi_end=fn.stack(y1 - vflip * (y1 - y0), x1 - hflip * (x1 - x0)), roi_relative=False)
-    size = fn.stack(crop_rows, crop_cols)
-    image = fn.resize(image, size=size, interp_type=types.INTERP_LINEAR, antialias=True, **window)
-    mask = fn.resize(mask, size=size, interp_type=types.INTERP_NN, **window)
-    return (_photometric(image, plan.device.type == "cuda") if config.photometric else image), mask
+    draws = _draws(config)
+    if plan.device.type != "cuda":
+        return fn.python_function(image, mask, draws, function=_RecipeStep(config, config.workers),
+                                  batch_processing=True, num_outputs=2, output_layouts=["HWC", "HWC"])
+    mask, window, affine = fn.python_function(
+        mask, draws, num_outputs=3, function=partial(_geometry, base=config.base_size, crop=config.size,
+                                                     cat_max_ratio=config.cat_max_ratio))
+    size = fn.cast(mask.shape()[0:2], dtype=types.FLOAT)
+    image = fn.resize(image, size=size, roi_start=window[0:2], roi_end=window[2:4], roi_relative=False,
+                      interp_type=types.INTERP_LINEAR, antialias=False)
+    if config.photometric:
+        image = fn.coord_transform(image, M=affine[:, 0:3], T=affine[:, 3], dtype=types.UINT8)
+    return image, mask
 
 
 def _normalize_into(plan: LoaderPlan, image, mask, size):

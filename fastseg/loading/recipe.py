@@ -28,7 +28,8 @@ from ..format import IGNORE_INDEX
 from .config import keep_ratio_size
 
 __all__ = ["BRIGHTNESS", "CONTRAST", "CROP_TRIES", "DRAWS", "HUE", "SATURATION", "acceptable",
-           "colour_transform", "hsv_matrix", "photometric", "photometric_draws", "pick_crop", "resized_size"]
+           "colour_transform", "crop_geometry", "hsv_matrix", "photometric", "photometric_draws", "pick_crop",
+           "resample_window", "resized_size", "sample_draws", "transform"]
 CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
 DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
@@ -43,32 +44,83 @@ def resized_size(rows: int, cols: int, base: tuple[int, int], ratio: float) -> t
 
 def acceptable(window: np.ndarray, cat_max_ratio: float) -> bool:
     """RandomCrop's test: more than one class among the labelled pixels, and none above `cat_max_ratio` of them."""
-    counts = np.bincount(window.ravel(), minlength=256)[:IGNORE_INDEX]
+    # OpenCV's histogram reads the window in place (a strided view): twice numpy's bincount, which copies it first
+    counts = cv2.calcHist([window], [0], None, [256], [0, 256]).ravel()[:IGNORE_INDEX]
     counts = counts[counts > 0]
     return len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio
 
 
-def pick_crop(mask: np.ndarray, resized: tuple[int, int], crop: tuple[int, int], draws: np.ndarray,
-              cat_max_ratio: float) -> tuple[int, int]:
-    """The crop's top-left corner (row, column) in the resized image. `draws` holds DRAWS uniform [0, 1) pairs: each
+def pick_crop(mask: np.ndarray, crop: tuple[int, int], draws: np.ndarray, cat_max_ratio: float) -> tuple[int, int]:
+    """The crop's top-left corner (row, column) in the resized mask. `draws` holds DRAWS uniform [0, 1) pairs: each
     becomes a position in the margin; the first that passes `acceptable` wins (with cat_max_ratio < 1), the last
-    is kept if none of the first CROP_TRIES does. `mask` is the resized mask (the torch loader: MMSegmentation's
-    rule exactly) or the mask as decoded, the window mapped back to it (the DALI pipeline, which would otherwise
-    resize every mask whole to test a window of it)."""
-    (rows, cols), (height, width) = resized, crop
+    is kept if none of the first CROP_TRIES does: MMSegmentation's RandomCrop."""
+    (rows, cols), (height, width) = mask.shape[:2], crop
     margin_rows, margin_cols = max(rows - height, 0), max(cols - width, 0)
-    scale_rows, scale_cols = mask.shape[0] / rows, mask.shape[1] / cols
     corners = [(min(int(u * (margin_rows + 1)), margin_rows), min(int(v * (margin_cols + 1)), margin_cols))
                for u, v in np.asarray(draws, np.float64).reshape(-1, 2)]
     if cat_max_ratio >= 1:
         return corners[0]
     for top, left in corners[:CROP_TRIES]:
-        window = mask[int(top * scale_rows): max(int(top * scale_rows) + 1, math.ceil((top + height) * scale_rows)),
-                      int(left * scale_cols): max(int(left * scale_cols) + 1,
-                                                  math.ceil((left + width) * scale_cols))]
-        if acceptable(window, cat_max_ratio):
+        if acceptable(mask[top:top + height, left:left + width], cat_max_ratio):
             return top, left
     return corners[-1]
+
+
+# One sample's draws, as one float vector (DALI's random operators make it in the pipeline, the torch loader from
+# its seeded generator): the ratio, the flip coins, the colour draws (photometric_draws), the crop positions.
+RATIO, HFLIP, VFLIP, COLOUR, CORNERS = 0, 1, 2, slice(3, 7), slice(7, 7 + 2 * DRAWS)
+DRAW_COUNT = 7 + 2 * DRAWS
+
+
+def sample_draws(rng: np.random.Generator, ratio_range: tuple[float, float], vflip: bool) -> np.ndarray:
+    """The draws of one sample in the torch loader (the DALI pipeline makes the same vector with its operators)."""
+    draws = np.empty(DRAW_COUNT, np.float32)
+    draws[RATIO] = rng.uniform(*ratio_range)
+    draws[HFLIP], draws[VFLIP] = rng.uniform() < 0.5, vflip and rng.uniform() < 0.5
+    draws[COLOUR] = photometric_draws(rng)
+    draws[CORNERS] = rng.uniform(size=2 * DRAWS)
+    return draws
+
+
+def crop_geometry(mask: np.ndarray, draws: np.ndarray, base: tuple[int, int], crop: tuple[int, int],
+                  cat_max_ratio: float) -> tuple[np.ndarray, tuple[float, float, float, float]]:
+    """The mask of the crop (the resized mask cut and flipped: nearest neighbour at pixel centres) and the crop's
+    window in the source image, (top, left, bottom, right) in pixel-edge coordinates with the edges swapped along a
+    flipped axis: what the image is resampled from, by OpenCV here or by DALI's resize on a GPU."""
+    rows, cols = mask.shape[:2]
+    resized = resized_size(rows, cols, base, float(draws[RATIO]))
+    labels = cv2.resize(mask, resized[::-1], interpolation=cv2.INTER_NEAREST_EXACT)
+    top, left = pick_crop(labels, crop, draws[CORNERS], cat_max_ratio)
+    labels = labels[top:top + crop[0], left:left + crop[1]]
+    height, width = labels.shape
+    scale_rows, scale_cols = rows / resized[0], cols / resized[1]
+    window = [top * scale_rows, left * scale_cols, (top + height) * scale_rows, (left + width) * scale_cols]
+    if draws[HFLIP]:
+        labels, window[1], window[3] = labels[:, ::-1], window[3], window[1]
+    if draws[VFLIP]:
+        labels, window[0], window[2] = labels[::-1], window[2], window[0]
+    return np.ascontiguousarray(labels), tuple(window)
+
+
+def resample_window(image: np.ndarray, window, shape: tuple[int, int]) -> np.ndarray:
+    """The source window (crop_geometry's) resampled to `shape` (rows, columns) bilinearly at pixel centres, as
+    OpenCV's resize samples (MMSegmentation's rule: no antialiasing), flipped where the window's edges are swapped;
+    the same pixels as resizing the whole image and cutting the crop out."""
+    top, left, bottom, right = window
+    rows, cols = shape
+    step_y, step_x = (bottom - top) / rows, (right - left) / cols
+    affine = np.array([[step_x, 0, left + 0.5 * step_x - 0.5], [0, step_y, top + 0.5 * step_y - 0.5]], np.float64)
+    return cv2.warpAffine(image, affine, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                          borderMode=cv2.BORDER_REPLICATE)
+
+
+def transform(image: np.ndarray, mask: np.ndarray, draws: np.ndarray, base: tuple[int, int],
+              crop: tuple[int, int], cat_max_ratio: float, photometric_on: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The whole recipe on one decoded pair (H×W×3 and H×W uint8): the crop of the image and of the mask, at most
+    `crop` in size (the caller pads)."""
+    labels, window = crop_geometry(mask, draws, base, crop, cat_max_ratio)
+    picture = resample_window(image, window, labels.shape)
+    return (photometric(picture, draws[COLOUR]) if photometric_on else picture), labels
 
 
 def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:

@@ -83,27 +83,13 @@ class ShardSamples(SampleTable, Dataset):
         return image, mask, key
 
     def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str, rng: np.random.Generator):
-        """augment="mmseg" (recipe.py), by MMSegmentation's rule exactly: the crop is tested on the resized mask.
-        The image is resampled from the crop's window alone (the pixels a whole resize would put there); the crop
-        is padded to `size` with 0 (zeroed again after normalization) and ignore."""
+        """augment="mmseg" (recipe.py): the crop padded to `size` with 0 (zeroed again after normalization) and
+        ignore, and the crop's own (rows, columns)."""
         config = self.plan.config
-        rows, cols = mask.shape
-        resized = recipe.resized_size(rows, cols, config.base_size, rng.uniform(*config.ratio_range))
-        labels = np.array(Image.fromarray(mask).resize(resized[::-1], Image.NEAREST))
-        top, left = recipe.pick_crop(labels, resized, config.size, rng.uniform(size=(recipe.DRAWS, 2)),
-                                     config.cat_max_ratio)
-        height, width = min(config.size[0], resized[0]), min(config.size[1], resized[1])
-        mask = labels[top:top + height, left:left + width]
-        box = (left * cols / resized[1], top * rows / resized[0], (left + width) * cols / resized[1],
-               (top + height) * rows / resized[0])
-        image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
-        flip_h, flip_v = rng.uniform() < 0.5, config.vflip and rng.uniform() < 0.5
-        if flip_h:
-            image, mask = image[:, ::-1], mask[:, ::-1]
-        if flip_v:
-            image, mask = image[::-1], mask[::-1]
-        if config.photometric:
-            image = recipe.photometric(image, recipe.photometric_draws(rng))
+        draws = recipe.sample_draws(rng, config.ratio_range, config.vflip)
+        image, mask = recipe.transform(image, mask, draws, config.base_size, config.size, config.cat_max_ratio,
+                                       config.photometric)
+        height, width = mask.shape
         padded = np.zeros((*config.size, 3), np.uint8)
         padded[:height, :width] = image
         labels = np.full(config.size, IGNORE_INDEX, np.uint8)
