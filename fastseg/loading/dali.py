@@ -139,8 +139,8 @@ def _recipe(plan: LoaderPlan, image, mask):
         return fn.python_function(image, mask, draws, function=_RecipeStep(config, config.workers),
                                   batch_processing=True, num_outputs=2, output_layouts=["HWC", "HWC"])
     mask, window, affine = fn.python_function(
-        mask, draws, num_outputs=3, function=partial(_geometry, base=config.base_size, crop=config.size,
-                                                     cat_max_ratio=config.cat_max_ratio))
+        mask, draws, num_outputs=3, output_layouts=["HWC", "", ""],
+        function=partial(_geometry, base=config.base_size, crop=config.size, cat_max_ratio=config.cat_max_ratio))
     size = fn.cast(mask.shape()[0:2], dtype=types.FLOAT)
     image = fn.resize(image, size=size, roi_start=window[0:2], roi_end=window[2:4], roi_relative=False,
                       interp_type=types.INTERP_LINEAR, antialias=False)

@@ -90,10 +90,12 @@ class ShardSamples(SampleTable, Dataset):
         image, mask = recipe.transform(image, mask, draws, config.base_size, config.size, config.cat_max_ratio,
                                        config.photometric)
         height, width = mask.shape
-        padded = np.zeros((*config.size, 3), np.uint8)
-        padded[:height, :width] = image
-        labels = np.full(config.size, IGNORE_INDEX, np.uint8)
-        labels[:height, :width] = mask
+        padded, labels = image, mask
+        if (height, width) != config.size:  # a crop of an image resized below the crop size
+            padded = np.zeros((*config.size, 3), np.uint8)
+            padded[:height, :width] = image
+            labels = np.full(config.size, IGNORE_INDEX, np.uint8)
+            labels[:height, :width] = mask
         padded = torch.from_numpy(padded)
         return (padded if config.channels_last else padded.permute(2, 0, 1)), torch.from_numpy(labels), key, \
             (height, width)
