@@ -41,14 +41,14 @@ def half_shards(tmp_path_factory):
     return halves(tmp_path_factory.mktemp("halves"))
 
 
-def samples(shards, backend, epochs=6, **options):
-    """Every (image, mask) the loader gives over `epochs` epochs, real samples only."""
+def samples(shards, backend, epochs=6, device="cpu", **options):
+    """Every (image, mask) the loader gives over `epochs` epochs, real samples only, on the CPU."""
     loader = make_loader(shards, backend=backend, batch_size=4, augment="mmseg", workers=0 if backend == "torch"
-                         else 1, device="cpu", **options)
+                         else 1, device=device, **options)
     found = []
     for _ in range(epochs):
         for batch in loader:
-            found += list(zip(batch["image"][: batch["real"]].clone(), batch["mask"][: batch["real"]].clone()))
+            found += list(zip(batch["image"][: batch["real"]].cpu(), batch["mask"][: batch["real"]].cpu()))
     return loader, found
 
 
@@ -101,13 +101,16 @@ def test_cat_max_ratio_redraws_crops_one_class_fills(backend, tmp_path):
     assert unlimited > 0.4 and limited < 0.2
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_photometric_changes_the_image_never_the_mask(backend, half_shards):
-    _, plain = samples(half_shards, backend, epochs=2, size=(32, 32), photometric=False, seed=4)
-    _, coloured = samples(half_shards, backend, epochs=2, size=(32, 32), photometric=True, seed=4)
+def test_photometric_changes_the_image_never_the_mask(backend, device, half_shards):
+    """On a GPU, DALI runs the recipe's own path there: the window resized and coloured by GPU operators."""
+    _, plain = samples(half_shards, backend, epochs=2, device=device, size=(32, 32), photometric=False, seed=4)
+    _, coloured = samples(half_shards, backend, epochs=2, device=device, size=(32, 32), photometric=True, seed=4)
     changed = 0
     for (image, mask), (image2, mask2) in zip(plain, coloured):
         assert torch.equal(mask, mask2)  # the same geometry: the colour draws come after it
+        assert (image2[:, mask2 == 255] == 0).all()  # padding stays 0 after the colour steps
         changed += int(not torch.allclose(image, image2))
     assert changed > len(plain) // 2  # each step has p = 0.5: nearly every sample gets at least one
 
