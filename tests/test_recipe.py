@@ -180,6 +180,10 @@ def test_fastseg_train_runs_the_recipe_from_its_flags(backend, half_shards, tmp_
     config = json.loads((tmp_path / "run/config.json").read_text())
     assert (config["augment"], config["base_size"], config["ratio_range"], config["cat_max_ratio"],
             config["photometric"]) == ("mmseg", [48, 64], [0.75, 1.5], 0.9, True)
+    # a model trained on crops is scored at its base size, aspect kept (MMSegmentation's test resize)
+    metrics = json.loads((tmp_path / "run/metrics.json").read_text())
+    assert metrics["eval_size"] == [48, 64] and metrics["eval_resize"].startswith("aspect kept")
+    assert metrics["val_pixels"] == 8 * 48 * 64  # every label pixel of the split, at its own resolution
     assert run_cli("fastseg-train", main, [*argv[:2], "--out", str(tmp_path / "bad"), "--ratio-range", "2", "1",
                                             *argv[4:6], "--val-split", "train"]) == 1
     assert "ratio range" in capsys.readouterr().err

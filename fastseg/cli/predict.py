@@ -134,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FastsegError("give --input (images to predict) or --shards (a split to evaluate), one of them")
     scoring = scoring_from(args)  # the flags checked before the checkpoint is read
     module = load_module(args.checkpoint, args.device)
+    scoring = scoring.with_default_size(module.hparams.get("eval_size"))  # as its training validated
     if args.shards:
         evaluate(module, args, scoring)
     else:

@@ -219,7 +219,8 @@ def resolve(args) -> RunConfig:
         warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile,
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
         resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
-        log_batch_keys=args.log_batch_keys, scoring=scoring_from(args),
+        log_batch_keys=args.log_batch_keys,
+        scoring=scoring_from(args).with_default_size(loader.base_size if loader.augment == "mmseg" else None),
     )
 
 
@@ -361,7 +362,7 @@ def segmodule(run: RunConfig):
                      model_path=run.model_path, model_args=run.model_args, optimizer=run.optimizer,
                      schedule=run.schedule, warmup_steps=run.warmup_steps, min_lr=run.min_lr,
                      class_weights=run.class_weights, eval_mode=run.scoring.mode, eval_window=run.scoring.window,
-                     eval_stride=run.scoring.stride)
+                     eval_stride=run.scoring.stride, eval_size=run.scoring.size)
 
 
 def make_callbacks(run: RunConfig):

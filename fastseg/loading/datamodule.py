@@ -41,11 +41,15 @@ class SegDataModule(pl.LightningDataModule):
     def role_config(self, role: str) -> LoaderConfig:
         if role == "train":
             return self.config.for_split(self.manifest, self.train_split, training=True)
-        size = self.config.size  # validation is resized as training is
-        if size is None and self.train_split in self.manifest.splits:
-            size = self.role_config("train").size
+        size, scale = self.config.size, {}  # validation is resized as training is
+        if self.train_split in self.manifest.splits:
+            train = self.role_config("train")
+            size = size or train.size
+            if train.augment == "mmseg":  # trained on crops of resized images: scored at the base size, aspect kept
+                scale = {"size": train.base_size, "keep_ratio": True}
         quiet = replace(self.config, augment="none", shuffle=False, return_keys=False, size=size)
-        return LoaderConfig.build(quiet, **self.val_options).for_split(self.manifest, self.val_split, training=False)
+        options = {**scale, **self.val_options} if self.val_options.get("original_labels") else self.val_options
+        return LoaderConfig.build(quiet, **options).for_split(self.manifest, self.val_split, training=False)
 
     def setup(self, stage: str | None = None) -> None:
         trainer = self.trainer

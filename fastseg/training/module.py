@@ -29,13 +29,14 @@ class SegModule(pl.LightningModule):
                  own_model: bool = False, optimizer: str = "adamw", schedule: str = "cosine",
                  warmup_steps: int = 0, min_lr: float = 0.0, class_weights: list[float] | None = None,
                  eval_mode: str = "whole", eval_window: tuple[int, int] | None = None,
-                 eval_stride: tuple[int, int] | None = None):
+                 eval_stride: tuple[int, int] | None = None, eval_size: tuple[int, int] | None = None):
         """model: your own network (an nn.Module mapping N×3×H×W to N×C×H×W logits, C = 1 for two classes, else
         the class count); or model_path 'package.module:function' (+ model_args), which the checkpoint records
         and fastseg-predict rebuilds; default: the UNet of `width`. own_model is set when `model` is given, so that
         loading such a checkpoint asks for the model again. epochs: None for a run counted in steps.
         eval_mode/eval_window/eval_stride: how validation batches at the labels' resolution are run (scoring.py);
-        batches with masks at the training size are scored there."""
+        batches with masks at the training size are scored there. eval_size: the scale validation fitted images to
+        (aspect kept; None: the training size), which fastseg-predict scores at by default."""
         super().__init__()
         self.save_hyperparameters(ignore=["model"])  # everything fastseg-predict needs to use a checkpoint alone
         self.num_classes = len(class_names)

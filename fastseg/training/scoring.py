@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.nn import functional as F
@@ -48,6 +48,13 @@ class Scoring:
         if not self.at_labels and (self.size is not None or self.mode != "whole"):
             raise FastsegError("--eval-at-train-size scores at the training size, whole images; it takes neither "
                                "--eval-size nor --eval-mode slide")
+
+    def with_default_size(self, size: tuple[int, int] | None) -> Scoring:
+        """The scale to fit when none was given: a model trained on crops of randomly resized images (the mmseg
+        recipe) is scored at its base size, aspect kept, as MMSegmentation's test pipeline resizes."""
+        if not self.at_labels or self.size is not None or size is None:
+            return self
+        return replace(self, size=tuple(size))
 
     def loader_options(self, train_size: tuple[int, int]) -> dict:
         """The validation loader's options (LoaderConfig fields) for this way of scoring."""
