@@ -25,6 +25,10 @@ IMAGE_EXTS = ("image.jpg", "image.png")
 JPEG_IMAGE_EXT, PNG_IMAGE_EXT = IMAGE_EXTS
 MASK_EXT = "mask.png"
 META_EXT = "json"
+# --store raw: pixels as they are, no decode: H×W×3 uint8 images, H×W uint8 masks, and their (rows, columns) as two
+# little-endian int32 (what DALI's reader types with `dtypes` and reshapes by, and numpy views)
+RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT = "image.rgb", "mask.u8", "size.i32"
+RAW_SIZE_DTYPE = "<i4"
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -127,8 +131,8 @@ class Manifest:
     splits: dict[str, SplitInfo]
     class_pixels: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> distinct [width, height]
-    # how each member kind is stored: "source" bytes, or "fast-png" (unfiltered rows); sets written before this
-    # field kept image bytes as they came and wrote masks the fast way, which is what the default says
+    # how each member kind is stored: "source" bytes, "fast-png" (unfiltered rows) or "raw" (pixels, RAW_*_EXT);
+    # sets written before this field kept image bytes as they came and wrote masks the fast way (the default)
     storage: dict[str, str] = field(default_factory=lambda: {"image": "source", "mask": "fast-png"})
     ignore_index: int = IGNORE_INDEX
     format_version: int = FORMAT_VERSION
@@ -249,3 +253,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
         while block := f.read(chunk):
             digest.update(block)
     return digest.hexdigest()
+
+
+def raw_pixels(data: bytes, size: bytes, channels: int):
+    """A raw member as the numpy array it holds (H×W×3 for images, H×W for masks), checked against its size member:
+    a FastsegError names what is wrong."""
+    import numpy as np
+
+    rows, cols = (int(v) for v in np.frombuffer(size, RAW_SIZE_DTYPE))
+    expected = rows * cols * channels
+    if len(data) != expected:
+        raise FastsegError(f"a raw member of {len(data)} bytes, where {rows}x{cols}x{channels} needs {expected}")
+    pixels = np.frombuffer(data, np.uint8)
+    return pixels.reshape((rows, cols, channels) if channels > 1 else (rows, cols))

@@ -303,3 +303,22 @@ def test_parts_written_to_a_bucket_merge_into_the_set_one_machine_writes(bucket_
         assert keys["dali"] == keys["torch"] and len(keys["dali"]) == single["splits"][split]["samples"]
     code, _ = shard_cli(capsys, "--verify", "s3://sets/parts", "--quiet")
     assert code == 0
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_a_raw_set_in_a_bucket_loads_as_on_disk(server, tmp_path, backend):
+    """--store raw from a bucket: the shuffled training split (DALI's feed: parallel ranged GETs) and the
+    validation split (DALI's reader streaming the shards), pixel for pixel the set on disk."""
+    make_dataset(tmp_path / "png/train", count=6, size=(40, 32), image_ext="png", mask="index", classes=3)
+    make_dataset(tmp_path / "png/val", count=3, size=(40, 32), image_ext="png", mask="index", classes=3,
+                 first_seed=20)
+    url = f"s3://sets/raw-{backend}"
+    for out in (tmp_path / "disk", url):
+        assert run_cli("fastseg-shard", shard_main, [str(tmp_path / "png"), str(out), "--store", "raw",
+                                                     "--workers", "1", "--quiet"]) == 0
+    for split in ("train", "val"):
+        remote, disk = (list(make_loader(s, split=split, backend=backend, batch_size=3, augment="none",
+                                         return_keys=True, workers=1, seed=2)) for s in (url, tmp_path / "disk"))
+        assert [b["key"] for b in remote] == [b["key"] for b in disk]
+        for a, b in zip(remote, disk):
+            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])

@@ -521,3 +521,44 @@ def test_fast_png_storage_keeps_every_pixel_and_says_so(tmp_path):
     del raw["storage"]
     (tmp_path / "source/manifest.json").write_text(json.dumps(raw))
     assert load_manifest(tmp_path / "source").storage == {"image": "source", "mask": "fast-png"}
+
+
+def test_raw_storage_loads_every_pixel_without_a_decode_and_verify_checks_sizes(tmp_path, capsys):
+    from fastseg.cli import run_cli
+    from fastseg.cli.shard import main as shard_main
+    from fastseg.format import RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, parse_index, sha256_file
+    from fastseg.loading import make_loader
+
+    src = make_dataset(tmp_path / "data", count=5, size=(40, 32), image_ext="png", mask="index", classes=3)
+    save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
+    manifest = shard(src, tmp_path / "raw", ShardOptions(val_fraction=0, store="raw", **QUIET))
+    assert manifest.storage == {"image": "raw", "mask": "raw"}
+    samples = read_back(tmp_path / "raw")
+    for key in ("s000", "s001"):
+        assert set(samples[key]) >= {RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT}
+        assert len(samples[key][RAW_IMAGE_EXT]) == 32 * 40 * 3 and len(samples[key][RAW_MASK_EXT]) == 32 * 40
+    shard(src, tmp_path / "source", ShardOptions(val_fraction=0, **QUIET))
+    for backend in ("dali", "torch"):  # pixel for pixel what the source PNGs hold, shuffled or not, cropped too
+        for options in ({"augment": "none", "shuffle": False}, {"augment": "crop", "shuffle": True, "seed": 3}):
+            raw, plain = (next(iter(make_loader(tmp_path / name, backend=backend, batch_size=5, workers=0,
+                                                size=(32, 40), return_keys=True, **options)))
+                          for name in ("raw", "source"))
+            assert raw["key"] == plain["key"] and torch.equal(raw["mask"], plain["mask"])
+            torch.testing.assert_close(raw["image"], plain["image"], rtol=0, atol=1e-5)
+    assert verify(tmp_path / "raw", progress=False) == []
+    # a raw member of the wrong size: --verify names it
+    tar, index = tmp_path / "raw/train-000000.tar", tmp_path / "raw/train-000000.idx"
+    _, offset, _, name = next(m for m in parse_index(index.read_text(), "idx")[1] if m[0] == RAW_SIZE_EXT)
+    data = bytearray(tar.read_bytes())
+    data[offset:offset + 8] = np.array([31, 40], "<i4").tobytes()  # one row short of its pixels
+    tar.write_bytes(bytes(data))
+    raw_manifest = json.loads((tmp_path / "raw/manifest.json").read_text())
+    raw_manifest["splits"]["train"]["shards"][0]["sha256"] = sha256_file(tar)
+    (tmp_path / "raw/manifest.json").write_text(json.dumps(raw_manifest))
+    problems = verify(tmp_path / "raw", progress=False)
+    assert len(problems) == 1 and name.partition(".")[0] in problems[0] and "31x40x3 needs 3720" in problems[0]
+    # JPEG images are never stored as pixels
+    save(textured(40, 32, 9), src / "images/s009.jpg", quality=90)
+    save(disk_mask(40, 32, 9), src / "masks/s009.png")
+    assert run_cli("fastseg-shard", shard_main, [str(src), str(tmp_path / "nope"), "--store", "raw", "--quiet"]) == 1
+    assert "s009.jpg: a JPEG; --store raw" in capsys.readouterr().err and not (tmp_path / "nope").exists()

@@ -47,8 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--map-values", metavar="SRC:DST,...",
                    help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
     p.add_argument("--store", choices=STORES, default="source",
-                   help="lossless (non-JPEG) images: source (their bytes as they are; default) or fast-png (re-encoded "
-                        "with unfiltered rows: decoded faster, 1.2x the bytes on CamVid); JPEG is never re-encoded")
+                   help="lossless (non-JPEG) images: source (their bytes as they are; default), fast-png (re-encoded "
+                        "with unfiltered rows: decoded faster, 1.2x the bytes on CamVid) or raw (images and masks as "
+                        "pixels, never decoded: 2.6x the bytes, 3.6x dali_cpu's rate on CamVid); JPEG is never "
+                        "re-encoded")
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")

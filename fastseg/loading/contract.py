@@ -57,6 +57,11 @@ class LoaderPlan:
         return self.manifest.splits[self.split].samples
 
     @property
+    def raw(self) -> bool:
+        """The set stores pixels (fastseg-shard --store raw): reshaped, never decoded."""
+        return self.manifest.storage.get("image") == "raw"
+
+    @property
     def native(self) -> bool:
         """Every image of the split already has the output size: without a crop there is nothing to resample."""
         return self.manifest.sizes.get(self.split) == [[self.size[1], self.size[0]]]

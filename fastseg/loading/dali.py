@@ -23,7 +23,8 @@ import torch
 from PIL import Image
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT
+from ..format import (IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE,
+                      RAW_SIZE_EXT, raw_pixels)
 from ..processes import note_native_threads
 from . import recipe
 from .contract import EpochLoader, LoaderPlan
@@ -204,9 +205,11 @@ class ShuffledFeed(SampleTable):
 
     def _members(self, index: int) -> list[np.ndarray]:
         path, _, members = self.members[index]
-        names = [next(ext for ext in members if ext.startswith("image.")), MASK_EXT]
-        names += [META_EXT] if self.plan.config.return_keys else []
-        return [np.frombuffer(self.read(path, members[name]), np.uint8) for name in names]
+        names = member_names(self.plan) if self.plan.raw else [
+            next(ext for ext in members if ext.startswith("image.")), MASK_EXT,
+            *([META_EXT] if self.plan.config.return_keys else [])]
+        return [np.frombuffer(self.read(path, members[name]), RAW_SIZE_DTYPE if name == RAW_SIZE_EXT else np.uint8)
+                for name in names]
 
     def __call__(self):
         epoch, position = divmod(self.batch, self.plan.batches)
@@ -220,18 +223,35 @@ class ShuffledFeed(SampleTable):
         return tuple(list(column) for column in zip(*rows))
 
 
+def member_names(plan: LoaderPlan) -> list[str]:
+    """The members the pipeline reads, in order: image, mask (and size, for raw sets) and, with keys, the meta."""
+    names = [RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT] if plan.raw else [";".join(IMAGE_EXTS), MASK_EXT]
+    return names + ([META_EXT] if plan.config.return_keys else [])
+
+
 def _read(plan: LoaderPlan, feed: ShuffledFeed | None):
-    """The encoded image, mask (and meta) of each sample: from the shuffled feed when training, else from DALI's
-    webdataset reader in manifest order (which streams s3:// shards itself)."""
+    """The stored members of each sample (member_names): from the shuffled feed when training, else from DALI's
+    webdataset reader in manifest order (which streams s3:// shards itself). A raw set's size member is int32."""
+    names = member_names(plan)
+    dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
     if feed is not None:
-        return fn.external_source(source=feed, num_outputs=3 if plan.config.return_keys else 2, batch=True,
-                                  dtype=types.UINT8)
+        return fn.external_source(source=feed, num_outputs=len(names), batch=True, dtype=dtypes)
     return fn.readers.webdataset(
-        paths=plan.shards, index_paths=[str(p) for p in plan.indexes],
-        ext=[";".join(IMAGE_EXTS), MASK_EXT] + ([META_EXT] if plan.config.return_keys else []),
+        paths=plan.shards, index_paths=[str(p) for p in plan.indexes], ext=names, dtypes=dtypes,
         missing_component_behavior="error", shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
         name="Reader",
     )
+
+
+def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
+    """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. A raw
+    set's pixels are only reshaped by their size member: no decode, and on a GPU the image goes there as it is."""
+    if size is None:
+        return (fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB),
+                fn.decoders.image(mask, device="cpu", output_type=types.GRAY))
+    image = fn.reshape(image, shape=fn.cat(size, types.Constant(np.array([3], np.int32), device="cpu")), layout="HWC")
+    mask = fn.reshape(mask, shape=fn.cat(size, types.Constant(np.array([1], np.int32), device="cpu")), layout="HWC")
+    return (image.gpu() if gpu else image), mask
 
 
 @pipeline_def
@@ -239,11 +259,11 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
                           feed: ShuffledFeed | None = None):
     """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment") cuts it after that stage, with
     everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py times the real thing."""
-    image, mask, *meta = _read(plan, feed)
+    image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    mask = fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
+    size, meta = (rest[0], rest[1:]) if plan.raw else (None, rest)
+    image, mask = _decode(plan, gpu, image, mask, size)
     if stop_after == "decode":
         return image, mask.gpu() if gpu else mask
     if plan.config.original_labels:
@@ -286,11 +306,14 @@ def find_undecodable(plan: LoaderPlan, samples: list[int]) -> tuple[str, str, st
     for number in samples:
         shard, key, members = table.members[number]
         for ext, span in members.items():
-            if ext.startswith("image.") or ext == MASK_EXT:
-                try:
+            try:
+                if ext in (RAW_IMAGE_EXT, RAW_MASK_EXT):
+                    raw_pixels(table.read(shard, span), table.read(shard, members[RAW_SIZE_EXT]),
+                               3 if ext == RAW_IMAGE_EXT else 1)
+                elif ext.startswith("image.") or ext == MASK_EXT:
                     Image.open(io.BytesIO(table.read(shard, span))).load()
-                except Exception as err:  # Pillow raises several types for corrupt data
-                    return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
+            except Exception as err:  # Pillow raises several types for corrupt data
+                return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
     return None
 
 
@@ -362,7 +385,7 @@ class DaliLoader(EpochLoader):
         if "out of memory" in report.lower() or "bad_alloc" in report or "MemoryAllocation" in report:
             return FastsegError(f"out of memory while loading batches of {plan.batch_size} at {plan.size[0]}x"
                                 f"{plan.size[1]} ({cause[:200]}); lower --batch-size or --image-size")
-        if "decoders.image" in report:
+        if "decoders.image" in report or "reshape" in report:
             bad = find_undecodable(plan, plan.epoch_samples(self.epoch))
             where = (f"{bad[0]}: sample {bad[1]} does not decode ({bad[2]})" if bad else
                      f"a sample of {', '.join(p.rpartition('/')[2] for p in plan.shards)} does not decode "

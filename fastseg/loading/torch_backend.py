@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT
+from ..format import IGNORE_INDEX, MASK_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, raw_pixels
 from ..processes import quiet_when_orphaned, workers_starting
 from . import recipe
 from .config import keep_ratio_size
@@ -44,10 +44,15 @@ class ShardSamples(SampleTable, Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
         path, key, members = self.members[index]
-        image_ext = next(ext for ext in members if ext.startswith("image."))
         try:
-            image = decode_image(self.read(path, members[image_ext]))
-            mask = np.array(Image.open(io.BytesIO(self.read(path, members[MASK_EXT]))))
+            if self.plan.raw:  # pixels as stored: a copy (torch takes writable arrays), no decode
+                size = self.read(path, members[RAW_SIZE_EXT])
+                image = np.array(raw_pixels(self.read(path, members[RAW_IMAGE_EXT]), size, 3))
+                mask = np.array(raw_pixels(self.read(path, members[RAW_MASK_EXT]), size, 1))
+            else:
+                image_ext = next(ext for ext in members if ext.startswith("image."))
+                image = decode_image(self.read(path, members[image_ext]))
+                mask = np.array(Image.open(io.BytesIO(self.read(path, members[MASK_EXT]))))
         except FastsegError:
             raise
         except Exception as err:

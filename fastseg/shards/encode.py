@@ -16,7 +16,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FastsegError
-from ..format import JPEG_IMAGE_EXT, MASK_EXT, META_EXT, PNG_IMAGE_EXT
+from ..format import (JPEG_IMAGE_EXT, MASK_EXT, META_EXT, PNG_IMAGE_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE,
+                      RAW_SIZE_EXT)
 from . import masks as maskmod
 from .pairs import Pair
 
@@ -40,8 +41,10 @@ class Encoded:
 # non-JPEG image as a PNG of unfiltered rows at zlib level 3, which both loaders inflate without undoing row filters
 # (CamVid, 2 workers: the torch loader 324 against 249 samples/s, dali_cpu 359 against 334, for 1.2x the bytes;
 # benchmarks/results/store_camvid_*). JPEG
-# images are never re-encoded. Masks are always stored the fast way (zlib level 1: label maps compress well).
-STORES = ("source", "fast-png")
+# images are never re-encoded. Masks are stored the fast way (zlib level 1: label maps compress well). "raw" stores
+# images and masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of lossless images only
+# (a JPEG would grow tenfold).
+STORES = ("source", "fast-png", "raw")
 
 
 def encode_png(image: Image.Image, level: int = 3) -> bytes:
@@ -110,7 +113,11 @@ def check_single_frame(image: Image.Image, where: str) -> None:
 
 
 def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, store: str = "source") -> Encoded:
-    image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image), store)
+    image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image),
+                                               "source" if store == "raw" else store)
+    if store == "raw" and image_ext == JPEG_IMAGE_EXT:
+        raise FastsegError(f"{pair.image}: a JPEG; --store raw keeps lossless images as their pixels, and a JPEG "
+                           "stored so would take ten times its bytes: shard this set with --store source or fast-png")
     try:
         mask = Image.open(pair.mask)
         mask.load()
@@ -128,7 +135,12 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, store:
     hist = np.repeat(hist, 3, axis=0) if image.mode == "L" else hist[:3]
     meta = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "width": image.size[0],
             "height": image.size[1]}
-    members = {image_ext: image_bytes, MASK_EXT: encode_mask_png(indices), META_EXT: json.dumps(meta).encode()}
+    if store == "raw":
+        members = {RAW_IMAGE_EXT: np.asarray(image.convert("RGB")).tobytes(), RAW_MASK_EXT: indices.tobytes(),
+                   RAW_SIZE_EXT: np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()}
+    else:
+        members = {image_ext: image_bytes, MASK_EXT: encode_mask_png(indices)}
+    members[META_EXT] = json.dumps(meta).encode()
     return Encoded(pair.key, members, image.size, hist, stored)
 
 

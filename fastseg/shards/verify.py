@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT, META_EXT, listing, load_manifest, parse_index, shard_problems
+from ..format import (IGNORE_INDEX, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, listing,
+                      load_manifest, parse_index, raw_pixels, shard_problems)
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
@@ -56,18 +57,28 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
             count += 1
             where = f"{path}:{sample['__key__']}"
             image_ext = next((k for k in sample if k.startswith("image.")), None)
-            if image_ext is None or MASK_EXT not in sample or META_EXT not in sample:
+            mask_ext = RAW_MASK_EXT if image_ext == RAW_IMAGE_EXT else MASK_EXT
+            needed = [mask_ext, META_EXT] + ([RAW_SIZE_EXT] if image_ext == RAW_IMAGE_EXT else [])
+            if image_ext is None or any(ext not in sample for ext in needed):
                 problems.append(f"{where}: incomplete sample ({', '.join(k for k in sample if not k.startswith('__'))})")
                 continue
-            try:
-                image = Image.open(io.BytesIO(sample[image_ext]))
-                image.load()
-                mask = np.asarray(Image.open(io.BytesIO(sample[MASK_EXT])))
-            except Exception as err:
-                problems.append(f"{where}: does not decode ({err})")
-                continue
-            if mask.shape != (image.size[1], image.size[0]):
-                problems.append(f"{where}: mask {mask.shape[::-1]} differs from image {image.size}")
+            if image_ext == RAW_IMAGE_EXT:  # pixels: each member's size must be what its size member says
+                try:
+                    raw_pixels(sample[RAW_IMAGE_EXT], sample[RAW_SIZE_EXT], 3)
+                    mask = raw_pixels(sample[RAW_MASK_EXT], sample[RAW_SIZE_EXT], 1)
+                except FastsegError as err:
+                    problems.append(f"{where}: {err}")
+                    continue
+            else:
+                try:
+                    image = Image.open(io.BytesIO(sample[image_ext]))
+                    image.load()
+                    mask = np.asarray(Image.open(io.BytesIO(sample[MASK_EXT])))
+                except Exception as err:
+                    problems.append(f"{where}: does not decode ({err})")
+                    continue
+                if mask.shape != (image.size[1], image.size[0]):
+                    problems.append(f"{where}: mask {mask.shape[::-1]} differs from image {image.size}")
             extra = set(np.unique(mask).tolist()) - valid_ids
             if extra:
                 problems.append(f"{where}: mask values {sorted(extra)} are not classes")

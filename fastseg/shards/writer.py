@@ -148,7 +148,7 @@ def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, sto
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
-        storage={"image": store, "mask": "fast-png"},
+        storage={"image": store, "mask": "raw" if store == "raw" else "fast-png"},
     )
 
 
