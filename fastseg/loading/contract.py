@@ -85,8 +85,8 @@ class LoaderPlan:
         ranks stay disjoint and complete and every sample can meet any other. Otherwise the manifest order."""
         if not self.config.shuffle:
             return list(self.epoch_slice(epoch))
-        order = np.random.default_rng((self.config.seed, epoch)).permutation(self.samples)
-        return order[self.rank_slice(self.rank).start:self.rank_slice(self.rank).stop].tolist()
+        own = self.rank_slice(self.rank)
+        return np.random.default_rng((self.config.seed, epoch)).permutation(self.samples)[own.start:own.stop].tolist()
 
     def epoch_length(self, epoch: int) -> int:
         return len(self.rank_slice(self.rank) if self.config.shuffle else self.epoch_slice(epoch))

@@ -136,9 +136,10 @@ def collate_padded(samples: list, channels_last: bool) -> tuple:
     return image_batch, mask_batch, keys, list(sizes)
 
 
-def zero_padding(images: torch.Tensor, sizes: list[tuple[int, int, int, int]]) -> None:
-    """Normalized N×C×H×W images: 0 past each one's own rows and columns, as the DALI pipeline pads them."""
-    for image, (height, width, _, _) in zip(images, sizes):
+def zero_padding(images: torch.Tensor, sizes) -> None:
+    """Normalized N×C×H×W images: 0 past each one's own rows and columns (the first two of each size), as the DALI
+    pipeline pads them."""
+    for image, (height, width, *_) in zip(images, sizes):
         image[:, height:] = 0
         image[:, :, width:] = 0
 
@@ -241,8 +242,8 @@ class TorchLoader(EpochLoader):
 
     def _batches(self, epoch: int, start: int):
         for index, (image, mask, keys, *sizes) in enumerate(self._iterate(), start):
-            if sizes and self.plan.config.augment == "mmseg":  # crops smaller than `size`: (rows, columns) each
-                sizes = [[(int(h), int(w), 0, 0) for h, w in zip(*sizes[0])]]
+            if sizes and self.plan.config.augment == "mmseg":  # the crops' (rows, columns), collated as two tensors
+                sizes = [list(zip(*(side.tolist() for side in sizes[0])))]
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.config.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
