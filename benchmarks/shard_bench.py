@@ -32,13 +32,14 @@ def child(src: Path, out: Path, workers: int) -> None:
 
 def encode_rate(pairs, limit: int = 60) -> float:
     """Single-core rate of the per-sample shard work (decode, check, convert, encode), in this process."""
-    from fastseg.shards import detect_spec, encode_sample
+    from fastseg.shards import detect_spec, encode_sample, storage_for
 
     pairs = pairs[:limit]
     spec = detect_spec([p.mask for p in pairs])
+    storage = storage_for("auto", {"train": pairs})  # what fastseg-shard stores by default
     start = time.perf_counter()
     for pair in pairs:
-        encode_sample(pair, spec, False)
+        encode_sample(pair, spec, False, storage)
     return len(pairs) / (time.perf_counter() - start)
 
 

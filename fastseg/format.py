@@ -29,6 +29,36 @@ META_EXT = "json"
 # little-endian int32 (what DALI's reader types with `dtypes` and reshapes by, and numpy views)
 RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT = "image.rgb", "mask.u8", "size.i32"
 RAW_SIZE_DTYPE = "<i4"
+
+
+@dataclass(frozen=True)
+class SampleMembers:
+    """The members one sample of a set holds, by the manifest's `storage`: an image (one of `images`), a mask, and a
+    size when either is raw."""
+
+    images: tuple[str, ...]
+    mask: str
+    size: str | None
+
+    @property
+    def raw_image(self) -> bool:
+        return self.images == (RAW_IMAGE_EXT,)
+
+    @property
+    def raw_mask(self) -> bool:
+        return self.mask == RAW_MASK_EXT
+
+    def image_in(self, members) -> str | None:
+        """Which of `images` a sample's members (names) hold."""
+        return next((ext for ext in self.images if ext in members), None)
+
+
+def sample_members(storage: dict[str, str]) -> SampleMembers:
+    """The members of a set stored as `storage` ({"image": "source" | "fast-png" | "raw", "mask": "fast-png" | "raw"},
+    Manifest.storage): every reader and the writer take member names from here."""
+    raw_image, raw_mask = storage.get("image") == "raw", storage.get("mask") == "raw"
+    return SampleMembers((RAW_IMAGE_EXT,) if raw_image else IMAGE_EXTS, RAW_MASK_EXT if raw_mask else MASK_EXT,
+                         RAW_SIZE_EXT if raw_image or raw_mask else None)
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -131,8 +161,9 @@ class Manifest:
     splits: dict[str, SplitInfo]
     class_pixels: dict[str, int] = field(default_factory=dict)
     sizes: dict[str, list[list[int]]] = field(default_factory=dict)  # split -> distinct [width, height]
-    # how each member kind is stored: "source" bytes, "fast-png" (unfiltered rows) or "raw" (pixels, RAW_*_EXT);
-    # sets written before this field kept image bytes as they came and wrote masks the fast way (the default)
+    # how each member kind is stored (sample_members): images "source" bytes, "fast-png" (unfiltered rows) or "raw"
+    # (pixels, RAW_*_EXT); masks "fast-png" or "raw". Sets written before this field kept image bytes as they came
+    # and wrote masks the fast way (the default)
     storage: dict[str, str] = field(default_factory=lambda: {"image": "source", "mask": "fast-png"})
     ignore_index: int = IGNORE_INDEX
     format_version: int = FORMAT_VERSION

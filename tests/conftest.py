@@ -75,8 +75,9 @@ def make_dataset(root: Path, count: int = 6, size=(40, 32), image_ext: str = "jp
 
 
 def corrupt_one_image(shards: Path, copy: Path) -> str:
-    """A copy of a shard set with one image's first bytes zeroed and the manifest's sha256 fixed up, so that the
-    start-up checks pass and only decoding can find it; returns the key of the broken sample."""
+    """A copy of a shard set with one sample's image (or, where images are stored raw, its mask PNG) first bytes
+    zeroed and the manifest's sha256 fixed up, so that the start-up checks pass and only decoding can find it;
+    returns the key of the broken sample."""
     import json
 
     from fastseg.format import parse_index, sha256_file
@@ -86,7 +87,7 @@ def corrupt_one_image(shards: Path, copy: Path) -> str:
         (copy / f.name).write_bytes(f.read_bytes())
     tar = copy / "train-000000.tar"
     _, offset, _, name = next(m for m in parse_index((copy / "train-000000.idx").read_text(), "idx")[2]
-                              if m[0].startswith("image."))
+                              if m[0] in ("image.jpg", "image.png", "mask.png"))
     data = bytearray(tar.read_bytes())
     data[offset : offset + 64] = bytes(64)  # no image header any more: same size, content broken
     tar.write_bytes(bytes(data))

@@ -46,11 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binary masks stored lossy or anti-aliased (JPEG masks, say): brightness >= T is foreground")
     p.add_argument("--map-values", metavar="SRC:DST,...",
                    help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
-    p.add_argument("--store", choices=STORES, default="source",
-                   help="lossless (non-JPEG) images: source (their bytes as they are; default), fast-png (re-encoded "
-                        "with unfiltered rows: decoded faster, 1.2x the bytes on CamVid) or raw (images and masks as "
-                        "pixels, never decoded: 2.6x the bytes, 3.6x dali_cpu's rate on CamVid); JPEG is never "
-                        "re-encoded")
+    p.add_argument("--store", choices=STORES, default="auto",
+                   help="how images and masks are stored: auto (default: JPEG sets as source; sets without JPEG "
+                        "files as raw images and PNG masks), source (image bytes as they are, masks as fast PNG), "
+                        "fast-png (lossless images re-encoded with unfiltered rows), raw (images and masks as pixels, "
+                        "never decoded; no JPEG sets). JPEG is never re-encoded")
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")

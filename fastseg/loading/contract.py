@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, Manifest
+from ..format import IGNORE_INDEX, Manifest, SampleMembers, sample_members
 from .config import LoaderConfig
 
 
@@ -57,9 +57,9 @@ class LoaderPlan:
         return self.manifest.splits[self.split].samples
 
     @property
-    def raw(self) -> bool:
-        """The set stores pixels (fastseg-shard --store raw): reshaped, never decoded."""
-        return self.manifest.storage.get("image") == "raw"
+    def stored(self) -> SampleMembers:
+        """The members each sample holds, by the set's storage: raw ones are reshaped, never decoded."""
+        return sample_members(self.manifest.storage)
 
     @property
     def native(self) -> bool:

@@ -23,8 +23,8 @@ import torch
 from PIL import Image
 
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, IMAGE_EXTS, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE,
-                      RAW_SIZE_EXT, raw_pixels)
+from ..format import (IGNORE_INDEX, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT,
+                      raw_pixels)
 from ..processes import note_native_threads
 from . import recipe
 from .contract import EpochLoader, LoaderPlan
@@ -205,9 +205,8 @@ class ShuffledFeed(SampleTable):
 
     def _members(self, index: int) -> list[np.ndarray]:
         path, _, members = self.members[index]
-        names = member_names(self.plan) if self.plan.raw else [
-            next(ext for ext in members if ext.startswith("image.")), MASK_EXT,
-            *([META_EXT] if self.plan.config.return_keys else [])]
+        names = member_names(self.plan)
+        names[0] = self.plan.stored.image_in(members)  # the one of the image's alternatives this sample holds
         return [np.frombuffer(self.read(path, members[name]), RAW_SIZE_DTYPE if name == RAW_SIZE_EXT else np.uint8)
                 for name in names]
 
@@ -224,8 +223,10 @@ class ShuffledFeed(SampleTable):
 
 
 def member_names(plan: LoaderPlan) -> list[str]:
-    """The members the pipeline reads, in order: image, mask (and size, for raw sets) and, with keys, the meta."""
-    names = [RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT] if plan.raw else [";".join(IMAGE_EXTS), MASK_EXT]
+    """The members the pipeline reads, in order: image (its alternatives joined by ';', as DALI's reader takes
+    them), mask, the size where the set stores pixels, and with keys the meta."""
+    stored = plan.stored
+    names = [";".join(stored.images), stored.mask] + ([stored.size] if stored.size else [])
     return names + ([META_EXT] if plan.config.return_keys else [])
 
 
@@ -244,14 +245,23 @@ def _read(plan: LoaderPlan, feed: ShuffledFeed | None):
 
 
 def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
-    """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. A raw
-    set's pixels are only reshaped by their size member: no decode, and on a GPU the image goes there as it is."""
-    if size is None:
-        return (fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB),
-                fn.decoders.image(mask, device="cpu", output_type=types.GRAY))
-    image = fn.reshape(image, shape=fn.cat(size, types.Constant(np.array([3], np.int32), device="cpu")), layout="HWC")
-    mask = fn.reshape(mask, shape=fn.cat(size, types.Constant(np.array([1], np.int32), device="cpu")), layout="HWC")
-    return (image.gpu() if gpu else image), mask
+    """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. Raw
+    members are only reshaped by their sample's size member: no decode, and on a GPU a raw image goes there as
+    it is."""
+    stored = plan.stored
+    if stored.raw_image:
+        image = _reshaped(image, size, 3)
+        image = image.gpu() if gpu else image
+    else:
+        image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
+    mask = _reshaped(mask, size, 1) if stored.raw_mask else fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
+    return image, mask
+
+
+def _reshaped(pixels, size, channels: int):
+    """A raw member's bytes as H×W×C, by its sample's (rows, columns)."""
+    shape = fn.cat(size, types.Constant(np.array([channels], np.int32), device="cpu"))
+    return fn.reshape(pixels, shape=shape, layout="HWC")
 
 
 @pipeline_def
@@ -262,7 +272,7 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    size, meta = (rest[0], rest[1:]) if plan.raw else (None, rest)
+    size, meta = (rest[0], rest[1:]) if plan.stored.size else (None, rest)
     image, mask = _decode(plan, gpu, image, mask, size)
     if stop_after == "decode":
         return image, mask.gpu() if gpu else mask

@@ -21,7 +21,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, MASK_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, raw_pixels
+from ..format import IGNORE_INDEX, raw_pixels
 from ..processes import quiet_when_orphaned, workers_starting
 from . import recipe
 from .config import keep_ratio_size
@@ -44,15 +44,11 @@ class ShardSamples(SampleTable, Dataset):
     def __getitem__(self, item: tuple[int, int]):
         index, epoch = item
         path, key, members = self.members[index]
+        stored = self.plan.stored
         try:
-            if self.plan.raw:  # pixels as stored: a copy (torch takes writable arrays), no decode
-                size = self.read(path, members[RAW_SIZE_EXT])
-                image = np.array(raw_pixels(self.read(path, members[RAW_IMAGE_EXT]), size, 3))
-                mask = np.array(raw_pixels(self.read(path, members[RAW_MASK_EXT]), size, 1))
-            else:
-                image_ext = next(ext for ext in members if ext.startswith("image."))
-                image = decode_image(self.read(path, members[image_ext]))
-                mask = np.array(Image.open(io.BytesIO(self.read(path, members[MASK_EXT]))))
+            size = self.read(path, members[stored.size]) if stored.size else None
+            image = pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
+            mask = pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
         except FastsegError:
             raise
         except Exception as err:
@@ -142,6 +138,14 @@ def zero_padding(images: torch.Tensor, sizes) -> None:
     for image, (height, width, *_) in zip(images, sizes):
         image[:, height:] = 0
         image[:, :, width:] = 0
+
+
+def pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
+    """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
+    arrays, never decoded; an encoded one decoded (an image to RGB)."""
+    if size:
+        return np.array(raw_pixels(data, size, channels))
+    return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
 
 
 def decode_image(data: bytes) -> np.ndarray:

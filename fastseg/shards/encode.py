@@ -1,8 +1,9 @@
 """One image/mask pair → the members of one sample, checked, plus the statistics the manifest needs.
 
-Images: JPEG and PNG bytes are kept as they are (L or RGB, upright); anything else is stored upright as lossless
-PNG. Masks: converted to class indices (masks.py) and stored as an 8-bit PNG of unfiltered rows. Runs in the shard
-workers; every problem is a FastsegError naming the file.
+Images: JPEG bytes are kept as they are (L or RGB, upright); lossless images are kept, re-encoded as PNG or stored
+as pixels, as the set's storage says (STORES); anything else is stored upright as lossless PNG. Masks: converted to
+class indices (masks.py) and stored as an 8-bit PNG of unfiltered rows, or as pixels. Runs in the shard workers;
+every problem is a FastsegError naming the file.
 """
 from __future__ import annotations
 
@@ -16,8 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import FastsegError
-from ..format import (JPEG_IMAGE_EXT, MASK_EXT, META_EXT, PNG_IMAGE_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE,
-                      RAW_SIZE_EXT)
+from ..format import JPEG_IMAGE_EXT, META_EXT, PNG_IMAGE_EXT, RAW_IMAGE_EXT, RAW_SIZE_DTYPE, sample_members
 from . import masks as maskmod
 from .pairs import Pair
 
@@ -37,14 +37,28 @@ class Encoded:
     class_hist: np.ndarray  # 256 bins of stored mask values
 
 
-# How lossless images are stored (--store): "source" keeps a PNG's bytes as they are; "fast-png" re-encodes every
-# non-JPEG image as a PNG of unfiltered rows at zlib level 3, which both loaders inflate without undoing row filters
-# (CamVid, 2 workers: the torch loader 324 against 249 samples/s, dali_cpu 359 against 334, for 1.2x the bytes;
-# benchmarks/results/store_camvid_*). JPEG
-# images are never re-encoded. Masks are stored the fast way (zlib level 1: label maps compress well). "raw" stores
-# images and masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of lossless images only
-# (a JPEG would grow tenfold).
-STORES = ("source", "fast-png", "raw")
+# How images and masks are stored (--store; the manifest's `storage`, format.sample_members). JPEG images are never
+# re-encoded. "source" keeps a PNG's bytes as they are; "fast-png" re-encodes every non-JPEG image as a PNG of
+# unfiltered rows at zlib level 3, which both loaders inflate without undoing row filters (CamVid, 2 workers: the
+# torch loader 324 against 249 samples/s, dali_cpu 359 against 334, for 1.2x the bytes;
+# benchmarks/results/store_camvid_*). Masks are stored the fast way (zlib level 1: label maps compress well) unless
+# raw. "raw" stores images and masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of
+# lossless images only (a JPEG would grow tenfold). "auto", the default: JPEG sets as "source"; sets with no JPEG
+# file, raw images and fast-png masks (CamVid, 2 workers: see benchmarks/results/store_camvid_auto_cpu.md; raw masks
+# would put the set above LitData's raw pixels on disk for a few per cent of speed).
+STORES = ("auto", "source", "fast-png", "raw")
+JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
+
+
+def storage_for(store: str, splits: dict[str, list[Pair]]) -> dict[str, str]:
+    """The manifest's `storage` for --store STORE over a set's pairs: "auto" decides by the image files' names, the
+    same on every machine that writes a part of the set."""
+    if store == "auto":
+        jpeg = any(str(p.image).lower().endswith(JPEG_SUFFIXES) for pairs in splits.values() for p in pairs)
+        return {"image": "source", "mask": "fast-png"} if jpeg else {"image": "raw", "mask": "fast-png"}
+    if store not in STORES:
+        raise FastsegError(f"unknown storage {store!r}; use one of {', '.join(STORES)}")
+    return {"image": store, "mask": "raw" if store == "raw" else "fast-png"}
 
 
 def encode_png(image: Image.Image, level: int = 3) -> bytes:
@@ -112,12 +126,19 @@ def check_single_frame(image: Image.Image, where: str) -> None:
                            "picture per file: keep the one that pairs with its partner, and shard again")
 
 
-def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, store: str = "source") -> Encoded:
+def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, storage: dict[str, str]) -> Encoded:
+    """One pair's members, stored as `storage` (storage_for)."""
+    names = sample_members(storage)
     image, image_ext, image_bytes = load_image(pair.image.read_bytes(), str(pair.image),
-                                               "source" if store == "raw" else store)
-    if store == "raw" and image_ext == JPEG_IMAGE_EXT:
-        raise FastsegError(f"{pair.image}: a JPEG; --store raw keeps lossless images as their pixels, and a JPEG "
-                           "stored so would take ten times its bytes: shard this set with --store source or fast-png")
+                                               "source" if names.raw_image else storage["image"])
+    if names.raw_image and image_ext == JPEG_IMAGE_EXT:
+        if str(pair.image).lower().endswith(JPEG_SUFFIXES):
+            raise FastsegError(f"{pair.image}: a JPEG; --store raw keeps lossless images as their pixels, and a JPEG "
+                               "stored so would take ten times its bytes: shard this set with --store auto (JPEGs "
+                               "kept as they are) or source")
+        raise FastsegError(f"{pair.image}: JPEG data in a file not named .jpg, so --store auto chose raw pixels for "
+                           "this set's images, where a JPEG would take ten times its bytes: rename the file .jpg "
+                           "(auto then keeps every image's bytes), or shard with --store source")
     try:
         mask = Image.open(pair.mask)
         mask.load()
@@ -135,11 +156,11 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, store:
     hist = np.repeat(hist, 3, axis=0) if image.mode == "L" else hist[:3]
     meta = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "width": image.size[0],
             "height": image.size[1]}
-    if store == "raw":
-        members = {RAW_IMAGE_EXT: np.asarray(image.convert("RGB")).tobytes(), RAW_MASK_EXT: indices.tobytes(),
-                   RAW_SIZE_EXT: np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()}
-    else:
-        members = {image_ext: image_bytes, MASK_EXT: encode_mask_png(indices)}
+    members = {RAW_IMAGE_EXT: np.asarray(image.convert("RGB")).tobytes()} if names.raw_image else {
+        image_ext: image_bytes}
+    members[names.mask] = indices.tobytes() if names.raw_mask else encode_mask_png(indices)
+    if names.size:
+        members[names.size] = np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()
     members[META_EXT] = json.dumps(meta).encode()
     return Encoded(pair.key, members, image.size, hist, stored)
 
@@ -150,8 +171,8 @@ class SizeMismatch(FastsegError):
 
 def encode_job(job):
     """Worker entry: an Encoded sample, or the FastsegError that names what is wrong with it."""
-    pair, spec, resize_masks, store = job
+    pair, spec, resize_masks, storage = job
     try:
-        return encode_sample(pair, spec, resize_masks, store)
+        return encode_sample(pair, spec, resize_masks, storage)
     except FastsegError as err:
         return err

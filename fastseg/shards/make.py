@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import storage
 from ..format import Manifest
+from .encode import storage_for
 from .options import ShardOptions
 from .parts import write_part
 from .publish import bucket_target, local_target, upload_set
@@ -46,7 +47,7 @@ def _write(src: Path, folder: Path, opts: ShardOptions) -> Manifest:
         discover_classes(pool, splits, spec)
         return write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
                          max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
-                         store=opts.store)
+                         storage=storage_for(opts.store, splits))
 
 
 def _summary(manifest: Manifest, out: Path, seconds: float) -> None:

@@ -23,7 +23,7 @@ class ShardOptions:
     mask_threshold: int | None = None  # binary masks by brightness (JPEG or anti-aliased masks)
     pair_key: str | None = None  # a regex whose first group pairs image and mask stems
     map_values: dict[int, int] | None = None  # source mask value → class id (255 = ignore)
-    store: str = "source"  # lossless images: "source" bytes, or "fast-png" (encode.STORES)
+    store: str = "auto"  # how images and masks are stored (encode.STORES, encode.storage_for)
     part: tuple[int, int] | None = None  # (index, count): write part `index` of `count`, to be merged
     workers: int = field(default_factory=lambda: os.cpu_count() or 1)
     progress: bool = True

@@ -33,6 +33,7 @@ from ..format import (
     part_record_name,
 )
 from ..storage import partial_path, sweep_stale
+from .encode import storage_for
 from .masks import MaskSpec
 from .options import ShardOptions
 from .pairs import Pair
@@ -87,7 +88,8 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
                            "its own masks, and parts could disagree; give the classes with --classes FILE (names and "
                            "colours), the same file to every part")
     mine = {split: pairs[index::count] for split, pairs in in_shard_order(splits, opts.seed).items()}
-    record = {"format_version": FORMAT_VERSION, "part": index, "parts": count, "store": opts.store,
+    stored = storage_for(opts.store, splits)
+    record = {"format_version": FORMAT_VERSION, "part": index, "parts": count, "storage": stored,
               "fingerprint": fingerprint(splits, spec, opts), "spec": asdict(spec)}
     print(f"part {index} of {count}: {', '.join(f'{s} {len(p)}' for s, p in mine.items())} of "
           f"{', '.join(f'{s} {len(p)}' for s, p in splits.items())}")
@@ -95,7 +97,7 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
         folder = Path(tmp)
         with encoding_pool(opts.workers) as pool:
             infos, stats = write_shards(pool, mine, spec, folder, shard_size=opts.shard_size, max_count=opts.max_count,
-                                        resize_masks=opts.resize_masks, progress=opts.progress, store=opts.store,
+                                        resize_masks=opts.resize_masks, progress=opts.progress, storage=stored,
                                         part=opts.part)
         record.update(splits={split: asdict(info) for split, info in infos.items()}, stats=stats.to_record())
         (folder / part_record_name(index, count)).write_text(json.dumps(record) + "\n")
@@ -184,12 +186,18 @@ def merge(out) -> Manifest:
         # round-robin by part, so that DALI's contiguous rank slices each read from every part
         shards = [part[k] for k in range(max(map(len, per_part))) for part in per_part if k < len(part)]
         infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
-    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), records[0].get("store", "source"))
+    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), _storage(records))
     _write_manifest(manifest, root, remote)
     print(f"merged {len(records)} part(s) into {root}: "
           f"{', '.join(f'{s} {i.samples} in {len(i.shards)} shard(s)' for s, i in manifest.splits.items())}; "
           f"{manifest.num_classes} classes")
     return manifest
+
+
+def _storage(records: list[dict]) -> dict[str, str]:
+    """The set's storage as its parts recorded it (their fingerprints agree); a record written before the field
+    says its --store, which then named the images' storage alone."""
+    return records[0].get("storage") or storage_for(records[0].get("store", "source"), {})
 
 
 def _complete(records: list[dict], root) -> list[dict]:

@@ -12,8 +12,8 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, listing,
-                      load_manifest, parse_index, raw_pixels, shard_problems)
+from ..format import (IGNORE_INDEX, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, SampleMembers, listing, load_manifest,
+                      parse_index, raw_pixels, sample_members, shard_problems)
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
@@ -37,7 +37,16 @@ def _check_index(path: Path, index_path: Path, index: list) -> list[str]:
     return problems[:20] + ([f"{index_path}: … and {len(problems) - 20} more"] if len(problems) > 20 else [])
 
 
-def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
+def _pixels(sample: dict, ext: str, size_ext: str | None, channels: int) -> np.ndarray:
+    """A member's pixels: a raw member checked against the sample's size member, an encoded one decoded."""
+    if ext in (RAW_IMAGE_EXT, RAW_MASK_EXT):
+        return raw_pixels(sample[ext], sample[size_ext], channels)
+    image = Image.open(io.BytesIO(sample[ext]))
+    image.load()
+    return np.asarray(image)
+
+
+def _check_shard(root: Path, shard, valid_ids: set[int], names: SampleMembers) -> list[str]:
     path, index_path = root / shard.name, root / shard.index
     problems = shard_problems(root, shard)
     if not path.exists():
@@ -56,29 +65,22 @@ def _check_shard(root: Path, shard, valid_ids: set[int]) -> list[str]:
         for sample in wds.WebDataset(str(path), shardshuffle=False, empty_check=False):
             count += 1
             where = f"{path}:{sample['__key__']}"
-            image_ext = next((k for k in sample if k.startswith("image.")), None)
-            mask_ext = RAW_MASK_EXT if image_ext == RAW_IMAGE_EXT else MASK_EXT
-            needed = [mask_ext, META_EXT] + ([RAW_SIZE_EXT] if image_ext == RAW_IMAGE_EXT else [])
+            image_ext = names.image_in(sample)
+            needed = [names.mask, META_EXT] + ([names.size] if names.size else [])
             if image_ext is None or any(ext not in sample for ext in needed):
                 problems.append(f"{where}: incomplete sample ({', '.join(k for k in sample if not k.startswith('__'))})")
                 continue
-            if image_ext == RAW_IMAGE_EXT:  # pixels: each member's size must be what its size member says
-                try:
-                    raw_pixels(sample[RAW_IMAGE_EXT], sample[RAW_SIZE_EXT], 3)
-                    mask = raw_pixels(sample[RAW_MASK_EXT], sample[RAW_SIZE_EXT], 1)
-                except FastsegError as err:
-                    problems.append(f"{where}: {err}")
-                    continue
-            else:
-                try:
-                    image = Image.open(io.BytesIO(sample[image_ext]))
-                    image.load()
-                    mask = np.asarray(Image.open(io.BytesIO(sample[MASK_EXT])))
-                except Exception as err:
-                    problems.append(f"{where}: does not decode ({err})")
-                    continue
-                if mask.shape != (image.size[1], image.size[0]):
-                    problems.append(f"{where}: mask {mask.shape[::-1]} differs from image {image.size}")
+            try:
+                image = _pixels(sample, image_ext, names.size, 3)
+                mask = _pixels(sample, names.mask, names.size, 1)
+            except FastsegError as err:  # a raw member whose size is not what its size member says
+                problems.append(f"{where}: {err}")
+                continue
+            except Exception as err:
+                problems.append(f"{where}: does not decode ({err})")
+                continue
+            if mask.shape != image.shape[:2]:
+                problems.append(f"{where}: mask {mask.shape[::-1]} differs from image {image.shape[1::-1]}")
             extra = set(np.unique(mask).tolist()) - valid_ids
             if extra:
                 problems.append(f"{where}: mask values {sorted(extra)} are not classes")
@@ -96,16 +98,17 @@ def verify(root, progress: bool = True) -> list[str]:
     temporary folder and checked the same way."""
     manifest = load_manifest(root)
     valid_ids = {c.id for c in manifest.classes} | {IGNORE_INDEX}
+    names = sample_members(manifest.storage)
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
     present = storage.sizes(str(root)) if storage.is_remote(root) else {}
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
         if not storage.is_remote(root):
-            problems += _check_shard(root, shard, valid_ids)
+            problems += _check_shard(root, shard, valid_ids, names)
             continue
         with tempfile.TemporaryDirectory(prefix="fastseg-verify-") as tmp:
             for name in (shard.name, shard.index):
                 if name in present:
                     storage.download(storage.join(str(root), name), Path(tmp) / name)
-            problems += [p.replace(tmp, str(root).rstrip("/")) for p in _check_shard(Path(tmp), shard, valid_ids)]
+            problems += [p.replace(tmp, str(root).rstrip("/")) for p in _check_shard(Path(tmp), shard, valid_ids, names)]
     return problems

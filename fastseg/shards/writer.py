@@ -94,18 +94,18 @@ class Stats:
         return [round(float(m), 4) for m in mean], [round(float(max(s, 1e-6)), 4) for s in np.sqrt(var)]
 
 
-def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, store: str = "source",
+def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, storage: dict[str, str],
               **options) -> Manifest:
     """A whole set in `folder`: every split's shards and indexes (write_shards), then the manifest, written last
     and returned."""
-    infos, stats = write_shards(pool, splits, spec, folder, store=store, **options)
-    manifest = manifest_from(infos, stats, spec, store)
+    infos, stats = write_shards(pool, splits, spec, folder, storage=storage, **options)
+    manifest = manifest_from(infos, stats, spec, storage)
     (folder / MANIFEST).write_text(manifest.to_json())
     return manifest
 
 
 def write_shards(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, shard_size: int,
-                 max_count: int | None, resize_masks: bool, progress: bool, store: str = "source",
+                 max_count: int | None, resize_masks: bool, progress: bool, storage: dict[str, str],
                  part: tuple[int, int] | None = None) -> tuple[dict[str, SplitInfo], Stats]:
     """Every split's shards and indexes in `folder`, the pairs in the order given (sources.in_shard_order), and the
     statistics gathered on the way. Samples that fail their checks are collected and reported together, before
@@ -114,7 +114,7 @@ def write_shards(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Pa
     total = sum(len(p) for p in splits.values())
     bar = tqdm(total=total, unit="sample", desc="sharding", disable=not progress)
     for split, pairs in splits.items():
-        jobs = [(p, spec, resize_masks, store) for p in pairs]
+        jobs = [(p, spec, resize_masks, storage) for p in pairs]
         results = pool.imap(encode_job, jobs, chunksize=4)  # one ordered stream per split: no stall at shard edges
         shards = []
         for number, chunk in enumerate(plan_shards(pairs, shard_size, max_count)):
@@ -138,7 +138,7 @@ def write_shards(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Pa
     return infos, stats
 
 
-def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, store: str = "source") -> Manifest:
+def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, storage: dict[str, str]) -> Manifest:
     """The manifest of a set: its splits and shards, and the classes and statistics from the gathered counts."""
     present = sum(stats.class_hist.values()) if stats.class_hist else np.zeros(256, np.int64)
     classes = spec.classes(present)
@@ -148,7 +148,7 @@ def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, sto
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
-        storage={"image": store, "mask": "raw" if store == "raw" else "fast-png"},
+        storage=dict(storage),
     )
 
 
