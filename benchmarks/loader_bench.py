@@ -153,6 +153,9 @@ def child(args) -> None:
         from fastseg.format import open_set
         from fastseg.loading import check_shards
 
+        if manifest.storage.get("image") == "raw" or manifest.storage.get("mask") == "raw":
+            raise SystemExit("the webdataset peer decodes image and mask files: give --shards a set written with "
+                             "--store source or fast-png (add --stores for fastseg's loaders on raw sets)")
         urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
         peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
         loader = WebdatasetEpochs(peer, mean, std, recipe, device)
@@ -221,9 +224,7 @@ def report(result: dict, json_path: Path | None) -> None:
         lines.append(f"| decode-bound limit ({run['limit_cores']} × single-core Pillow) | {run['workers']} | "
                      f"{run['decode_limit_samples_per_s']:.1f} | | | | 100% | | | |")
     if "peers" in result:
-        work = {"fastseg-shard": "decodes and checks every image and mask, converts masks to class ids (PNG), "
-                                 "takes mean/std and class counts, writes tars + DALI indexes + manifest",
-                "litdata": "optimize(): JPEG bytes kept; PNG images and masks stored as raw pixels",
+        work = {"litdata": "optimize(): JPEG bytes kept; PNG images and masks stored as raw pixels",
                 "mosaic": "MDSWriter (one process): JPEG bytes kept (PNG images re-encoded as PNG), masks re-encoded "
                           "as PNG"}
         lines += ["", "Conversion of the train split's source files, each tool with its own writer:", "",
@@ -233,14 +234,27 @@ def report(result: dict, json_path: Path | None) -> None:
             if "error" in c:
                 lines.append(f"| {tool} | | error: {c['error']} | | | | |")
                 continue
+            what = work.get(tool) or ("decodes and checks every image and mask, converts masks to class ids, takes "
+                                      "mean/std and class counts, writes tars + DALI indexes + manifest; stores "
+                                      "images {image}, masks {mask}".format(**c["storage"]))
             lines.append(f"| {tool} | {c['processes']} | {c['seconds']:.1f} | {c['samples_per_s']:.1f} | "
-                         f"{c['bytes_on_disk'] / 1e6:.1f} MB | {c['peak_memory_mb']:.0f} MB | {work[tool]} |")
+                         f"{c['bytes_on_disk'] / 1e6:.1f} MB | {c['peak_memory_mb']:.0f} MB | {what} |")
     title = (f"Loader benchmark: {result['dataset']}, {result['device_kind']}, augment {result['augment']}, batch "
              f"{result['batch_size']}, output {result['size']}, median of {result['rounds']} rounds of at least "
              f"{result['min_seconds']} s after a warm-up epoch")
     publish(lines, json_path, result, title)
     if json_path:
         chart(result, json_path.with_suffix(".png"))
+
+
+def variant(name: str) -> tuple[str, str]:
+    """(line style, bar hatch) of a loader's variant: from a bucket "(s3)", or on a set of another storage
+    "[STORE]"; the plain loader is solid."""
+    if name.endswith("(s3)"):
+        return "--", "//"
+    if name.endswith("]"):
+        return ":", {"[raw]": "xx", "[auto]": "..", "[fast-png]": "\\\\"}.get(name[name.index("["):], "++")
+    return "-", ""
 
 
 def chart(result: dict, path: Path) -> None:
@@ -258,8 +272,7 @@ def chart(result: dict, path: Path) -> None:
         for name in names:
             points = [(run["workers"], run["loaders"][name]["samples_per_s"]) for run in result["runs"]
                       if "samples_per_s" in run["loaders"].get(name, {})]
-            ax.plot(*zip(*points), marker="o", label=name, color=color[name],
-                    linestyle="--" if name.endswith("(s3)") else "-")
+            ax.plot(*zip(*points), marker="o", label=name, color=color[name], linestyle=variant(name)[0])
         ax.plot(workers, [run["decode_limit_samples_per_s"] for run in result["runs"]], linestyle="--",
                 color="black", linewidth=1, label="decode-bound limit")
         ax.set_xscale("log", base=2)
@@ -270,7 +283,7 @@ def chart(result: dict, path: Path) -> None:
         run = result["runs"][0]
         rates = [run["loaders"][n]["samples_per_s"] for n in names]
         bars = ax.bar(names, rates, color=[color[n] for n in names],
-                      hatch=["//" if n.endswith("(s3)") else "" for n in names])
+                      hatch=[variant(n)[1] for n in names])
         ax.axhline(run["decode_limit_samples_per_s"], color="black", linestyle="--", linewidth=1)
         ax.text(len(names) - 0.5, run["decode_limit_samples_per_s"], " decode-bound limit", va="bottom",
                 ha="right", fontsize=8)
@@ -332,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
     p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=DEFAULT_LOADERS,
                    help="default: the fastseg loaders and vanilla; add webdataset_r1 webdataset_r2 for the peer")
+    p.add_argument("--stores", nargs="+", default=[], metavar="STORE",
+                   help="fastseg-shard --store choices: the train split is also sharded with each (timed beside the "
+                        "peers' conversion) and fastseg's loaders run on each set too, as NAME [STORE]")
     p.add_argument("--peer-python", default=sys.executable,
                    help="the interpreter of the peers' own environment (benchmarks/peers_setup.sh makes one)")
     p.add_argument("--json", type=Path)
@@ -403,10 +419,15 @@ def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, obj
     are written on disk, then copied under PREFIX-peers/ in the same bucket."""
     args.peer_dir = tmp / "peers"
     kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
-    if kinds:
-        result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers))
+    if kinds or args.stores:
+        result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers),
+                                        stores=tuple(args.stores) or ("auto",))
+    stored = [(f"{name} [{store}]", args.peer_dir / f"fastseg-shard-{store}", None) for store in args.stores
+              for name in args.loaders if LOADERS[name][0] in ("torch", "dali")]
+    if stored and is_remote(args.shards):
+        raise SystemExit("--stores compares storages on disk: give --shards a local set")
     if not is_remote(args.shards):
-        return [(name, None, None) for name in args.loaders]
+        return [(name, None, None) for name in args.loaders] + stored
     copy = disk_copy(args.shards, tmp / "disk-copy")
     bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")
     result["shards"] = args.shards

@@ -35,25 +35,29 @@ FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once p
 
 
 # --- the peers' formats written beside fastseg-shard, in one run ----------------------------------------
-def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, workers: int) -> dict:
+def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, workers: int,
+                  stores: tuple[str, ...] = ("auto",)) -> dict:
     """Each peer's own format (peer_dir/KIND) written from the train split's source files by `peer_python`, timed,
     with the process tree's peak memory, beside fastseg-shard making a set from the same files with as many workers
-    (the peers' writers copy bytes; fastseg-shard decodes and checks every image and mask, converts the masks and
-    takes the statistics); and the peers' versions and interpreter. A peer that fails is reported with its error."""
+    for each of `stores` (peer_dir/fastseg-shard-STORE; the peers' writers copy bytes; fastseg-shard decodes and
+    checks every image and mask, converts the masks and takes the statistics); and the peers' versions and
+    interpreter. A peer that fails is reported with its error."""
     here = Path(__file__).resolve().parent
     peers_py = str(here / "peers.py")
-    found = {"versions": run_child([peers_py, "versions"], python=peer_python)[0], "conversion": {}}
+    found = {"versions": run_child([peers_py, "versions"], python=peer_python)[0] if kinds else {}, "conversion": {}}
     source = peer_dir / "source"  # the train split's files, linked into the images/ + masks/ layout
     for image, mask in train_pairs(shards):
         for kind, path in (("images", Path(image)), ("masks", Path(mask))):
             (source / kind).mkdir(parents=True, exist_ok=True)
             (source / kind / path.name).symlink_to(path.resolve())
-    figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source),
-                                     str(peer_dir / "fastseg-shard"), "--workers", str(workers)])
-    figures.update(samples_per_s=round(figures["samples"] / figures["seconds"], 2), processes=workers,
-                   peak_memory_mb=round(monitor.peak_rss / 1e6, 1), seconds=round(figures["seconds"], 3),
-                   bytes_on_disk=sum(p.stat().st_size for p in (peer_dir / "fastseg-shard").iterdir()))
-    found["conversion"]["fastseg-shard"] = figures
+    for store in stores:
+        out = peer_dir / f"fastseg-shard-{store}"
+        figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source), str(out),
+                                         "--workers", str(workers), "--store", store])
+        figures.update(samples_per_s=round(figures["samples"] / figures["seconds"], 2), processes=workers,
+                       peak_memory_mb=round(monitor.peak_rss / 1e6, 1), seconds=round(figures["seconds"], 3),
+                       bytes_on_disk=sum(p.stat().st_size for p in out.iterdir()), folder=str(out))
+        found["conversion"][f"fastseg-shard --store {store}"] = figures
     for kind in kinds:
         try:
             figures, monitor, _ = run_child([peers_py, "convert", kind, "--shards", str(shards), "--out",

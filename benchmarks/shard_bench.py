@@ -21,13 +21,14 @@ from harness import decode_rate, host, publish, run_child
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
-def child(src: Path, out: Path, workers: int) -> None:
+def child(src: Path, out: Path, workers: int, store: str = "auto") -> None:
     from fastseg.shards import ShardOptions, shard
 
     start = time.perf_counter()
-    manifest = shard(src, out, ShardOptions(workers=workers, progress=False, val_fraction=0))
+    manifest = shard(src, out, ShardOptions(workers=workers, progress=False, val_fraction=0, store=store))
     seconds = time.perf_counter() - start
-    print(json.dumps({"seconds": seconds, "samples": sum(s.samples for s in manifest.splits.values())}))
+    print(json.dumps({"seconds": seconds, "samples": sum(s.samples for s in manifest.splits.values()),
+                      "storage": manifest.storage}))
 
 
 def encode_rate(pairs, limit: int = 60) -> float:
@@ -60,9 +61,10 @@ def main() -> int:
     p.add_argument("--json", type=Path, default=Path(__file__).parent / "results/shard_cpu.json")
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed decode round lasts at least this")
     p.add_argument("--child", nargs=2, type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--store", default="auto", help=argparse.SUPPRESS)  # the child's fastseg-shard --store
     args = p.parse_args()
     if args.child:
-        child(*args.child, args.workers)
+        child(*args.child, args.workers, args.store)
         return 0
     from fastseg.shards import find_pairs
 

@@ -306,15 +306,17 @@ def test_parts_written_to_a_bucket_merge_into_the_set_one_machine_writes(bucket_
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_a_raw_set_in_a_bucket_loads_as_on_disk(server, tmp_path, backend):
-    """--store raw from a bucket: the shuffled training split (DALI's feed: parallel ranged GETs) and the
-    validation split (DALI's reader streaming the shards), pixel for pixel the set on disk."""
+@pytest.mark.parametrize("store", ["raw", "auto"])
+def test_a_raw_set_in_a_bucket_loads_as_on_disk(server, tmp_path, backend, store):
+    """--store raw (images and masks as pixels) and auto (raw images, PNG masks) from a bucket: the shuffled
+    training split (DALI's feed: parallel ranged GETs) and the validation split (DALI's reader streaming the
+    shards), pixel for pixel the set on disk."""
     make_dataset(tmp_path / "png/train", count=6, size=(40, 32), image_ext="png", mask="index", classes=3)
     make_dataset(tmp_path / "png/val", count=3, size=(40, 32), image_ext="png", mask="index", classes=3,
                  first_seed=20)
-    url = f"s3://sets/raw-{backend}"
+    url = f"s3://sets/{store}-{backend}"
     for out in (tmp_path / "disk", url):
-        assert run_cli("fastseg-shard", shard_main, [str(tmp_path / "png"), str(out), "--store", "raw",
+        assert run_cli("fastseg-shard", shard_main, [str(tmp_path / "png"), str(out), "--store", store,
                                                      "--workers", "1", "--quiet"]) == 0
     for split in ("train", "val"):
         remote, disk = (list(make_loader(s, split=split, backend=backend, batch_size=3, augment="none",

@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 
 import numpy as np
@@ -532,6 +533,51 @@ def test_fast_png_storage_keeps_every_pixel_and_says_so(tmp_path):
     del raw["storage"]
     (tmp_path / "source/manifest.json").write_text(json.dumps(raw))
     assert load_manifest(tmp_path / "source").storage == {"image": "source", "mask": "fast-png"}
+
+
+def test_auto_storage_keeps_jpeg_sets_as_they_are_and_lossless_images_as_pixels(tmp_path, capsys):
+    from fastseg.cli import run_cli
+    from fastseg.cli.shard import main as shard_main
+    from fastseg.format import MASK_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT
+    from fastseg.loading import make_loader
+
+    src = make_dataset(tmp_path / "png", count=5, size=(40, 32), image_ext="png", mask="index", classes=3)
+    save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
+    manifest = shard(src, tmp_path / "auto", ShardOptions(val_fraction=0, **QUIET))  # auto: the default
+    assert manifest.storage == {"image": "raw", "mask": "fast-png"}
+    for key, sample in read_back(tmp_path / "auto").items():  # raw images, PNG masks, the size beside them
+        assert {RAW_IMAGE_EXT, MASK_EXT, RAW_SIZE_EXT} <= set(sample) and RAW_MASK_EXT not in sample
+        np.testing.assert_array_equal(pixels_of(sample, "image"),
+                                      np.asarray(Image.open(src / "images" / f"{key}.png").convert("RGB")))
+        np.testing.assert_array_equal(decode(sample[MASK_EXT]), np.asarray(Image.open(src / "masks" / f"{key}.png")))
+    shard(src, tmp_path / "source", ShardOptions(val_fraction=0, store="source", **QUIET))
+    for backend in ("dali", "torch"):  # what a loader returns does not depend on the storage, shuffled or not
+        for options in ({"augment": "none", "shuffle": False}, {"augment": "flip", "shuffle": True, "seed": 3}):
+            auto, plain = (next(iter(make_loader(tmp_path / name, backend=backend, batch_size=5, workers=0,
+                                                 return_keys=True, **options)))
+                           for name in ("auto", "source"))
+            assert auto["key"] == plain["key"] and torch.equal(auto["mask"], plain["mask"])
+            torch.testing.assert_close(auto["image"], plain["image"], rtol=0, atol=1e-5)
+    assert verify(tmp_path / "auto", progress=False) == []
+    # a sample whose PNG mask went missing is named by --verify, not read as if it were raw
+    (tmp_path / "cut").mkdir()
+    with tarfile.open(tmp_path / "auto/train-000000.tar") as whole, \
+            tarfile.open(tmp_path / "cut/train-000000.tar", "w", format=tarfile.USTAR_FORMAT) as cut:
+        for member in whole.getmembers():
+            if member.name != f"s001.{MASK_EXT}":
+                cut.addfile(member, whole.extractfile(member))
+    (tmp_path / "auto/train-000000.tar").write_bytes((tmp_path / "cut/train-000000.tar").read_bytes())
+    assert any("s001: incomplete sample" in p for p in verify(tmp_path / "auto", progress=False))
+    # a JPEG set keeps its bytes; JPEG data behind a .png name is refused with the fix, nothing written
+    jpeg = make_dataset(tmp_path / "jpeg", count=3, size=(40, 32), image_ext="jpg")
+    assert shard(jpeg, tmp_path / "jpeg-out", ShardOptions(val_fraction=0, **QUIET)).storage == {
+        "image": "source", "mask": "fast-png"}
+    assert read_back(tmp_path / "jpeg-out")["s000"]["image.jpg"] == (jpeg / "images/s000.jpg").read_bytes()
+    (src / "images/s001.png").write_bytes((jpeg / "images/s001.jpg").read_bytes())
+    assert run_cli("fastseg-shard", shard_main, [str(src), str(tmp_path / "nope"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert "s001.png: JPEG data in a file not named .jpg" in err and "rename the file .jpg" in err
+    assert not (tmp_path / "nope").exists()
 
 
 def test_raw_storage_loads_every_pixel_without_a_decode_and_verify_checks_sizes(tmp_path, capsys):
