@@ -4,9 +4,10 @@
 
 Each stage is the loader's own pipeline cut after it (its public `stop_after` option: reader → decode → + augment
 (crop: the crop/flip resize; flip: the mask flip, and a resize only where the output size differs; mmseg: the
-window resize, flip and colour steps), timed alone,
-then the whole pipeline (+ normalize, which mirrors the image in flip mode, and the int64 mask cast); then the
-loader's per-batch hand-off to torch tensors is timed on its own.
+window resize, flip and colour steps) → + normalize (the image to float32, mirrored in flip mode; masks still
+uint8), timed alone, then the whole pipeline (+ the int64 mask widening); then the loader's per-batch hand-off to
+torch tensors is timed on its own. Each stage's cost per sample is the difference of the wall times per sample
+(with every thread of the pipeline working), so the costs add up to the whole pipeline's.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from harness import host, publish
 
-STAGES = ("read", "decode", "augment", "normalize")  # normalize: the whole pipeline, nothing cut
+STAGES = ("read", "decode", "augment", "normalize", "widen")  # widen: the whole pipeline, nothing cut
 
 
 def rate(run, batches: int, batch_size: int) -> float:
@@ -57,7 +58,7 @@ def main() -> int:
     from fastseg.loading.dali import build_pipeline
 
     for stage in STAGES:
-        pipe = build_pipeline(plan, stop_after=None if stage == "normalize" else stage)
+        pipe = build_pipeline(plan, stop_after=None if stage == "widen" else stage)
         result["stages_samples_per_s"][stage] = round(rate(pipe.run, args.batches, args.batch_size), 1)
         del pipe
     outputs = loader.pipe.run()
@@ -83,9 +84,17 @@ def main() -> int:
                   reverse=True)
     result["loader_thread_cores"] = [round(b, 3) for b in busy if b >= 0.005]
     result["loader_cores"] = round(sum(busy), 3)
-    rows = ["| pipeline cut after | samples/s |", "|---|---:|"]
-    rows += [f"| {s} | {r:.1f} |" for s, r in result["stages_samples_per_s"].items()]
-    rows += [f"| whole fastseg loader (incl. hand-off to torch) | {result['loader_samples_per_s']:.1f} |",
+    rates = result["stages_samples_per_s"]
+    walls = [1000 / r for r in rates.values()]
+    result["stage_ms_per_sample"] = {s: round(w - (walls[i - 1] if i else 0.0), 3) for i, (s, w) in
+                                     enumerate(zip(rates, walls))}
+    result["loader_of_decode_cut"] = round(result["loader_samples_per_s"] / rates["decode"], 3)
+    labels = {"widen": "widen (masks to int64: the whole pipeline)"}
+    rows = ["| pipeline cut after | samples/s | this stage's wall ms per sample |", "|---|---:|---:|"]
+    rows += [f"| {labels.get(s, s)} | {r:.1f} | {result['stage_ms_per_sample'][s]:.3f} |" for s, r in rates.items()]
+    rows += [f"| whole fastseg loader (incl. hand-off to torch) | {result['loader_samples_per_s']:.1f} | "
+             f"{1000 / result['loader_samples_per_s'] - walls[-1]:.3f} |", "",
+             f"The whole loader runs at {result['loader_of_decode_cut']:.2f} of the pipeline cut after decode.",
              "", f"Hand-off to torch tensors: {result['to_torch_ms_per_batch']:.2f} ms per batch of {args.batch_size}.",
              "", f"The whole loader kept {result['loader_cores']:.2f} cores busy, by thread (busiest first): "
              + ", ".join(f"{c:.2f}" for c in result["loader_thread_cores"]) + "."]

@@ -247,14 +247,14 @@ def report(result: dict, json_path: Path | None) -> None:
         chart(result, json_path.with_suffix(".png"))
 
 
-def variant(name: str) -> tuple[str, str]:
+def variant(name: str) -> tuple[object, str]:
     """(line style, bar hatch) of a loader's variant: from a bucket "(s3)", or on a set of another storage
     "[STORE]"; the plain loader is solid."""
     if name.endswith("(s3)"):
         return "--", "//"
-    if name.endswith("]"):
-        return ":", {"[raw]": "xx", "[auto]": "..", "[fast-png]": "\\\\"}.get(name[name.index("["):], "++")
-    return "-", ""
+    store = name[name.find("["):] if name.endswith("]") else ""
+    return {"": ("-", ""), "[raw]": ("-.", "xx"), "[auto]": (":", ".."), "[fast-png]": ((0, (5, 1)), "\\\\"),
+            "[source]": ((0, (1, 3)), "++")}.get(store, ((0, (3, 1, 1, 1, 1, 1)), "oo"))
 
 
 def chart(result: dict, path: Path) -> None:
@@ -264,7 +264,7 @@ def chart(result: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 3.8), dpi=120)
+    fig, ax = plt.subplots(figsize=(8.0 if len(result["runs"]) > 1 else 6.5, 3.8), dpi=120)
     workers = [run["workers"] for run in result["runs"]]
     names = list(dict.fromkeys(n for run in result["runs"] for n, r in run["loaders"].items() if "samples_per_s" in r))
     color = {n: COLORS[n.split(" ")[0]] for n in names}  # "NAME (s3)": the loader's colour, dashed or hatched
@@ -278,7 +278,7 @@ def chart(result: dict, path: Path) -> None:
         ax.set_xscale("log", base=2)
         ax.set_xticks(workers, [str(w) for w in workers])
         ax.set_xlabel("workers / threads")
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:
         run = result["runs"][0]
         rates = [run["loaders"][n]["samples_per_s"] for n in names]

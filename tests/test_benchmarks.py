@@ -173,6 +173,9 @@ def test_the_stage_benchmarks_run_and_report(tiny, tmp_path):
     dali, _ = bench("dali_stages.py", tmp_path / "dali.json", "--shards", shards, "--threads", "1", "--batch-size",
                     "3", "--batches", "6")
     assert dali["size"] == [48, 64] and dali["loader_samples_per_s"] > 0
+    costs, whole = dali["stage_ms_per_sample"], dali["stages_samples_per_s"]["widen"]  # each stage's share adds up
+    assert list(costs) == ["read", "decode", "augment", "normalize", "widen"]
+    assert sum(costs.values()) == pytest.approx(1000 / whole, abs=0.01)
     stages, _ = bench("torch_stages.py", tmp_path / "torch.json", "--shards", shards, "--workers", "1",
                       "--batch-size", "3", "--seconds", "0.5")
     assert all(ms > 0 for ms in stages["stages_ms_per_sample"].values())

@@ -151,15 +151,15 @@ def _recipe(plan: LoaderPlan, image, mask):
 
 
 def _normalize_into(plan: LoaderPlan, image, mask, size):
-    """Normalized images and int64 masks of exactly `size`, padded at the bottom and right where smaller: the
-    image with 0 after normalization, the mask with ignore."""
+    """Normalized images and (uint8, H×W) masks of exactly `size`, padded at the bottom and right where smaller:
+    the image with 0 after normalization, the mask with ignore."""
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0,
                                      out_of_bounds_policy="pad", fill_values=0.0, mean=mean, std=std,
                                      dtype=types.FLOAT, output_layout="HWC" if plan.config.channels_last else "CHW")
     mask = fn.crop(mask, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0, out_of_bounds_policy="pad",
                    fill_values=IGNORE_INDEX)
-    return image, fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)
+    return image, fn.squeeze(mask, axis_names="C")
 
 
 def _for_scoring(plan: LoaderPlan, image, mask):
@@ -267,8 +267,9 @@ def _reshaped(pixels, size, channels: int):
 @pipeline_def
 def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None,
                           feed: ShuffledFeed | None = None):
-    """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment") cuts it after that stage, with
-    everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py times the real thing."""
+    """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment", "normalize": before the masks are
+    widened to int64) cuts it after that stage, with everything else unchanged (executor, checkpointing), so that
+    benchmarks/dali_stages.py times the real thing."""
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
@@ -283,7 +284,8 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
         mask = mask.gpu() if gpu else mask
         if stop_after == "augment":
             return image, mask
-        return (*_normalize_into(plan, image, mask, plan.config.size), *meta)
+        image, mask = _normalize_into(plan, image, mask, plan.config.size)
+        return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *meta)
     if gpu:
         mask = mask.gpu()
     # one coin per sample (and axis) drives image and mask alike
@@ -305,8 +307,10 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
                                      output_layout="HWC" if plan.config.channels_last else "CHW")
-    mask = fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64)  # widened here, by DALI's threads
-    return image, mask, *meta
+    mask = fn.squeeze(mask, axis_names="C")
+    if stop_after == "normalize":
+        return image, mask
+    return image, fn.cast(mask, dtype=types.INT64), *meta  # widened here, by DALI's threads
 
 
 def find_undecodable(plan: LoaderPlan, samples: list[int]) -> tuple[str, str, str] | None:
