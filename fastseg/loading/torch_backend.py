@@ -47,8 +47,8 @@ class ShardSamples(SampleTable, Dataset):
         stored = self.plan.stored
         try:
             size = self.read(path, members[stored.size]) if stored.size else None
-            image = pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
-            mask = pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+            image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
+            mask = member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
         except FastsegError:
             raise
         except Exception as err:
@@ -140,7 +140,7 @@ def zero_padding(images: torch.Tensor, sizes) -> None:
         image[:, :, width:] = 0
 
 
-def pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
+def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
     """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
     arrays, never decoded; an encoded one decoded (an image to RGB)."""
     if size:
