@@ -545,6 +545,7 @@ def test_auto_storage_keeps_jpeg_sets_as_they_are_and_lossless_images_as_pixels(
     save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
     manifest = shard(src, tmp_path / "auto", ShardOptions(val_fraction=0, **QUIET))  # auto: the default
     assert manifest.storage == {"image": "raw", "mask": "fast-png"}
+    assert "MB (images raw, masks fast-png)" in capsys.readouterr().out  # the summary says what auto chose
     for key, sample in read_back(tmp_path / "auto").items():  # raw images, PNG masks, the size beside them
         assert {RAW_IMAGE_EXT, MASK_EXT, RAW_SIZE_EXT} <= set(sample) and RAW_MASK_EXT not in sample
         np.testing.assert_array_equal(pixels_of(sample, "image"),

@@ -54,6 +54,7 @@ def _summary(manifest: Manifest, out: Path, seconds: float) -> None:
     samples = sum(s.samples for s in manifest.splits.values())
     nbytes = sum(sh.bytes for s in manifest.splits.values() for sh in s.shards)
     per_split = ", ".join(f"{name} {s.samples} in {len(s.shards)} shard(s)" for name, s in manifest.splits.items())
-    print(f"wrote {out}: {per_split}; {nbytes / 1e6:.1f} MB; {manifest.num_classes} classes "
+    stored = f"images {manifest.storage['image']}, masks {manifest.storage['mask']}"
+    print(f"wrote {out}: {per_split}; {nbytes / 1e6:.1f} MB ({stored}); {manifest.num_classes} classes "
           f"({', '.join(c.name for c in manifest.classes[:12])}{' …' if manifest.num_classes > 12 else ''}); "
           f"{seconds:.1f} s, {samples / max(seconds, 1e-9):.1f} samples/s")
