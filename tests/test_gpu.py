@@ -79,3 +79,19 @@ def test_fastseg_train_on_the_gpu_with_its_fast_defaults(jpeg_shards, tmp_path):
     assert all(0 <= e["data_stall"] <= 1 for e in throughput["per_epoch"])
     if throughput["peak_flops"]:  # a GPU whose peak is known (H100, H200, A100, ...): unrounded, so never 0.0
         assert 0 < throughput["mfu"] < 1
+
+
+@pytest.mark.parametrize("store", ["auto", "raw"])
+def test_raw_images_go_to_the_gpu_undecoded_and_load_as_on_the_cpu(tmp_path, store):
+    """A PNG set stored as pixels (auto: raw images, PNG masks; raw: both): the GPU pipeline reshapes each image
+    and moves it to the device, no decode, and its batches equal the torch loader's on the CPU."""
+    make_dataset(tmp_path / "data", count=6, size=(64, 48), image_ext="png", mask="index", classes=3)
+    shard(tmp_path / "data", tmp_path / "shards", ShardOptions(val_fraction=0, progress=False, workers=2, store=store))
+    options = {"batch_size": 3, "augment": "none", "shuffle": False, "return_keys": True, "workers": 2}
+    gpu = list(make_loader(tmp_path / "shards", backend="dali", device="cuda", **options))
+    cpu = list(make_loader(tmp_path / "shards", backend="torch", device="cpu", **options))
+    assert len(gpu) == len(cpu) == 2
+    for a, b in zip(gpu, cpu):
+        assert a["image"].is_cuda and a["mask"].is_cuda and a["key"] == b["key"]
+        assert torch.equal(a["mask"].cpu(), b["mask"])
+        torch.testing.assert_close(a["image"].cpu(), b["image"], rtol=0, atol=1e-4)  # normalized on either side

@@ -81,20 +81,25 @@ def evaluate(checkpoint: Path, shards: Path, out: Path, *flags) -> dict:
     return json.loads((out / "metrics.json").read_text())
 
 
-@pytest.mark.parametrize("backend", ["torch", "dali"])
-def test_loaders_hand_over_the_original_masks_beside_resized_images(mixed, backend):
+@pytest.mark.parametrize("backend, device", [("torch", "cpu"), ("dali", "cpu"),
+                                             pytest.param("dali", "cuda", marks=pytest.mark.cuda)])
+def test_loaders_hand_over_the_original_masks_beside_resized_images(mixed, backend, device):
+    """The set's PNG images are stored raw (--store auto): on a GPU, DALI sends them there after a reshape and
+    resizes them there, beside the original masks."""
     val, shards, _ = mixed
     loader = make_loader(shards, split="val", backend=backend, batch_size=3, size=(30, 30), keep_ratio=True,
-                         original_labels=True, workers=1, device="cpu", return_keys=True)
+                         original_labels=True, workers=1, device=device, return_keys=True)
     seen = 0
     for batch in loader:
+        assert batch["image"].device.type == device
+        images, masks = batch["image"].cpu(), batch["mask"].cpu()
         for i, (height, width, rows, cols) in enumerate(batch["sizes"][:batch["real"]]):
             label = np.asarray(Image.open(val / "masks" / f"{batch['key'][i]}.png"))
             assert (rows, cols) == label.shape and (height, width) == keep_ratio_size(rows, cols, (30, 30))
-            assert (batch["mask"][i, :rows, :cols].numpy() == label).all()  # pixel for pixel, unresized
-            assert (batch["mask"][i, rows:] == 255).all() and (batch["mask"][i, :, cols:] == 255).all()
-            assert (batch["image"][i, :, height:] == 0).all() and (batch["image"][i, :, :, width:] == 0).all()
-            assert batch["image"][i, :, :height, :width].abs().sum() > 0
+            assert (masks[i, :rows, :cols].numpy() == label).all()  # pixel for pixel, unresized
+            assert (masks[i, rows:] == 255).all() and (masks[i, :, cols:] == 255).all()
+            assert (images[i, :, height:] == 0).all() and (images[i, :, :, width:] == 0).all()
+            assert images[i, :, :height, :width].abs().sum() > 0
             seen += 1
     assert seen == 5
 
