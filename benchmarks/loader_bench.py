@@ -419,13 +419,13 @@ def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, obj
     are written on disk, then copied under PREFIX-peers/ in the same bucket."""
     args.peer_dir = tmp / "peers"
     kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
+    stored = [(f"{name} [{store}]", args.peer_dir / f"fastseg-shard-{store}", None) for store in args.stores
+              for name in args.loaders if LOADERS[name][0] in ("torch", "dali")]
+    if stored and is_remote(args.shards):  # before any conversion runs
+        raise SystemExit("--stores compares storages on disk: give --shards a local set")
     if kinds or args.stores:
         result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers),
                                         stores=tuple(args.stores) or ("auto",))
-    stored = [(f"{name} [{store}]", args.peer_dir / f"fastseg-shard-{store}", None) for store in args.stores
-              for name in args.loaders if LOADERS[name][0] in ("torch", "dali")]
-    if stored and is_remote(args.shards):
-        raise SystemExit("--stores compares storages on disk: give --shards a local set")
     if not is_remote(args.shards):
         return [(name, None, None) for name in args.loaders] + stored
     copy = disk_copy(args.shards, tmp / "disk-copy")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ class LoaderPlan:
     def samples(self) -> int:
         return self.manifest.splits[self.split].samples
 
-    @property
+    @cached_property
     def stored(self) -> SampleMembers:
         """The members each sample holds, by the set's storage: raw ones are reshaped, never decoded."""
         return sample_members(self.manifest.storage)

@@ -11,7 +11,6 @@ batch can be saved and restored (EpochLoader.state()).
 """
 from __future__ import annotations
 
-import io
 import json
 import re
 import warnings
@@ -20,15 +19,14 @@ from functools import partial
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, MASK_EXT, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT,
-                      raw_pixels)
+from ..format import IGNORE_INDEX, META_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT
 from ..processes import note_native_threads
 from . import recipe
 from .contract import EpochLoader, LoaderPlan
 from .members import SampleTable
+from .torch_backend import member_pixels
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
 # held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
@@ -198,6 +196,7 @@ class ShuffledFeed(SampleTable):
 
     def __init__(self, plan: LoaderPlan, start: int = 0):
         super().__init__(plan)
+        self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
         remote = bool(self.aws)
@@ -205,7 +204,7 @@ class ShuffledFeed(SampleTable):
 
     def _members(self, index: int) -> list[np.ndarray]:
         path, _, members = self.members[index]
-        names = member_names(self.plan)
+        names = list(self._names)
         names[0] = self.plan.stored.image_in(members)  # the one of the image's alternatives this sample holds
         return [np.frombuffer(self.read(path, members[name]), RAW_SIZE_DTYPE if name == RAW_SIZE_EXT else np.uint8)
                 for name in names]
@@ -314,18 +313,18 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
 
 
 def find_undecodable(plan: LoaderPlan, samples: list[int]) -> tuple[str, str, str] | None:
-    """(shard, key, error) of the first of `samples` (split numbers) whose image or mask Pillow cannot decode.
-    DALI's decoder does not say which sample failed; this reads the ones it was reading, member by member."""
-    table = SampleTable(plan)
+    """(shard, key, error) of the first of `samples` (split numbers) whose image or mask does not decode (or, raw,
+    does not fit its size), read member by member as the torch loader reads them: DALI's decoder does not say which
+    sample failed."""
+    table, stored = SampleTable(plan), plan.stored
     for number in samples:
         shard, key, members = table.members[number]
-        for ext, span in members.items():
+        for ext, channels, raw in ((stored.image_in(members), 3, stored.raw_image), (stored.mask, 1, stored.raw_mask)):
+            if ext not in members:
+                continue
             try:
-                if ext in (RAW_IMAGE_EXT, RAW_MASK_EXT):
-                    raw_pixels(table.read(shard, span), table.read(shard, members[RAW_SIZE_EXT]),
-                               3 if ext == RAW_IMAGE_EXT else 1)
-                elif ext.startswith("image.") or ext == MASK_EXT:
-                    Image.open(io.BytesIO(table.read(shard, span))).load()
+                size = table.read(shard, members[stored.size]) if raw else None
+                member_pixels(table.read(shard, members[ext]), size, channels)
             except Exception as err:  # Pillow raises several types for corrupt data
                 return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
     return None

@@ -44,8 +44,8 @@ class Encoded:
 # benchmarks/results/store_camvid_*). Masks are stored the fast way (zlib level 1: label maps compress well) unless
 # raw. "raw" stores images and masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of
 # lossless images only (a JPEG would grow tenfold). "auto", the default: JPEG sets as "source"; sets with no JPEG
-# file, raw images and fast-png masks (CamVid, 2 workers: see benchmarks/results/store_camvid_auto_cpu.md; raw masks
-# would put the set above LitData's raw pixels on disk for a few per cent of speed).
+# file, raw images and fast-png masks (CamVid, 2 workers: benchmarks/results/peers_camvid_stores_cpu.md; raw masks
+# would add 10% to dali_cpu's rate for 31% more disk, above LitData's raw pixels).
 STORES = ("auto", "source", "fast-png", "raw")
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
