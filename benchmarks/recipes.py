@@ -14,17 +14,17 @@ def mmseg_sample(image, mask, rng, size, base, ratio_range, cat_max_ratio, photo
     and the crop's (rows, columns)."""
     from PIL import Image
 
-    from fastseg.loading import recipe
+    from fastseg.loading import draws, recipe
 
     resized = recipe.resized_size(image.size[1], image.size[0], base, rng.uniform(*ratio_range))
     image = np.asarray(image.resize(resized[::-1], Image.BILINEAR, reducing_gap=None))
     mask = np.asarray(mask.resize(resized[::-1], Image.NEAREST))
-    top, left = recipe.pick_crop(mask, size, rng.uniform(size=(recipe.DRAWS, 2)), cat_max_ratio)
+    top, left = recipe.pick_crop(mask, size, rng.uniform(size=(draws.DRAWS, 2)), cat_max_ratio)
     image, mask = image[top:top + size[0], left:left + size[1]], mask[top:top + size[0], left:left + size[1]]
     if rng.uniform() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
     if photometric:
-        image = recipe.photometric(image, recipe.photometric_draws(rng))
+        image = recipe.photometric(image, draws.photometric_draws(rng))
     rows, cols = mask.shape
     padded, labels = np.zeros((*size, 3), np.uint8), np.full(size, 255, np.uint8)
     padded[:rows, :cols], labels[:rows, :cols] = image, mask

@@ -105,6 +105,60 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
     assert flips > 0  # the flips that the agreement check covers did happen
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("augment,size", [("flip", None), ("crop", (32, 40)), ("mmseg", (32, 40))])
+def test_one_seed_draws_the_same_samples_through_both_loaders(augment, size, device, png_shards):
+    """The draws are made once (loading/draws.py) and both backends only execute them: with the same seed, in the
+    same epoch, DALI and the torch loader flip the same samples and cut the same windows (and colour them alike);
+    pixels differ only by how each resamples. Another seed draws otherwise, so this check can fail."""
+    def samples(backend, seed):
+        loader = make_loader(png_shards, backend=backend, batch_size=4, size=size, augment=augment, vflip=True,
+                             seed=seed, return_keys=True, workers=INLINE, device=device)
+        found = {}
+        for number in range(2):
+            for batch in loader:
+                real = batch["real"]
+                for key, image, mask in zip(batch["key"][:real], batch["image"][:real].cpu(), batch["mask"][:real].cpu()):
+                    found[number, key] = image * 50, mask  # images back to ~0..255 units (std is about 50 here)
+        return found
+
+    dali, torch_loader = samples("dali", 5), samples("torch", 5)
+    assert dali.keys() == torch_loader.keys() and len(dali) == 20
+    for where, (image, mask) in dali.items():
+        other_image, other_mask = torch_loader[where]
+        diff = (image - other_image).abs()
+        if augment == "crop":  # DALI's and Pillow's resampling of the same window
+            assert (mask == other_mask).float().mean() > 0.97, where  # 0.996 at least here; another window: 0.13
+            assert diff.mean() < 2.0, where  # 0.32 at most here; another window: 11 and more
+        else:  # flip: no resampling; mmseg: one geometry (recipe.py), OpenCV on the CPU, DALI's operators on a GPU
+            assert torch.equal(mask, other_mask), where
+            assert diff.mean() < (1e-3 if device == "cpu" else 2.0), where
+    reseeded = samples("torch", 6)
+    assert sum(not torch.equal(mask, reseeded[where][1]) for where, (_, mask) in torch_loader.items()) >= 8
+
+
+def test_the_draws_are_a_function_of_seed_epoch_and_sample_alone():
+    from fastseg.loading import LoaderConfig, draws
+
+    crop = LoaderConfig(augment="crop", scale=(0.25, 0.5), vflip=True, seed=2)
+    first = draws.sample_draws(crop, 3, 7)
+    assert np.array_equal(first, draws.sample_draws(crop, 3, 7))  # made again anywhere: the same numbers
+    for epoch, sample, seed in ((4, 7, 2), (3, 8, 2), (3, 7, 3)):
+        assert not np.array_equal(first, draws.sample_draws(LoaderConfig.build(crop, seed=seed), epoch, sample))
+    windows = np.array([draws.sample_draws(crop, 0, n) for n in range(400)])
+    top, left, bottom, right = windows[:, draws.WINDOW].T
+    assert (top >= 0).all() and (left >= 0).all() and (bottom <= 1 + 1e-6).all() and (right <= 1 + 1e-6).all()
+    area = (bottom - top) * (right - left)
+    assert area.min() > 0.2 and area.max() < 0.5 + 1e-6  # the scale range (clipped to the image where very long)
+    assert 0.4 < windows[:, draws.HFLIP].mean() < 0.6 and 0.4 < windows[:, draws.VFLIP].mean() < 0.6
+    both = next(w for w in windows if w[draws.HFLIP] and w[draws.VFLIP])
+    assert np.allclose(draws.roi(both), both[[4, 5, 2, 3]])  # start and end swapped along each flipped axis
+    flips_only = LoaderConfig(augment="flip")
+    assert not any(draws.sample_draws(flips_only, 0, n)[draws.VFLIP] for n in range(50))  # vflip off: never
+    assert draws.sample_draws(LoaderConfig(augment="none"), 0, 0) is None
+    assert draws.sample_draws(LoaderConfig(augment="none", original_labels=True), 0, 0) is None
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_augmentation_flips_and_crops_with_different_draws(backend, png_shards):
     loader = make_loader(png_shards, backend=backend, batch_size=10, size=(40, 48), augment="crop", seed=3,

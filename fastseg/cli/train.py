@@ -220,7 +220,7 @@ def resolve(args) -> RunConfig:
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
         resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
         log_batch_keys=args.log_batch_keys,
-        scoring=scoring_from(args).with_default_size(loader.base_size if loader.augment == "mmseg" else None),
+        scoring=scoring_from(args).with_default_size(loader.evaluation_scale),
     )
 
 

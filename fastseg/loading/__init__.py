@@ -1,12 +1,15 @@
-"""Shard sets → batches: one contract (contract.py) over two backends, DALI and a torch DataLoader, with every
-option in one LoaderConfig (config.py)."""
+"""Shard sets → batches: one contract (contract.py) and one sample layer (members.py: a member's bytes and pixels;
+draws.py: every random parameter of a sample; recipe.py: what the mmseg recipe's draws mean) under two backends
+that only execute them, DALI and a torch DataLoader, with every option in one LoaderConfig (config.py)."""
+from . import draws, recipe
 from .checks import check_shards
 from .config import AUGMENTS, BACKENDS, LoaderConfig, native_size
 from .datamodule import SegDataModule
+from .draws import draw_crop, sample_draws
 from .make import make_loader
-from .torch_backend import decode_image, draw_crop, member_pixels
+from .members import decode_image, member_pixels
 
 # The DALI pipeline itself (loading.dali: DaliLoader, build_pipeline) is imported where it is used, so that the
 # torch backend works without DALI installed.
 __all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "check_shards", "decode_image", "draw_crop",
-           "make_loader", "member_pixels", "native_size"]
+           "draws", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws"]

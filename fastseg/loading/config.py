@@ -76,6 +76,21 @@ class LoaderConfig:
         if self.original_labels and self.augment not in (None, "none"):
             raise FastsegError(f"original_labels is for scoring: it takes no augmentation (augment={self.augment!r})")
 
+    @property
+    def mode(self) -> str:
+        """What a backend runs per sample: "scoring" (original_labels), else the augmentation (decided)."""
+        return "scoring" if self.original_labels else self.augment
+
+    @property
+    def evaluation_scale(self) -> tuple[int, int] | None:
+        """The scale a model trained with this (decided) config is scored at by default, aspect kept: the mmseg
+        recipe's base size, as MMSegmentation's test pipeline resizes; None: the training size, as trained."""
+        return self.base_size if self.augment == "mmseg" else None
+
+    def scoring_size(self, rows: int, cols: int) -> tuple[int, int]:
+        """original_labels: the (height, width) a rows × cols image is resized to, `size` or its aspect-kept fit."""
+        return keep_ratio_size(rows, cols, self.size) if self.keep_ratio else self.size
+
     @classmethod
     def build(cls, base: LoaderConfig | None = None, **options) -> LoaderConfig:
         """`base` (or the defaults) with `options` replaced; an unknown option is named with the ones there are."""

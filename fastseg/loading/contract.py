@@ -89,6 +89,11 @@ class LoaderPlan:
         own = self.rank_slice(self.rank)
         return np.random.default_rng((self.config.seed, epoch)).permutation(self.samples)[own.start:own.stop].tolist()
 
+    def padded_samples(self, epoch: int) -> list[int]:
+        """epoch_samples padded to whole batches by repeating the last sample: what both backends load, in order."""
+        samples = self.epoch_samples(epoch)
+        return samples + samples[-1:] * (self.batches * self.batch_size - len(samples))
+
     def epoch_length(self, epoch: int) -> int:
         return len(self.rank_slice(self.rank) if self.config.shuffle else self.epoch_slice(epoch))
 

@@ -25,8 +25,8 @@ from ..format import IGNORE_INDEX, META_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT
 from ..processes import note_native_threads
 from . import recipe
 from .contract import EpochLoader, LoaderPlan
+from .draws import COLOUR, flips, roi, sample_draws
 from .members import SampleTable
-from .torch_backend import member_pixels
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
 # held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
@@ -34,7 +34,6 @@ DALI_FLOOR = (2, 4)
 try:
     import nvidia.dali
     from nvidia.dali import fn, pipeline_def, types
-    from nvidia.dali import math as dmath
 except ImportError as err:  # pragma: no cover - depends on the install
     raise FastsegError("NVIDIA DALI is not installed: pip install nvidia-dali-cuda120 (or -cuda130), "
                        "or use the torch backend (--loader torch)") from err
@@ -50,25 +49,7 @@ def check_dali_version(version: str) -> None:
 
 check_dali_version(nvidia.dali.__version__)
 
-__all__ = ["DALI_FLOOR", "DaliLoader", "build_pipeline", "check_dali_version", "find_undecodable",
-           "segmentation_pipeline"]
-
-
-def _crop_window(scale: tuple[float, float], hflip, vflip):
-    """Per sample, the relative ROI corners [y, x] that both image and mask are resampled from: a random crop
-    (area fraction in `scale`, aspect in [3/4, 4/3]) whose start and end swap along an axis to flip it.
-    One window for both tensors is what keeps them paired; there is no second flip to get out of step."""
-    area = fn.random.uniform(range=list(scale))
-    ratio = dmath.exp(fn.random.uniform(range=[float(np.log(3 / 4)), float(np.log(4 / 3))]))
-    width = dmath.min(dmath.sqrt(area * ratio), 1.0)
-    height = dmath.min(dmath.sqrt(area / ratio), 1.0)
-    y0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - height)
-    x0 = fn.random.uniform(range=[0.0, 1.0]) * (1.0 - width)
-    hflip = fn.cast(hflip, dtype=types.FLOAT)
-    vflip = fn.cast(vflip, dtype=types.FLOAT) if vflip is not None else 0.0
-    start = fn.stack(y0 + vflip * height, x0 + hflip * width)
-    end = fn.stack(y0 + height - vflip * height, x0 + width - hflip * width)
-    return dict(roi_start=start, roi_end=end, roi_relative=True)
+__all__ = ["DALI_FLOOR", "DaliLoader", "SampleFeed", "build_pipeline", "check_dali_version", "segmentation_pipeline"]
 
 
 def _resize(image, mask, size, window=None):
@@ -82,27 +63,6 @@ def _resize(image, mask, size, window=None):
                       **(window or {}))
     mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(window or {}))  # no new class values
     return image, mask
-
-
-def _draw(low: float, high: float, identity: float, values=None):
-    """A value drawn per sample (uniform in [low, high], or from `values`) where its coin (p = 0.5) says so, else
-    `identity`: a colour step that may not happen."""
-    coin = fn.cast(fn.random.coin_flip(), dtype=types.FLOAT)
-    value = fn.random.uniform(values=values) if values else fn.random.uniform(range=[low, high])
-    return identity + coin * (value - identity)
-
-
-def _draws(config):
-    """One sample's draws as recipe.sample_draws lays them out, made by DALI's random operators (so a pipeline
-    checkpoint holds them)."""
-    low, high = config.ratio_range
-    ratio = fn.random.uniform(range=[low, high]) if low < high else types.Constant(low, device="cpu")
-    coin = [fn.cast(fn.random.coin_flip(), dtype=types.FLOAT) for _ in range(2)]
-    scalars = fn.stack(ratio, coin[0], coin[1] if config.vflip else coin[1] * 0.0,
-                       _draw(-recipe.BRIGHTNESS, recipe.BRIGHTNESS, 0.0), _draw(*recipe.CONTRAST, 1.0),
-                       _draw(*recipe.SATURATION, 1.0),
-                       _draw(0, 0, 0.0, values=[2.0 * v for v in range(-recipe.HUE, recipe.HUE + 1)]))
-    return fn.cat(scalars, fn.random.uniform(range=[0.0, 1.0], shape=[2 * recipe.DRAWS]))
 
 
 class _RecipeStep:
@@ -124,16 +84,16 @@ class _RecipeStep:
 def _geometry(mask: np.ndarray, draws: np.ndarray, base, crop, cat_max_ratio):
     """recipe.crop_geometry and the colour transform, for the GPU path: the mask's crop, the image's window, [M|t]."""
     labels, window = recipe.crop_geometry(mask[..., 0], draws, base, crop, cat_max_ratio)
-    return labels[..., None], np.array(window, np.float32), recipe.colour_transform(draws[recipe.COLOUR])
+    return labels[..., None], np.array(window, np.float32), recipe.colour_transform(draws[COLOUR])
 
 
-def _recipe(plan: LoaderPlan, image, mask):
-    """augment="mmseg" (recipe.py), by MMSegmentation's rule (cat_max_ratio tested on the resized mask) from draws
-    made by DALI's random operators. On the CPU, recipe.transform itself runs inside the graph (OpenCV: DALI's CPU
-    resize and hsv take 4 and 7 ms a 512×512 crop, OpenCV 0.5 and 0.2); on a GPU a small Python step finds the
-    mask's crop, the image's window and the colour transform, and DALI's GPU resize and coord_transform apply them."""
+def _recipe(plan: LoaderPlan, image, mask, draws):
+    """augment="mmseg" (recipe.py), by MMSegmentation's rule (cat_max_ratio tested on the resized mask), from the
+    sample's draws (draws.py, handed over by the feed). On the CPU, recipe.transform itself runs inside the graph
+    (OpenCV: DALI's CPU resize and hsv take 4 and 7 ms a 512×512 crop, OpenCV 0.5 and 0.2); on a GPU a small Python
+    step finds the mask's crop, the image's window and the colour transform, and DALI's GPU resize and
+    coord_transform apply them."""
     config = plan.config
-    draws = _draws(config)
     if plan.device.type != "cuda":
         return fn.python_function(image, mask, draws, function=_RecipeStep(config, config.workers),
                                   batch_processing=True, num_outputs=2, output_layouts=["HWC", "HWC"])
@@ -160,24 +120,13 @@ def _normalize_into(plan: LoaderPlan, image, mask, size):
     return image, fn.squeeze(mask, axis_names="C")
 
 
-def _for_scoring(plan: LoaderPlan, image, mask):
-    """Scoring at the labels' resolution: the image resized to `size` (or to fit it with the aspect kept, the
-    size computed from the decoded mask's shape as keep_ratio_size does), normalized, padded with 0 to the batch's
-    largest; the mask as decoded, padded with ignore; and per sample (image rows, columns, label rows, columns)."""
-    shape = mask.shape()  # on the CPU, where the mask is decoded: the image has the same size (shard contract)
-    rows, cols = fn.cast(shape[0], dtype=types.FLOAT), fn.cast(shape[1], dtype=types.FLOAT)
-    if plan.config.keep_ratio:
-        scale = plan.config.size
-        factor = dmath.min(max(scale) / dmath.max(rows, cols), min(scale) / dmath.min(rows, cols))
-        height, width = dmath.floor(rows * factor + 0.5), dmath.floor(cols * factor + 0.5)
-        image = fn.resize(image, size=fn.stack(height, width), interp_type=types.INTERP_LINEAR, antialias=True,
-                          dtype=types.FLOAT)
-    else:
-        height, width = (types.Constant(float(side), device="cpu") for side in plan.config.size)
-        if not plan.native:
-            image = fn.resize(image, size=list(plan.config.size), interp_type=types.INTERP_LINEAR, antialias=True,
-                              dtype=types.FLOAT)
-    sizes = fn.cast(fn.stack(height, width, rows, cols), dtype=types.INT64)
+def _for_scoring(plan: LoaderPlan, image, mask, sizes):
+    """Scoring at the labels' resolution: the image resized to its scoring size (the feed's `sizes`: image rows,
+    columns, label rows, columns per sample, LoaderConfig.scoring_size), normalized, padded with 0 to the batch's
+    largest; the mask as decoded, padded with ignore; and the sizes."""
+    if plan.config.keep_ratio or not plan.native:
+        image = fn.resize(image, size=fn.cast(sizes[0:2], dtype=types.FLOAT), interp_type=types.INTERP_LINEAR,
+                          antialias=True, dtype=types.FLOAT)
     mean, std = plan.mean_std
     image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT,
                                      output_layout="HWC" if plan.config.channels_last else "CHW")
@@ -187,12 +136,24 @@ def _for_scoring(plan: LoaderPlan, image, mask):
     return image, (mask.gpu() if plan.device.type == "cuda" else mask), sizes
 
 
-class ShuffledFeed(SampleTable):
-    """The encoded members of each batch in the order the contract gives (LoaderPlan.epoch_samples: a new
-    permutation of the whole split every epoch), for fn.external_source: DALI's webdataset reader can only shuffle
-    inside a buffer over the order the shards were written in. Called once per batch, in order, from batch `start`
-    (counted over the epochs) on; a restored pipeline gets a feed that starts where its checkpoint stands. Reads from
-    a bucket go out in parallel."""
+# What the feed hands the graph per sample besides the members, by what the loader runs (LoaderConfig.mode): the
+# draws as the executing operators take them, or the scoring sizes; each as its DALI type
+PARAMETERS = {"flip": types.INT32, "crop": types.FLOAT, "mmseg": types.FLOAT, "scoring": types.INT64}
+
+
+def uses_feed(plan: LoaderPlan) -> bool:
+    """Whether the pipeline reads through the feed: whenever the order is shuffled or a sample has parameters;
+    DALI's own reader only for the plain manifest order (it streams s3:// shards itself)."""
+    return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS
+
+
+class SampleFeed(SampleTable):
+    """The encoded members of each batch in the order the contract gives (LoaderPlan.padded_samples: a new
+    permutation of the whole split every epoch when training), and each sample's parameters (PARAMETERS: the draws
+    of draws.py, or the scoring sizes), for fn.external_source: DALI's webdataset reader can only shuffle inside a
+    buffer over the order the shards were written in, and its random operators would draw other numbers than the
+    torch loader. Called once per batch, in order, from batch `start` (counted over the epochs) on; a restored
+    pipeline gets a feed that starts where its checkpoint stands. Reads from a bucket go out in parallel."""
 
     def __init__(self, plan: LoaderPlan, start: int = 0):
         super().__init__(plan)
@@ -202,22 +163,37 @@ class ShuffledFeed(SampleTable):
         remote = bool(self.aws)
         self._pool = ThreadPoolExecutor(16) if remote else None
 
-    def _members(self, index: int) -> list[np.ndarray]:
-        path, _, members = self.members[index]
+    def _members(self, number: int) -> list[np.ndarray]:
+        path, _, members = self.members[number]
         names = list(self._names)
         names[0] = self.plan.stored.image_in(members)  # the one of the image's alternatives this sample holds
         return [np.frombuffer(self.read(path, members[name]), RAW_SIZE_DTYPE if name == RAW_SIZE_EXT else np.uint8)
                 for name in names]
 
+    def parameters(self, number: int, epoch: int) -> np.ndarray:
+        """Sample `number`'s parameters in `epoch`, as its pipeline's operators take them."""
+        config = self.plan.config
+        if config.mode == "scoring":
+            rows, cols = self.shape(number)
+            return np.array([*config.scoring_size(rows, cols), rows, cols], np.int64)
+        draws = sample_draws(config, epoch, number)
+        if config.mode == "flip":
+            return np.array(flips(draws), np.int32)
+        return roi(draws) if config.mode == "crop" else draws
+
+    def _sample(self, number: int, epoch: int) -> list[np.ndarray]:
+        row = self._members(number)
+        return row + [self.parameters(number, epoch)] if self.plan.config.mode in PARAMETERS else row
+
     def __call__(self):
         epoch, position = divmod(self.batch, self.plan.batches)
         self.batch += 1
         size = self.plan.batch_size
-        if epoch != self._epoch:  # padded to whole batches by repeating the last sample, as the torch loader does
-            samples = self.plan.epoch_samples(epoch)
-            self._epoch, self._padded = epoch, samples + samples[-1:] * (self.plan.batches * size - len(samples))
+        if epoch != self._epoch:
+            self._epoch, self._padded = epoch, self.plan.padded_samples(epoch)
         chosen = self._padded[position * size:(position + 1) * size]
-        rows = list(self._pool.map(self._members, chosen)) if self._pool else [self._members(i) for i in chosen]
+        rows = (list(self._pool.map(partial(self._sample, epoch=epoch), chosen)) if self._pool else
+                [self._sample(number, epoch) for number in chosen])
         return tuple(list(column) for column in zip(*rows))
 
 
@@ -229,13 +205,15 @@ def member_names(plan: LoaderPlan) -> list[str]:
     return names + ([META_EXT] if plan.config.return_keys else [])
 
 
-def _read(plan: LoaderPlan, feed: ShuffledFeed | None):
-    """The stored members of each sample (member_names): from the shuffled feed when training, else from DALI's
-    webdataset reader in manifest order (which streams s3:// shards itself). A raw set's size member is int32."""
+def _read(plan: LoaderPlan, feed: SampleFeed | None):
+    """The stored members of each sample (member_names), and where the feed has them its parameters: from the feed
+    when it is used (uses_feed), else from DALI's webdataset reader in manifest order (which streams s3:// shards
+    itself). A raw set's size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
     if feed is not None:
-        return fn.external_source(source=feed, num_outputs=len(names), batch=True, dtype=dtypes)
+        dtypes += [PARAMETERS[plan.config.mode]] if plan.config.mode in PARAMETERS else []
+        return fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes)
     return fn.readers.webdataset(
         paths=plan.shards, index_paths=[str(p) for p in plan.indexes], ext=names, dtypes=dtypes,
         missing_component_behavior="error", shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
@@ -264,22 +242,25 @@ def _reshaped(pixels, size, channels: int):
 
 
 @pipeline_def
-def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None,
-                          feed: ShuffledFeed | None = None):
-    """The pipeline DaliLoader runs. `stop_after` ("read", "decode", "augment", "normalize": before the masks are
-    widened to int64) cuts it after that stage, with everything else unchanged (executor, checkpointing), so that
-    benchmarks/dali_stages.py times the real thing."""
+def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None, feed: SampleFeed | None = None):
+    """The pipeline DaliLoader runs: it executes each sample's parameters (SampleFeed.parameters) and draws nothing
+    itself. `stop_after` ("read", "decode", "augment", "normalize": before the masks are widened to int64) cuts it
+    after that stage, with everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py
+    times the real thing."""
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    size, meta = (rest[0], rest[1:]) if plan.stored.size else (None, rest)
+    size = rest.pop(0) if plan.stored.size else None
+    meta = [rest.pop(0)] if plan.config.return_keys else []
+    parameters = rest[0] if rest else None
     image, mask = _decode(plan, gpu, image, mask, size)
     if stop_after == "decode":
         return image, mask.gpu() if gpu else mask
-    if plan.config.original_labels:
-        return (*_for_scoring(plan, image, mask), *meta)
-    if plan.config.augment == "mmseg":
-        image, mask = _recipe(plan, image, mask)
+    mode = plan.config.mode
+    if mode == "scoring":
+        return (*_for_scoring(plan, image, mask, parameters), *meta)
+    if mode == "mmseg":
+        image, mask = _recipe(plan, image, mask, parameters)
         mask = mask.gpu() if gpu else mask
         if stop_after == "augment":
             return image, mask
@@ -287,20 +268,18 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
         return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *meta)
     if gpu:
         mask = mask.gpu()
-    # one coin per sample (and axis) drives image and mask alike
-    hflip = fn.random.coin_flip() if plan.config.augment != "none" else None
-    vflip = fn.random.coin_flip() if plan.config.augment != "none" and plan.config.vflip else None
     mirror = 0
-    if plan.config.augment == "crop":
-        image, mask = _resize(image, mask, plan.size, _crop_window(plan.config.scale, hflip, vflip))
+    if mode == "crop":  # the window's edges are swapped along a flipped axis (draws.roi): resampling flips
+        image, mask = _resize(image, mask, plan.size, dict(roi_start=parameters[0:2], roi_end=parameters[2:4],
+                                                           roi_relative=True))
     else:
         if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
             image, mask = _resize(image, mask, plan.size)
-        if hflip is not None:  # the image is mirrored inside crop_mirror_normalize, for free
-            mirror = hflip
-            mask = fn.flip(mask, horizontal=hflip, vertical=vflip if vflip is not None else 0)
-        if vflip is not None:
-            image = fn.flip(image, horizontal=0, vertical=vflip)
+        if mode == "flip":  # the image is mirrored inside crop_mirror_normalize, for free
+            mirror, vflip = parameters[0], parameters[1] if plan.config.vflip else 0
+            mask = fn.flip(mask, horizontal=mirror, vertical=vflip)
+            if plan.config.vflip:
+                image = fn.flip(image, horizontal=0, vertical=vflip)
     if stop_after == "augment":
         return image, mask
     mean, std = plan.mean_std
@@ -312,30 +291,12 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     return image, fn.cast(mask, dtype=types.INT64), *meta  # widened here, by DALI's threads
 
 
-def find_undecodable(plan: LoaderPlan, samples: list[int]) -> tuple[str, str, str] | None:
-    """(shard, key, error) of the first of `samples` (split numbers) whose image or mask does not decode (or, raw,
-    does not fit its size), read member by member as the torch loader reads them: DALI's decoder does not say which
-    sample failed."""
-    table, stored = SampleTable(plan), plan.stored
-    for number in samples:
-        shard, key, members = table.members[number]
-        for ext, channels, raw in ((stored.image_in(members), 3, stored.raw_image), (stored.mask, 1, stored.raw_mask)):
-            if ext not in members:
-                continue
-            try:
-                size = table.read(shard, members[stored.size]) if raw else None
-                member_pixels(table.read(shard, members[ext]), size, channels)
-            except Exception as err:  # Pillow raises several types for corrupt data
-                return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
-    return None
-
-
 def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_after: str | None = None,
                    start: int = 0):
     """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on; when
-    shuffling, its feed starts at batch `start` (counted over the epochs), where `checkpoint` stands."""
+    reading through the feed, it starts at batch `start` (counted over the epochs), where `checkpoint` stands."""
     gpu = plan.device.type == "cuda"
-    feed = ShuffledFeed(plan, start) if plan.config.shuffle else None
+    feed = SampleFeed(plan, start) if uses_feed(plan) else None
     with warnings.catch_warnings():  # DALI's note that a callable source's position is ours to restore: it is
         warnings.filterwarnings("ignore", message="Checkpointing enabled in a pipeline with external source")
         pipe = _built(plan, gpu, stop_after, feed, checkpoint)
@@ -399,7 +360,7 @@ class DaliLoader(EpochLoader):
             return FastsegError(f"out of memory while loading batches of {plan.batch_size} at {plan.size[0]}x"
                                 f"{plan.size[1]} ({cause[:200]}); lower --batch-size or --image-size")
         if "decoders.image" in report or "reshape" in report:
-            bad = find_undecodable(plan, plan.epoch_samples(self.epoch))
+            bad = SampleTable(plan).find_undecodable(plan.epoch_samples(self.epoch))
             where = (f"{bad[0]}: sample {bad[1]} does not decode ({bad[2]})" if bad else
                      f"a sample of {', '.join(p.rpartition('/')[2] for p in plan.shards)} does not decode "
                      f"({cause[:200]})")

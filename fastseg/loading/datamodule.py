@@ -45,8 +45,8 @@ class SegDataModule(pl.LightningDataModule):
         if self.train_split in self.manifest.splits:
             train = self.role_config("train")
             size = size or train.size
-            if train.augment == "mmseg":  # trained on crops of resized images: scored at the base size, aspect kept
-                scale = {"size": train.base_size, "keep_ratio": True}
+            if train.evaluation_scale:  # trained on crops of resized images: scored at the base size, aspect kept
+                scale = {"size": train.evaluation_scale, "keep_ratio": True}
         quiet = replace(self.config, augment="none", shuffle=False, return_keys=False, size=size)
         options = {**scale, **self.val_options} if self.val_options.get("original_labels") else self.val_options
         return LoaderConfig.build(quiet, **options).for_split(self.manifest, self.val_split, training=False)

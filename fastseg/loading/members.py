@@ -1,12 +1,19 @@
-"""Where every sample of a split lies in its shards, read from the DALI index files (no tar scan), and one member's
-bytes by offset: a pread on disk, a ranged GET in a bucket. The torch loader's workers and the DALI pipeline's
-shuffled feed both read samples in any order through it."""
+"""The sample layer's members: where every sample of a split lies in its shards (read from the DALI index files,
+no tar scan), one member's bytes by offset (a pread on disk, a ranged GET in a bucket), and a member's pixels (a raw
+view, or a decode). The torch loader's workers and the DALI pipeline's feed both read samples in any order through
+it, and a sample DALI could not decode is found here, read as the torch loader reads it."""
 from __future__ import annotations
 
+import io
+import json
 import os
 
+import numpy as np
+import simplejpeg
+from PIL import Image
+
 from .. import storage
-from ..format import parse_index
+from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index, raw_pixels
 from .contract import LoaderPlan
 
 
@@ -34,3 +41,60 @@ class SampleTable:
         if path not in self._files:  # one descriptor per shard per process
             self._files[path] = os.open(path, os.O_RDONLY)
         return os.pread(self._files[path], span[1], span[0])
+
+    def shape(self, number: int) -> tuple[int, int]:
+        """(rows, columns) of sample `number`'s image and mask, without decoding either: from its size member where
+        the set has one, else from its meta member (written by fastseg-shard for every sample)."""
+        path, _, members = self.members[number]
+        size = self.plan.stored.size
+        if size:
+            rows, cols = np.frombuffer(self.read(path, members[size]), RAW_SIZE_DTYPE)
+            return int(rows), int(cols)
+        meta = json.loads(self.read(path, members[META_EXT]))
+        return int(meta["height"]), int(meta["width"])
+
+    def pixels(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """Sample `number`'s image (H×W×3) and mask (H×W), uint8, by the set's storage."""
+        path, _, members = self.members[number]
+        stored = self.plan.stored
+        size = self.read(path, members[stored.size]) if stored.size else None
+        image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
+        return image, member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+
+    def find_undecodable(self, numbers: list[int]) -> tuple[str, str, str] | None:
+        """(shard, key, error) of the first of samples `numbers` whose image or mask does not decode (or, raw, does
+        not fit its size): a decoder that runs a batch at once (DALI's) does not say which sample failed."""
+        stored = self.plan.stored
+        for number in numbers:
+            shard, key, members = self.members[number]
+            for ext, channels, raw in ((stored.image_in(members), 3, stored.raw_image),
+                                       (stored.mask, 1, stored.raw_mask)):
+                if ext not in members:
+                    continue
+                try:
+                    size = self.read(shard, members[stored.size]) if raw else None
+                    member_pixels(self.read(shard, members[ext]), size, channels)
+                except Exception as err:  # Pillow raises several types for corrupt data
+                    return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
+        return None
+
+
+def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
+    """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
+    arrays, never decoded; an encoded one decoded (an image to RGB)."""
+    if size:
+        return np.array(raw_pixels(data, size, channels))
+    return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """An H×W×3 uint8 RGB array. JPEG goes through simplejpeg: libjpeg-turbo (as in Pillow) decoding straight into
+    the array, where Pillow decodes to 4 bytes a pixel and then copies out (a third slower here). Other formats, and
+    JPEGs that libjpeg-turbo will not turn into RGB (CMYK), go through Pillow; a corrupt JPEG fails in both."""
+    if simplejpeg.is_jpeg(data):
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB")
+        except ValueError:
+            pass
+    image = Image.open(io.BytesIO(data))
+    return np.array(image if image.mode == "RGB" else image.convert("RGB"))

@@ -3,10 +3,10 @@ MMSegmentation 1.x's RandomResize(ratio_range, keep_ratio) → RandomCrop(crop_s
 → PhotoMetricDistortion, with the crop padded (image 0 after normalization, mask ignore) where the resized image is
 smaller than it, as its data preprocessor pads.
 
-The rules both backends share live here, so that they cannot drift apart: the resized size, the crop draw with its
-cat_max_ratio check (`pick_crop`), and the colour steps (`photometric`, which the torch loader runs and the DALI
-pipeline builds from DALI's own operators with the same numbers). Every draw is made once per sample and used by
-image and mask alike.
+What a sample's draws (draws.py: made once, from the seed, the epoch and the sample) mean in this recipe lives
+here, so that the backends only execute it: the resized size, the crop chosen from the drawn positions with its
+cat_max_ratio check (`pick_crop`, which needs the mask), the image's window, and the colour steps (`photometric`).
+The same geometry serves image and mask alike.
 
 Colour steps, each with p = 0.5: brightness + U(-32, 32); contrast × U(0.5, 1.5); saturation × U(0.5, 1.5) and hue
 + an integer of U{-18..18} on OpenCV's 0..180 scale (× 2 degrees). Saturation and hue are applied as DALI's `hsv`
@@ -26,13 +26,10 @@ import numpy as np
 
 from ..format import IGNORE_INDEX
 from .config import keep_ratio_size
+from .draws import COLOUR, CORNERS, CROP_TRIES, HFLIP, RATIO, VFLIP
 
-__all__ = ["BRIGHTNESS", "CONTRAST", "CROP_TRIES", "DRAWS", "HUE", "SATURATION", "acceptable",
-           "colour_transform", "crop_geometry", "hsv_matrix", "photometric", "photometric_draws", "pick_crop",
-           "resample_window", "resized_size", "sample_draws", "transform"]
-CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
-DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
-BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
+__all__ = ["acceptable", "colour_transform", "crop_geometry", "hsv_matrix", "photometric", "pick_crop",
+           "resample_window", "resized_size", "transform"]
 RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
 
 
@@ -51,8 +48,8 @@ def acceptable(window: np.ndarray, cat_max_ratio: float) -> bool:
 
 
 def pick_crop(mask: np.ndarray, crop: tuple[int, int], draws: np.ndarray, cat_max_ratio: float) -> tuple[int, int]:
-    """The crop's top-left corner (row, column) in the resized mask. `draws` holds DRAWS uniform [0, 1) pairs: each
-    becomes a position in the margin; the first that passes `acceptable` wins (with cat_max_ratio < 1), the last
+    """The crop's top-left corner (row, column) in the resized mask. `draws` holds draws.DRAWS uniform [0, 1) pairs:
+    each becomes a position in the margin; the first that passes `acceptable` wins (with cat_max_ratio < 1), the last
     is kept if none of the first CROP_TRIES does: MMSegmentation's RandomCrop."""
     (rows, cols), (height, width) = mask.shape[:2], crop
     margin_rows, margin_cols = max(rows - height, 0), max(cols - width, 0)
@@ -64,22 +61,6 @@ def pick_crop(mask: np.ndarray, crop: tuple[int, int], draws: np.ndarray, cat_ma
         if acceptable(mask[top:top + height, left:left + width], cat_max_ratio):
             return top, left
     return corners[-1]
-
-
-# One sample's draws, as one float vector (DALI's random operators make it in the pipeline, the torch loader from
-# its seeded generator): the ratio, the flip coins, the colour draws (photometric_draws), the crop positions.
-RATIO, HFLIP, VFLIP, COLOUR, CORNERS = 0, 1, 2, slice(3, 7), slice(7, 7 + 2 * DRAWS)
-DRAW_COUNT = 7 + 2 * DRAWS
-
-
-def sample_draws(rng: np.random.Generator, ratio_range: tuple[float, float], vflip: bool) -> np.ndarray:
-    """The draws of one sample in the torch loader (the DALI pipeline makes the same vector with its operators)."""
-    draws = np.empty(DRAW_COUNT, np.float32)
-    draws[RATIO] = rng.uniform(*ratio_range)
-    draws[HFLIP], draws[VFLIP] = rng.uniform() < 0.5, vflip and rng.uniform() < 0.5
-    draws[COLOUR] = photometric_draws(rng)
-    draws[CORNERS] = rng.uniform(size=2 * DRAWS)
-    return draws
 
 
 def crop_geometry(mask: np.ndarray, draws: np.ndarray, base: tuple[int, int], crop: tuple[int, int],
@@ -129,15 +110,6 @@ def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:
     angle = math.radians(hue_degrees)
     rotate = np.array([[1, 0, 0], [0, math.cos(angle), math.sin(angle)], [0, -math.sin(angle), math.cos(angle)]])
     return np.linalg.inv(RGB_TO_YIQ) @ rotate @ np.diag([1.0, saturation, saturation]) @ RGB_TO_YIQ
-
-
-def photometric_draws(rng: np.random.Generator) -> np.ndarray:
-    """One sample's colour draws (brightness shift, contrast factor, saturation factor, hue in degrees), identity
-    where its coin says no."""
-    coin = rng.uniform(size=4) < 0.5
-    return np.array([rng.uniform(-BRIGHTNESS, BRIGHTNESS) if coin[0] else 0.0,
-                     rng.uniform(*CONTRAST) if coin[1] else 1.0, rng.uniform(*SATURATION) if coin[2] else 1.0,
-                     2.0 * int(rng.integers(-HUE, HUE + 1)) if coin[3] else 0.0], np.float32)
 
 
 def colour_transform(draws) -> np.ndarray:

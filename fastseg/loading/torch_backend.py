@@ -1,72 +1,56 @@
 """The torch backend (`backend="torch"`): the batch contract and epoch semantics of the DALI pipeline, in a plain
 torch DataLoader.
 
-Samples are read by offset through the same DALI index files (no tar scan), decoded in the workers (JPEG with
-simplejpeg, PNG with Pillow), cropped, resized and flipped there as uint8, and normalized on the target device in
-the main process (on the CPU into reused buffers: HostBuffers). Its
-position is (epoch, batch index) alone: every draw is seeded by (seed, epoch, sample), so a restored loader skips
-the batches already trained without decoding them.
+Samples are read by offset through the same DALI index files (no tar scan) and turned into pixels by the sample
+layer (members.py: JPEG with simplejpeg, PNG with Pillow, raw members viewed); the workers then execute the
+sample's draws (draws.py, the same parameters the DALI pipeline is handed) as uint8: crop, resize and flip, or the
+mmseg recipe. Images are normalized on the target device in the main process (on the CPU into reused buffers:
+HostBuffers). Its position is (epoch, batch index) alone: every draw is a function of (seed, epoch, sample), so a
+restored loader skips the batches already trained without decoding them.
 """
 from __future__ import annotations
 
-import io
-import math
 import weakref
 from functools import partial
 
 import numpy as np
-import simplejpeg
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
-from ..format import IGNORE_INDEX, raw_pixels
+from ..format import IGNORE_INDEX
 from ..processes import quiet_when_orphaned, workers_starting
 from . import recipe
-from .config import keep_ratio_size
 from .contract import EpochLoader, LoaderPlan, Normalize
+from .draws import crop_box, flips, sample_draws
 from .members import SampleTable
 
 
-def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple[float, float, float, float]:
-    """A random crop box (x0, y0, x1, y1) in pixels: area fraction in `scale`, aspect in [3/4, 4/3]."""
-    area = rng.uniform(*scale)
-    ratio = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
-    w, h = min(math.sqrt(area * ratio), 1.0), min(math.sqrt(area / ratio), 1.0)
-    x0, y0 = rng.uniform() * (1 - w), rng.uniform() * (1 - h)
-    return x0 * width, y0 * height, (x0 + w) * width, (y0 + h) * height
-
-
 class ShardSamples(SampleTable, Dataset):
-    """Sample i of the split (manifest order), decoded and transformed to uint8 CHW image + HW mask."""
+    """Sample i of the split (manifest order) in epoch e, decoded and its draws executed: a uint8 CHW (or HWC) image
+    and an HW mask, its key, and where the recipe or scoring pads, the sizes."""
 
     def __getitem__(self, item: tuple[int, int]):
-        index, epoch = item
-        path, key, members = self.members[index]
-        stored = self.plan.stored
+        number, epoch = item
+        path, key, _ = self.members[number]
         try:
-            size = self.read(path, members[stored.size]) if stored.size else None
-            image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
-            mask = member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+            image, mask = self.pixels(number)
         except FastsegError:
             raise
         except Exception as err:
             raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
                                f"fastseg-shard --verify {self.plan.root}") from err
         config = self.plan.config
-        if config.original_labels:
-            return self._for_scoring(image, mask, key)
-        if config.augment == "mmseg":
-            return self._recipe(image, mask, key, np.random.default_rng((config.seed, epoch, index)))
+        run = {"scoring": self._for_scoring, "mmseg": self._recipe}.get(config.mode, self._resized)
+        return run(image, mask, key, sample_draws(config, epoch, number))
+
+    def _resized(self, image: np.ndarray, mask: np.ndarray, key: str, draws: np.ndarray | None):
+        """none, flip and crop: the drawn window (or the whole image) resized to `size`, flipped as drawn."""
+        config = self.plan.config
         height, width = config.size
-        box = None
-        flip_h = flip_v = False
-        if config.augment != "none":
-            rng = np.random.default_rng((config.seed, epoch, index))
-            if config.augment == "crop":
-                box = draw_crop(rng, image.shape[1], image.shape[0], config.scale)
-            flip_h, flip_v = rng.uniform() < 0.5, config.vflip and rng.uniform() < 0.5
+        box = crop_box(draws, image.shape[1], image.shape[0]) if config.augment == "crop" else None
+        flip_h, flip_v = flips(draws) if draws is not None else (False, False)
         if box is not None or image.shape[:2] != (height, width):
             image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
             mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST, box=box))
@@ -83,11 +67,10 @@ class ShardSamples(SampleTable, Dataset):
             image, mask = image.flip(rows), mask.flip(0)
         return image, mask, key
 
-    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str, rng: np.random.Generator):
+    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str, draws: np.ndarray):
         """augment="mmseg" (recipe.py): the crop padded to `size` with 0 (zeroed again after normalization) and
         ignore, and the crop's own (rows, columns)."""
         config = self.plan.config
-        draws = recipe.sample_draws(rng, config.ratio_range, config.vflip)
         image, mask = recipe.transform(image, mask, draws, config.base_size, config.size, config.cat_max_ratio,
                                        config.photometric)
         height, width = mask.shape
@@ -101,12 +84,12 @@ class ShardSamples(SampleTable, Dataset):
         return (padded if config.channels_last else padded.permute(2, 0, 1)), torch.from_numpy(labels), key, \
             (height, width)
 
-    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str):
-        """The image resized as scoring asks (to `size`, or to fit it with the aspect kept), the mask as it is,
-        and (image rows, image columns, label rows, label columns)."""
+    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str, _draws: None):
+        """The image resized as scoring asks (LoaderConfig.scoring_size), the mask as it is, and (image rows, image
+        columns, label rows, label columns)."""
         config = self.plan.config
         rows, cols = mask.shape
-        height, width = keep_ratio_size(rows, cols, config.size) if config.keep_ratio else config.size
+        height, width = config.scoring_size(rows, cols)
         if image.shape[:2] != (height, width):
             image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=None))
         image = torch.from_numpy(image)
@@ -140,30 +123,9 @@ def zero_padding(images: torch.Tensor, sizes) -> None:
         image[:, :, width:] = 0
 
 
-def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
-    """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
-    arrays, never decoded; an encoded one decoded (an image to RGB)."""
-    if size:
-        return np.array(raw_pixels(data, size, channels))
-    return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """An H×W×3 uint8 RGB array. JPEG goes through simplejpeg: libjpeg-turbo (as in Pillow) decoding straight into
-    the array, where Pillow decodes to 4 bytes a pixel and then copies out (a third slower here). Other formats, and
-    JPEGs that libjpeg-turbo will not turn into RGB (CMYK), go through Pillow; a corrupt JPEG fails in both."""
-    if simplejpeg.is_jpeg(data):
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except ValueError:
-            pass
-    image = Image.open(io.BytesIO(data))
-    return np.array(image if image.mode == "RGB" else image.convert("RGB"))
-
-
 class RankEpochSampler(Sampler):
-    """This rank's samples for one epoch (LoaderPlan.epoch_samples: a slice of a new permutation of the split when
-    training), padded to whole batches; from batch `start` on."""
+    """This rank's samples for one epoch, padded to whole batches (LoaderPlan.padded_samples), each with the epoch
+    its draws are made for; from batch `start` on."""
 
     def __init__(self, plan: LoaderPlan):
         self.plan, self.epoch, self.start = plan, 0, 0
@@ -172,9 +134,8 @@ class RankEpochSampler(Sampler):
         return (self.plan.batches - self.start) * self.plan.batch_size
 
     def __iter__(self):
-        indices = self.plan.epoch_samples(self.epoch)
-        indices += indices[-1:] * (self.plan.batches * self.plan.batch_size - len(indices))
-        return iter((i, self.epoch) for i in indices[self.start * self.plan.batch_size:])
+        indices = self.plan.padded_samples(self.epoch)[self.start * self.plan.batch_size:]
+        return iter((i, self.epoch) for i in indices)
 
 
 class HostBuffers:
