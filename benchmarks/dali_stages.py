@@ -55,7 +55,7 @@ def main() -> int:
               **({"photometric": args.photometric} if args.augment == "mmseg" else {}),
               "batch_size": args.batch_size, "stages_samples_per_s": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
-    from fastseg.loading.dali import build_pipeline
+    from fastseg.loading import build_pipeline
 
     for stage in STAGES:
         pipe = build_pipeline(plan, stop_after=None if stage == "widen" else stage)

@@ -19,7 +19,7 @@ from harness import host, publish
 
 
 def rules(eval_size, window, stride) -> dict:
-    from fastseg.training.scoring import Scoring
+    from fastseg.training import Scoring
 
     found = {"train size (quick rule)": Scoring(at_labels=False), "labels, whole, training size": Scoring()}
     if eval_size:
@@ -32,7 +32,7 @@ def rules(eval_size, window, stride) -> dict:
 
 def measure(module, shards, split: str, backend: str, scoring, workers: int, rounds: int) -> dict:
     from fastseg.loading import make_loader
-    from fastseg.training.scoring import score_loader
+    from fastseg.training import score_loader
 
     loader = make_loader(shards, split=split, backend=backend, batch_size=8, augment="none", workers=workers,
                          device="cpu", checksums=False, **scoring.loader_options(tuple(module.hparams.image_size)))

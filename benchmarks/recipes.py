@@ -91,7 +91,7 @@ def train_pairs(shards) -> list[tuple[str, str]]:
 
 def default_dataset(tmp: Path) -> tuple[Path, Path]:
     from fastseg.shards import ShardOptions, shard
-    from fastseg.shards.synthetic import generate
+    from fastseg.shards import generate
 
     data = generate(tmp / "synthetic", count=160)
     shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))

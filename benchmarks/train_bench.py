@@ -28,7 +28,7 @@ import numpy as np
 from harness import host, publish
 from recipes import default_dataset, train_pairs, vanilla_loader
 
-from fastseg.training.model import PRECISION_DTYPES
+from fastseg.training import PRECISION_DTYPES
 
 
 def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, flops: int, peak) -> dict:
@@ -36,7 +36,7 @@ def plain_loop(loader, model, device, steps: int, warmup: int, precision: str, f
     window, as fastseg-train's meter does, so the host may run ahead of the GPU as it does in training."""
     import torch
 
-    from fastseg.training.losses import segmentation_loss
+    from fastseg.training import segmentation_loss
 
     cuda = device.type == "cuda"
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, fused=True if cuda else None)
@@ -118,9 +118,7 @@ def main() -> int:
 
     from fastseg.format import load_manifest
     from fastseg.loading import make_loader
-    from fastseg.training.losses import out_channels
-    from fastseg.training.meter import flops_per_image, peak_flops
-    from fastseg.training.model import UNet
+    from fastseg.training import UNet, flops_per_image, out_channels, peak_flops
 
     torch.manual_seed(0)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")

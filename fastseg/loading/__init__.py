@@ -9,7 +9,15 @@ from .draws import draw_crop, sample_draws
 from .make import make_loader
 from .members import decode_image, member_pixels
 
-# The DALI pipeline itself (loading.dali: DaliLoader, build_pipeline) is imported where it is used, so that the
-# torch backend works without DALI installed.
-__all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "check_shards", "decode_image", "draw_crop",
-           "draws", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws"]
+__all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "build_pipeline", "check_shards", "decode_image",
+           "draw_crop", "draws", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws"]
+
+
+def __getattr__(name: str):
+    """The DALI pipeline (loading.dali) is imported when first asked for, so that the torch backend works without
+    DALI installed."""
+    if name == "build_pipeline":
+        from .dali import build_pipeline
+
+        return build_pipeline
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

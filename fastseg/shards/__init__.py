@@ -5,8 +5,9 @@ from .make import shard
 from .masks import detect_spec
 from .options import ShardOptions
 from .pairs import find_pairs
+from .synthetic import generate
 from .parts import merge, parse_part
 from .verify import verify
 
-__all__ = ["ShardOptions", "detect_spec", "encode_sample", "find_pairs", "merge", "parse_part", "shard", "storage_for",
-           "verify"]
+__all__ = ["ShardOptions", "detect_spec", "encode_sample", "find_pairs", "generate", "merge", "parse_part", "shard",
+           "storage_for", "verify"]
