@@ -257,3 +257,58 @@ def test_one_checkpoint_scores_the_same_through_both_loaders(tmp_path):
                     loader, "--workers", "1", "--out", tmp_path / loader], predict_main, "fastseg-predict") == 0
         scores[loader] = json.loads((tmp_path / loader / "metrics.json").read_text())["val_miou"]
     assert scores["dali"] == pytest.approx(scores["torch"], abs=0.002)
+
+
+def test_a_run_reruns_from_its_config_file_and_the_command_line_wins(shards, tmp_path, capsys):
+    import yaml
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run(["--shards", shards, "--out", first, "--epochs", "1", "--loader", "torch", *TRAIN]) == 0
+    written = yaml.safe_load((first / "config.yaml").read_text())
+    assert written["out"] == str(first) and written["batch_size"] == 4 and "resume" not in written
+    assert run(["--config", first / "config.yaml", "--out", second]) == 0  # the flag wins over the file
+    rerun = yaml.safe_load((second / "config.yaml").read_text())
+    assert rerun == {**written, "out": str(second)}
+    metrics = [json.loads((out / "metrics.json").read_text()) for out in (first, second)]
+    for key in ("val_miou", "val_dice", "val_pixel_acc"):
+        assert metrics[1][key] == pytest.approx(metrics[0][key], abs=1e-6)  # the same run: the same scores
+
+    # --print-config: what a run would use, as YAML that --config reads back; a key no flag has names the nearest
+    capsys.readouterr()
+    assert run(["--config", first / "config.yaml", "--batch-size", "2", "--print-config"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["batch_size"] == 2 and printed["shards"] == str(shards) and printed["resume"] is None
+    (tmp_path / "typo.yaml").write_text("shards: x\nbatch_sise: 8\n")
+    assert run(["--config", tmp_path / "typo.yaml"]) == 1
+    assert "unknown key 'batch_sise'; did you mean batch_size?" in capsys.readouterr().err
+    (tmp_path / "wrong.yaml").write_text(f"shards: {shards}\naugment: rotate\n")
+    assert run(["--config", tmp_path / "wrong.yaml"]) == 1
+    assert "augment is one of none, flip, crop, mmseg, not 'rotate'" in capsys.readouterr().err
+    # an option of another mode is refused, naming the mode, not silently ignored
+    assert run(["--shards", shards, "--out", tmp_path / "x", "--ratio-range", "0.5", "1.5", *TRAIN]) == 1
+    assert "--ratio-range is an option of --augment mmseg and has no effect with --augment flip" in \
+        capsys.readouterr().err
+
+
+def test_fastseg_shard_takes_a_config_file_and_flags_between_its_folders(tmp_path, capsys):
+    import yaml
+
+    from fastseg.cli.shard import main as shard_main, parse_size
+
+    from .conftest import make_dataset
+
+    data = make_dataset(tmp_path / "data", count=6)
+    # an option between the two folders, as users type it
+    assert run([data, "--max-count", "2", tmp_path / "a", "--quiet", "--workers", "1"], shard_main, "fastseg-shard") == 0
+    manifest = json.loads((tmp_path / "a/manifest.json").read_text())
+    assert all(s["samples"] <= 2 for split in manifest["splits"].values() for s in split["shards"])
+    capsys.readouterr()
+    assert run([data, tmp_path / "b", "--max-count", "3", "--print-config"], shard_main, "fastseg-shard") == 0
+    (tmp_path / "b.yaml").write_text(capsys.readouterr().out)
+    settings = yaml.safe_load((tmp_path / "b.yaml").read_text())
+    assert settings["max_count"] == 3 and settings["out"] == str(tmp_path / "b") and not (tmp_path / "b").exists()
+    assert settings["shard_size"] == 256 * 2**20  # the options' own default, 256 MiB, not 256·10⁶ bytes
+    assert run(["--config", tmp_path / "b.yaml", "--quiet", "--workers", "1"], shard_main, "fastseg-shard") == 0
+    manifest = json.loads((tmp_path / "b/manifest.json").read_text())
+    assert max(s["samples"] for split in manifest["splits"].values() for s in split["shards"]) == 3
+    assert parse_size("256MB") == 256 * 10**6 and parse_size("1GiB") == 2**30

@@ -2,8 +2,8 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 from .. import storage
@@ -11,17 +11,27 @@ from ..shards import ShardOptions, merge, parse_part, shard, verify
 from ..shards.encode import STORES
 from ..shards.masks import parse_value_map
 from ..storage import location
-from . import run_cli
+from . import configs, run_cli
+
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30}
 
 
 def parse_size(text: str) -> int:
-    units = {"k": 1e3, "m": 1e6, "g": 1e9, "kb": 1e3, "mb": 1e6, "gb": 1e9}
-    number = text.rstrip("bBkKmMgG")
+    """Bytes from a size: 256MB is 256·10⁶ bytes, 256MiB 256·2²⁰."""
+    number = text.rstrip("bBiIkKmMgG")
     unit = text[len(number):].lower()
     try:
-        return int(float(number) * units.get(unit, 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MB)") from None
+        return int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 256MB)") from None
+
+
+def option_default(name: str):
+    """A ShardOptions field's default: the flags read it from there rather than writing it again."""
+    found = next(f for f in fields(ShardOptions) if f.name == name)
+    return found.default_factory() if found.default is MISSING else found.default
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="binary masks stored lossy or anti-aliased (JPEG masks, say): brightness >= T is foreground")
     p.add_argument("--map-values", metavar="SRC:DST,...",
                    help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any other value is an error")
-    p.add_argument("--store", choices=STORES, default="auto",
+    p.add_argument("--store", choices=STORES, default=option_default("store"),
                    help="how images and masks are stored: auto (default: JPEG sets as source; sets without JPEG "
                         "files as raw images and PNG masks), source (image bytes as they are, masks as fast PNG), "
                         "fast-png (lossless images re-encoded with unfiltered rows), raw (images and masks as pixels, "
@@ -54,23 +64,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")
-    p.add_argument("--val-fraction", type=float, default=0.1, help="validation share carved out when no val split exists")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shard-size", type=parse_size, default="256MB", help="target bytes per shard (default 256MB)")
+    p.add_argument("--val-fraction", type=float, default=option_default("val_fraction"),
+                   help="validation share carved out when no val split exists (default %(default)s)")
+    p.add_argument("--seed", type=int, default=option_default("seed"))
+    p.add_argument("--shard-size", type=parse_size, default=option_default("shard_size"),
+                   help="target bytes per shard: 256MiB (the default) or 256MB (10⁶ bytes)")
     p.add_argument("--max-count", type=int, help="at most this many samples per shard")
     p.add_argument("--keep-zero-label", action="store_true",
                    help="ADE20K: keep mask value 0 ('other') as a class instead of ignoring it")
     p.add_argument("--resize-masks", action="store_true", help="resize masks whose size differs (nearest neighbour)")
     p.add_argument("--skip-unpaired", action="store_true", help="leave out files without a partner instead of failing")
     p.add_argument("--overwrite", action="store_true", help="replace OUT if it exists")
-    p.add_argument("--workers", type=int, default=os.cpu_count(), help="processes (default: all cores)")
+    p.add_argument("--workers", type=int, default=option_default("workers"), help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    configs.add_config_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = configs.parse(parser, sys.argv[1:] if argv is None else list(argv))
+    if args.print_config:
+        print(configs.dump(configs.settings(parser, args)), end="")
+        return 0
     if args.verify:
         problems = verify(args.verify, progress=not args.quiet)
         for line in problems:

@@ -21,7 +21,8 @@ from ..storage import location
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
 from ..training.optim import OPTIMIZERS, SCHEDULES
 from ..training.scoring import Scoring
-from . import run_cli
+from . import configs, run_cli
+from .configs import add_config_flags
 from .evaluation import add_evaluation_arguments, scoring_from
 
 
@@ -32,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs (default 20; or count the run in --max-steps)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="train for N optimizer steps instead of epochs, as MMSegmentation's configs count (80k, 160k)")
-    p.add_argument("--batch-size", type=int, default=16, help="per device")
+    p.add_argument("--batch-size", type=int, default=LoaderConfig.default("batch_size"), help="per device")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=1e-4)
     p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
@@ -52,18 +53,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an argument for --model's function (repeat it); VALUE is read as a Python literal if it "
                         "is one")
-    p.add_argument("--loader", choices=BACKENDS, default="dali")
+    p.add_argument("--loader", choices=BACKENDS, default=LoaderConfig.default("backend"))
     p.add_argument("--augment", choices=AUGMENTS, default="flip",
                    help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
                         "resize and flip; mmseg: MMSegmentation's recipe (random resize, padded crop with "
                         "cat_max_ratio, flip, photometric distortion); none")
     p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"),
                    help="mmseg: the scale resized by the ratio (RandomResize scale; default: the largest image)")
-    p.add_argument("--ratio-range", type=float, nargs=2, metavar=("LO", "HI"), default=(0.5, 2.0),
-                   help="mmseg: the scale ratio range (ratio_range; default 0.5 2.0)")
-    p.add_argument("--cat-max-ratio", type=float, default=0.75,
-                   help="mmseg: redraw crops one class fills beyond this share (RandomCrop cat_max_ratio; 1: off)")
-    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=True,
+    p.add_argument("--ratio-range", type=float, nargs=2, metavar=("LO", "HI"),
+                   default=LoaderConfig.default("ratio_range"),
+                   help="mmseg: the scale ratio range (ratio_range; default %(default)s)")
+    p.add_argument("--cat-max-ratio", type=float, default=LoaderConfig.default("cat_max_ratio"),
+                   help="mmseg: redraw crops one class fills beyond this share (RandomCrop cat_max_ratio; 1: off; "
+                        "default %(default)s)")
+    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=LoaderConfig.default("photometric"),
                    help="mmseg: PhotoMetricDistortion of the image (default on)")
     p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices; "
                                                    "0: the torch loader loads in the main process)")
@@ -85,12 +88,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds a previous one (its checkpoints, logs, previews and "
                         "metrics are removed first; other files are left alone)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=LoaderConfig.default("seed"))
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", default="val")
     p.add_argument("--no-checksums", action="store_true", help="skip the shards' sha256 check at start-up")
     add_evaluation_arguments(p)
+    add_config_flags(p)
     return p
+
+
+# options of one augmentation, with the flag that sets each: given with another, they would have no effect
+MMSEG_OPTIONS = {"base_size": "--base-size", "ratio_range": "--ratio-range", "cat_max_ratio": "--cat-max-ratio",
+                 "photometric": "--photometric"}
+# settings about the run's folder rather than the run: not in OUT/config.yaml, so that it reruns anywhere
+FOLDER_SETTINGS = ("resume", "overwrite")
 
 
 @dataclass(frozen=True)
@@ -127,6 +138,7 @@ class RunConfig:
     checkpoint_every: int | None
     log_batch_keys: bool
     scoring: Scoring  # how validation scores
+    settings: dict  # the settings as flags and --config take them: OUT/config.yaml
 
     @property
     def manifest(self) -> Manifest:
@@ -143,14 +155,18 @@ class RunConfig:
     def as_json(self, world_size: int) -> dict:
         """config.json: the run as resolved, one flat object."""
         fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()
-                  if k not in ("shard_set", "loader", "scoring")}
+                  if k not in ("shard_set", "loader", "scoring", "settings")}
         loader = {k: v for k, v in asdict(self.loader).items() if k != "backend"}
         return {"shards": str(self.shard_set.root), "loader": self.loader.backend, **loader,
                 "image_size": list(self.loader.size), **fields, "world_size": world_size,
                 "resumed_from": self.resume, "scoring": self.scoring.describe(self.loader.size)}
 
 
-def resolve(args) -> RunConfig:
+def _given(value):
+    return tuple(value) if isinstance(value, list) else value
+
+
+def resolve(args, settings: dict | None = None) -> RunConfig:
     """Check everything that can be checked before a process is started or a step taken."""
     from ..loading.contract import batches_per_epoch
     from ..loading.datamodule import check_resumable
@@ -173,6 +189,11 @@ def resolve(args) -> RunConfig:
                         ("--max-steps", args.max_steps or 1)):
         if value < 1:
             raise FastsegError(f"{flag} must be at least 1")
+    if args.augment != "mmseg":
+        for key, flag in MMSEG_OPTIONS.items():
+            if _given(getattr(args, key)) != _given(LoaderConfig.default(key)):
+                raise FastsegError(f"{flag} is an option of --augment mmseg and has no effect with --augment "
+                                   f"{args.augment}; drop it, or train with --augment mmseg")
     if args.epochs is not None and args.max_steps is not None:
         raise FastsegError("--epochs and --max-steps both say how long to train; give one of them")
     if args.warmup_steps < 0 or args.min_lr < 0:
@@ -220,7 +241,7 @@ def resolve(args) -> RunConfig:
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
         resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
         log_batch_keys=args.log_batch_keys,
-        scoring=scoring_from(args).with_default_size(loader.evaluation_scale),
+        scoring=scoring_from(args).with_default_size(loader.evaluation_scale), settings=settings or {},
     )
 
 
@@ -245,7 +266,7 @@ def quiet_lightning() -> None:
 
 
 # what fastseg-train writes under --out; --overwrite removes these and nothing else
-RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json")
+RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json", "config.yaml")
 
 
 def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite: bool) -> None:
@@ -267,7 +288,12 @@ def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    run = resolve(build_parser().parse_args(argv))
+    parser = build_parser()
+    args = configs.parse(parser, argv)
+    if args.print_config:
+        print(configs.dump(configs.settings(parser, args)), end="")
+        return 0
+    run = resolve(args, configs.settings(parser, args, leave_out=FOLDER_SETTINGS))
     import pytorch_lightning as pl
 
     from ..training.interruptions import Interruption
@@ -410,7 +436,10 @@ def make_trainer(run: RunConfig, callbacks: list, profiler):
 
 
 def write_config(run: RunConfig, world_size: int) -> None:
+    """config.yaml: the settings, which `fastseg-train --config OUT/config.yaml` reruns; config.json: the run as
+    resolved (sizes from the manifest, workers, the world size)."""
     run.out.mkdir(parents=True, exist_ok=True)
+    (run.out / "config.yaml").write_text(configs.dump(run.settings))
     (run.out / "config.json").write_text(json.dumps(run.as_json(world_size), indent=2) + "\n")
 
 

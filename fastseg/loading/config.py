@@ -92,6 +92,11 @@ class LoaderConfig:
         return keep_ratio_size(rows, cols, self.size) if self.keep_ratio else self.size
 
     @classmethod
+    def default(cls, name: str):
+        """A field's default: where a command line or a settings file needs one, it is read from here."""
+        return next(f.default for f in fields(cls) if f.name == name)
+
+    @classmethod
     def build(cls, base: LoaderConfig | None = None, **options) -> LoaderConfig:
         """`base` (or the defaults) with `options` replaced; an unknown option is named with the ones there are."""
         unknown = sorted(set(options) - {f.name for f in fields(cls)})
