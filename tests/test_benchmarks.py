@@ -265,3 +265,26 @@ def test_the_shuffle_benchmark_times_both_orders(tiny, tmp_path):
                      "--batch-size", "3")
     assert set(found["loaders"]) == {f"{b} shuffle {s}" for b in ("dali", "torch") for s in ("off", "on")}
     assert all(r["samples_per_s"] > 0 for r in found["loaders"].values())
+
+
+def test_the_commits_benchmark_alternates_two_checkouts(tmp_path):
+    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
+        pytest.skip("not a git checkout: there are no commits to compare")
+    def worktrees():
+        return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
+
+    before = worktrees()
+    data = generate(tmp_path / "synth", count=8, seed=4)
+    shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", val_fraction=0, progress=False, workers=1))
+    out = tmp_path / "commits.json"
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/commits_bench.py"), "--before", "HEAD", "--after",
+                             "HEAD", "--repeats", "1", "--json", str(out), "--", "--data", str(data), "--shards",
+                             str(tmp_path / "shards"), "--size", "64", "64", "--rounds", "1", "--min-seconds", "0.1",
+                             "--batch-size", "4", "--workers", "1", "--loaders", "torch"],
+                            capture_output=True, text=True, timeout=240)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(out.read_text())
+    assert [(r["order"], r["code"]) for r in found["runs"]] == [(1, "before"), (2, "after")]
+    assert all(r["samples_per_s"]["torch"] > 0 for r in found["runs"])
+    assert "after ÷ before" in out.with_suffix(".md").read_text()
+    assert worktrees() == before  # the checkouts are removed again
