@@ -14,6 +14,8 @@ import sys
 import time
 from contextlib import contextmanager
 
+# What forkserver workers run: imported by the server before it forks any (no effect once it runs)
+FORKSERVER_PRELOAD = ("torch", "fastseg.loading.torch_backend", "fastseg.shards.encode")
 _native_threads = False  # set once this process has built a DALI pipeline: its threads live as long as it does
 
 
@@ -39,10 +41,14 @@ def workers_starting():
     (their work is fastseg's own functions and classes), so while they start, the main module does not name its
     file, exactly as under `python -c`. Nothing changes where workers are forked."""
     main = sys.modules.get("__main__")
-    hide = start_method() == "forkserver" and main is not None and getattr(main, "__spec__", None) is None
+    method = start_method()
+    hide = method == "forkserver" and main is not None and getattr(main, "__spec__", None) is None
     path = main.__dict__.pop("__file__", None) if hide else None
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":  # imported once, in the server, which forks every worker: not once per worker
+        context.set_forkserver_preload(list(FORKSERVER_PRELOAD))
     try:
-        yield multiprocessing.get_context(start_method())
+        yield context
     finally:
         if path is not None:
             main.__file__ = path

@@ -100,8 +100,13 @@ def test_speed_options_train_like_the_plain_path(option):
     assert fast == pytest.approx(plain, rel=LOSS_TOLERANCE)
 
 
+# On the CPU the compiled path runs through AOTAutograd with eager kernels (seconds), where inductor would generate
+# and build C++ for a minute; inductor itself is tested where it pays off, on a GPU
 @pytest.mark.slow
-def test_compile_trains_like_the_plain_path():
+@pytest.mark.parametrize("backend", ["aot_eager", pytest.param("inductor", marks=pytest.mark.cuda)])
+def test_compile_trains_like_the_plain_path(backend, monkeypatch):
+    compile_module = torch.nn.Module.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: compile_module(self, backend=backend, **kw))
     compiled = module(compile_model=True)
     assert_same_step(compiled, module())
     compiled = module(compile_model=True)

@@ -57,13 +57,24 @@ def in_shard_order(splits: dict[str, list[Pair]], seed: int) -> dict[str, list[P
     return ordered
 
 
+class InlinePool:
+    """One worker: the pool's interface run in this process, with no process to start or to hand samples to."""
+
+    def imap(self, function, items, chunksize: int = 1):
+        return map(function, items)
+
+    imap_unordered = imap
+
+
 @contextmanager
 def encoding_pool(workers: int):
-    """The worker pool that encodes samples. Workers take SIGTERM's default (die): a forked one would inherit the
-    writer's handler, and the pool's own terminate() could then leave one waiting forever on a queue lock that a
-    killed sibling held."""
-    with workers_starting() as context, context.Pool(max(1, workers), signal.signal,
-                                                     (signal.SIGTERM, signal.SIG_DFL)) as pool:
+    """The worker pool that encodes samples (for one worker, this process). Workers take SIGTERM's default (die): a
+    forked one would inherit the writer's handler, and the pool's own terminate() could then leave one waiting
+    forever on a queue lock that a killed sibling held."""
+    if workers <= 1:
+        yield InlinePool()
+        return
+    with workers_starting() as context, context.Pool(workers, signal.signal, (signal.SIGTERM, signal.SIG_DFL)) as pool:
         yield pool
 
 
