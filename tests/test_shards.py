@@ -364,10 +364,19 @@ def test_killed_run_leaves_no_output_that_looks_finished(tmp_path):
         alive.kill()
 
 
-def test_real_davis_and_camvid(tmp_path):
+def test_real_davis_and_camvid(tmp_path, capsys):
     davis = shared("davis2016_subset")
     manifest = shard(davis, tmp_path / "davis", ShardOptions(max_count=40, **QUIET))
     assert manifest.splits["train"].samples + manifest.splits["val"].samples == 100
+    # frames of two videos carved at random: said, with the flag that keeps each video in one split
+    assert "numbered frames of 2 sequences" in capsys.readouterr().out
+    grouped = shard(davis, tmp_path / "grouped", ShardOptions(group_by=r"^(.*)_\d+$", **QUIET))
+    videos = {split: {key.rpartition("_")[0] for key in read_back(tmp_path / "grouped", split)} for split in
+              ("train", "val")}
+    assert len(videos["val"]) == 1 and not videos["train"] & videos["val"]  # no video in both splits
+    assert grouped.splits["val"].samples == 40  # car-shadow whole: 10% of 100 frames, in whole videos, is at least 40
+    said = capsys.readouterr().out
+    assert "--group-by: val holds 1 of 2 groups" in said and "numbered frames" not in said
     assert manifest.sizes["train"] == [[854, 480]]
     for key, sample in read_back(tmp_path / "davis", "val").items():
         assert sample["image.jpg"] == (davis / "images" / f"{key}.jpg").read_bytes()
@@ -620,3 +629,23 @@ def test_raw_storage_loads_every_pixel_without_a_decode_and_verify_checks_sizes(
     save(disk_mask(40, 32, 9), src / "masks/s009.png")
     assert run_cli("fastseg-shard", shard_main, [str(src), str(tmp_path / "nope"), "--store", "raw", "--quiet"]) == 1
     assert "s009.jpg: a JPEG; --store raw" in capsys.readouterr().err and not (tmp_path / "nope").exists()
+
+
+def test_group_by_carves_whole_groups_near_the_share_and_names_what_it_cannot_match():
+    from pathlib import Path
+
+    from fastseg.shards.pairs import Pair, split_off_val
+
+    pairs = [Pair(f"{g}_{i}", Path(f"/x/{g}_{i:03d}.jpg"), Path(f"/x/{g}_{i:03d}.png"))
+             for g, n in (("a", 30), ("b", 10), ("c", 10), ("d", 50)) for i in range(n)]
+    splits = split_off_val({"all": pairs}, 0.2, 0, group_by=r"^(.*)_\d+$")
+    groups = {split: {p.key.partition("_")[0] for p in found} for split, found in splits.items()}
+    assert not groups["train"] & groups["val"] and len(splits["train"]) + len(splits["val"]) == 100
+    assert abs(len(splits["val"]) - 20) <= 10  # whole groups of 10 to 50, each taken where it brings val nearer 20
+    assert split_off_val({"all": pairs}, 0.2, 0)["val"] != splits["val"]  # without it, frames at random
+    with pytest.raises(FastsegError, match=r"does not match /x/zz\.jpg"):
+        split_off_val({"all": pairs + [Pair("zz", Path("/x/zz.jpg"), Path("/x/zz.png"))]}, 0.2, 0, r"^(.*)_\d+$")
+    with pytest.raises(FastsegError, match="finds one group only"):
+        split_off_val({"all": pairs[:30]}, 0.2, 0, r"^(.*)_\d+$")
+    with pytest.raises(FastsegError, match="has no group"):
+        split_off_val({"all": pairs}, 0.2, 0, r"^.*_\d+$")

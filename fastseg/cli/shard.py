@@ -64,6 +64,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pair-key", metavar="REGEX",
                    help="pair images and masks by the regex's first group of their name stems, e.g. '^(\\d+)_' "
                         "pairs 21_training.tif with 21_manual1.gif")
+    p.add_argument("--group-by", metavar="REGEX",
+                   help="carve the validation split by whole groups: the regex's first group of an image's name stem "
+                        "names its group, e.g. '^(.*)_\\d+$' keeps each video of bear_00012-style frames in one split")
     p.add_argument("--val-fraction", type=float, default=option_default("val_fraction"),
                    help="validation share carved out when no val split exists (default %(default)s)")
     p.add_argument("--seed", type=int, default=option_default("seed"))
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         images=args.images, masks=args.masks, classes=args.classes, ignore_value=args.ignore_value,
         val_fraction=args.val_fraction, seed=args.seed, shard_size=args.shard_size, max_count=args.max_count,
         resize_masks=args.resize_masks, keep_zero_label=args.keep_zero_label, skip_unpaired=args.skip_unpaired,
-        mask_threshold=args.mask_threshold, pair_key=args.pair_key,
+        mask_threshold=args.mask_threshold, pair_key=args.pair_key, group_by=args.group_by,
         part=parse_part(args.part) if args.part else None, store=args.store,
         map_values=parse_value_map(args.map_values) if args.map_values is not None else None,
         overwrite=args.overwrite,

@@ -22,6 +22,7 @@ class ShardOptions:
     keep_zero_label: bool = False  # ADE20K: keep value 0 ("other") as a class instead of ignoring it
     mask_threshold: int | None = None  # binary masks by brightness (JPEG or anti-aliased masks)
     pair_key: str | None = None  # a regex whose first group pairs image and mask stems
+    group_by: str | None = None  # a regex whose first group of an image's stem names its group: val carves groups
     map_values: dict[int, int] | None = None  # source mask value → class id (255 = ignore)
     store: str = "auto"  # how images and masks are stored (encode.STORES, encode.storage_for)
     part: tuple[int, int] | None = None  # (index, count): write part `index` of `count`, to be merged

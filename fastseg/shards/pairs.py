@@ -148,17 +148,84 @@ def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None,
     return FoundPairs(splits, unpaired)
 
 
-def split_off_val(splits: dict[str, list[Pair]], fraction: float, seed: int) -> dict[str, list[Pair]]:
-    """Keep existing splits; where there is no validation split, carve a seeded one out of the training data."""
+def split_off_val(splits: dict[str, list[Pair]], fraction: float, seed: int,
+                  group_by: str | None = None) -> dict[str, list[Pair]]:
+    """Keep existing splits; where there is no validation split, carve a seeded one out of the training data: single
+    samples at random, or with `group_by` (a regex whose first group of an image's stem names its group: a video, a
+    patient) whole groups, the share nearest `fraction` that whole groups give."""
     splits = dict(splits)
     if "all" in splits:
         splits["train"] = splits.pop("all")
     if "val" in splits or "train" not in splits or fraction <= 0:
         return splits
+    if group_by is not None:
+        return _carve_groups(splits, fraction, seed, group_by)
     train = list(splits["train"])
+    warn_of_sequences(train)
     random.Random(seed).shuffle(train)
     count = max(1, round(len(train) * fraction)) if len(train) > 1 else 0
     if count:
         splits["val"] = sorted(train[:count], key=lambda p: p.key)
         splits["train"] = sorted(train[count:], key=lambda p: p.key)
     return splits
+
+
+def groups_of(pairs: list[Pair], group_by: str) -> dict[str, list[Pair]]:
+    """The pairs by group: the regex's first group of each image's stem; a stem it does not match is an error."""
+    try:
+        pattern = re.compile(group_by)
+    except re.error as err:
+        raise FastsegError(f"--group-by {group_by!r} is not a regular expression ({err})") from None
+    if pattern.groups < 1:
+        raise FastsegError(f"--group-by {group_by!r} has no group: put the part that names the group in "
+                           "parentheses, e.g. '^(.*)_\\d+$' for bear_00012")
+    groups: dict[str, list[Pair]] = {}
+    for pair in pairs:
+        found = pattern.search(pair.image.stem)
+        if found is None or found.group(1) is None:
+            raise FastsegError(f"--group-by {group_by!r} does not match {pair.image} (its stem "
+                               f"{pair.image.stem!r}); give a regex that every image's stem matches")
+        groups.setdefault(found.group(1), []).append(pair)
+    return groups
+
+
+def _carve_groups(splits: dict[str, list[Pair]], fraction: float, seed: int, group_by: str) -> dict[str, list[Pair]]:
+    groups = groups_of(splits["train"], group_by)
+    if len(groups) < 2:
+        raise FastsegError(f"--group-by {group_by!r} finds one group only ({next(iter(groups))!r}): a validation "
+                           "split of whole groups needs two or more; check the regex, or give a val folder")
+    names = sorted(groups)
+    random.Random(seed).shuffle(names)
+    total, target = len(splits["train"]), fraction * len(splits["train"])
+    val, taken = set(), 0
+    for name in names:  # in seeded order, each group that brings val nearer the share it asks for
+        if abs(taken + len(groups[name]) - target) < abs(taken - target) and len(val) < len(names) - 1:
+            val.add(name)
+            taken += len(groups[name])
+    if not val:  # every group alone overshoots further than none: the smallest, so that val is not empty
+        val.add(min(names, key=lambda name: len(groups[name])))
+    splits["val"] = sorted((p for name in val for p in groups[name]), key=lambda p: p.key)
+    splits["train"] = sorted((p for name in names if name not in val for p in groups[name]), key=lambda p: p.key)
+    share = len(splits["val"]) / total
+    print(f"--group-by: val holds {len(val)} of {len(groups)} groups, {len(splits['val'])} of {total} samples "
+          f"({share:.1%}; {fraction:.1%} asked{', the nearest whole groups give' if abs(share - fraction) > 0.005 else ''})")
+    return splits
+
+
+# numbered frames of named sequences: bear_00012, car-shadow_00003, seq3-frame0042
+_FRAME = re.compile(r"^(.*?)[_-]?(?:frame)?\d+$")
+
+
+def warn_of_sequences(pairs: list[Pair]) -> None:
+    """A random carve of numbered frames from a few named sequences puts neighbouring, near-identical frames of one
+    sequence in train and val; say so and name the flag that keeps each sequence in one split."""
+    found = [_FRAME.match(p.image.stem) for p in pairs]
+    prefixes = {m.group(1) for m in found if m and m.group(1)}
+    if len(pairs) < 4 or sum(bool(m and m.group(1)) for m in found) < 0.9 * len(pairs) or \
+            not 1 < len(prefixes) <= len(pairs) // 4:
+        return
+    example = pairs[0].image.stem
+    print(f"warning: the image names look like numbered frames of {len(prefixes)} sequences ({example}, ...): a "
+          "random validation split puts neighbouring frames of one sequence in both splits, so validation measures "
+          "memory of near-identical frames; keep each sequence in one split with --group-by '^(.*)_\\d+$' (the "
+          "regex's first group names the sequence)")

@@ -31,7 +31,7 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
         print(known.describe())
         for split, why in known.skipped.items():
             print(f"skipping the {split} split: {why}")
-        return split_off_val(known.splits, opts.val_fraction, opts.seed), known.spec
+        return split_off_val(known.splits, opts.val_fraction, opts.seed, opts.group_by), known.spec
     pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
     found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS)
     if found.unpaired:
@@ -40,7 +40,7 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
             raise FastsegError(f"{len(found.unpaired)} file(s) without a partner: {named}; "
                                "rename them to match, or pass --skip-unpaired")
         print(f"skipping {len(found.unpaired)} unpaired file(s): {named}")
-    splits = split_off_val(found.splits, opts.val_fraction, opts.seed)
+    splits = split_off_val(found.splits, opts.val_fraction, opts.seed, opts.group_by)
     everything = [p for pairs in splits.values() for p in pairs]
     spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
     return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value, threshold=opts.mask_threshold,
