@@ -42,6 +42,9 @@ def test_train_then_predict_end_to_end(loader, shards, tmp_path):
     assert (out / "checkpoints/best.ckpt").exists() and (out / "checkpoints/last.ckpt").exists()
     assert list(out.glob("logs/tensorboard/version_0/events.out.tfevents.*")) and list(out.glob("logs/csv/version_0/*.csv"))
     assert sorted(p.name for p in (out / "previews").iterdir()) == ["epoch_000.png", "epoch_001.png"]
+    for picture in ("curves.png", "per_class_iou.png"):  # the run's pictures, redrawn after each validation
+        with Image.open(out / picture) as drawn:
+            assert drawn.format == "PNG" and drawn.size[0] > 300 and drawn.getextrema()[0][0] < 128  # not blank
     metrics = json.loads((out / "metrics.json").read_text())
     for key in ("val_miou", "val_dice", "val_precision", "val_recall", "val_f1", "val_pixel_acc"):
         assert 0 <= metrics[key] <= 1
@@ -76,6 +79,11 @@ def test_train_then_predict_end_to_end(loader, shards, tmp_path):
                 tmp_path / "eval", "--workers", "1"], predict_main, "fastseg-predict") == 0
     evaluated = json.loads((tmp_path / "eval/metrics.json").read_text())
     assert evaluated["val_pixels"] == metrics["val_pixels"]
+    confusion = np.array(evaluated["confusion"])  # [true][predicted]: every labelled pixel once
+    assert confusion.shape == (3, 3) and confusion.sum() == evaluated["val_pixels"]
+    assert np.trace(confusion) / confusion.sum() == pytest.approx(evaluated["val_pixel_acc"], abs=1e-6)
+    with Image.open(tmp_path / "eval/confusion.png") as drawn:
+        assert drawn.format == "PNG" and drawn.size[0] > 300
 
 
 def test_ddp_on_cpu_splits_the_data_and_syncs_metrics(shards, tmp_path):

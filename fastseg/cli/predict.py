@@ -116,6 +116,7 @@ def evaluate(module, args, scoring) -> None:
     from ..loading.make import make_loader
     from ..training.callbacks import metrics_report, write_report
     from ..training.scoring import score_loader
+    from ..training.visualize import plot_confusion
 
     h = module.hparams
     loader = make_loader(args.shards, split=args.split, backend=args.loader, batch_size=args.batch_size,
@@ -125,7 +126,10 @@ def evaluate(module, args, scoring) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     report = metrics_report(found, h.class_names)
     report.update(scoring.describe(tuple(h.image_size)))
+    report["confusion"] = found["confusion"].tolist()  # [true][predicted] pixel counts
     write_report(args.out / "metrics.json", report)
+    plot_confusion(args.out / "confusion.png", found["confusion"].numpy(), h.class_names)
+    print(f"confusion matrix → {args.out / 'confusion.png'}")
 
 
 def main(argv: list[str] | None = None) -> int:

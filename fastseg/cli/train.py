@@ -266,7 +266,8 @@ def quiet_lightning() -> None:
 
 
 # what fastseg-train writes under --out; --overwrite removes these and nothing else
-RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json", "config.yaml")
+RUN_OUTPUTS = ("checkpoints", "logs", "previews", "batches", "metrics.json", "config.json", "config.yaml",
+               "curves.png", "per_class_iou.png")
 
 
 def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite: bool) -> None:
@@ -396,7 +397,7 @@ def make_callbacks(run: RunConfig):
     previews, the progress bar and the batch-key log; returns them with the best-checkpoint callback and meter."""
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
 
-    from ..training.callbacks import BatchKeyLog, PreviewWriter
+    from ..training.callbacks import BatchKeyLog, PreviewWriter, RunPictures
     from ..training.losses import out_channels
     from ..training.meter import FetchTimer, ThroughputMeter, flops_per_image, peak_flops
     from ..training.model import build_model
@@ -413,7 +414,8 @@ def make_callbacks(run: RunConfig):
     build = (lambda: build_model(run.model_path, run.model_args, classes)) if run.model_path else None
     flops = flops_per_image(classes, run.width, run.loader.size, build)
     meter = ThroughputMeter(FetchTimer(), flops, peak_flops(run.device, run.precision))
-    callbacks += [meter, PreviewWriter(run.out / "previews"), TQDMProgressBar(refresh_rate=run.log_every)]
+    callbacks += [meter, RunPictures(run.out, meter), PreviewWriter(run.out / "previews"),
+                  TQDMProgressBar(refresh_rate=run.log_every)]
     if run.log_batch_keys:
         callbacks.append(BatchKeyLog(run.out / "batches"))
     return callbacks, checkpoints, meter

@@ -1,5 +1,5 @@
-"""Training-side outputs that are not the model's concern: preview pictures, the batch-key log and the final
-metrics report."""
+"""Training-side outputs that are not the model's concern: preview pictures, the run's curves and per-class IoU,
+the batch-key log and the final metrics report."""
 from __future__ import annotations
 
 import json
@@ -7,9 +7,10 @@ import math
 from pathlib import Path
 
 import pytorch_lightning as pl
+import torch
 
 from .metrics import VAL_METRICS
-from .visualize import save_strip
+from .visualize import plot_curves, plot_per_class_iou, save_strip
 
 
 class PreviewWriter(pl.Callback):
@@ -25,6 +26,46 @@ class PreviewWriter(pl.Callback):
         h = module.hparams
         save_strip(self.folder / f"epoch_{trainer.current_epoch:03d}.png", images, truths, preds,
                    h.class_colors, h.mean, h.std)
+
+
+class RunPictures(pl.Callback):
+    """After each epoch's validation: OUT/curves.png (train and val loss, val mIoU, images/s, data stall by epoch)
+    and OUT/per_class_iou.png (the latest validation's), on rank 0. The training loss is summed on the device and
+    read once an epoch, so the steps never wait for the host. Put it after the meter, whose epoch figures it reads."""
+
+    def __init__(self, folder: Path, meter=None):
+        self.folder, self.meter = Path(folder), meter
+        self.history: list[dict] = []
+        self._loss = self._steps = 0
+
+    def on_train_epoch_start(self, trainer, module):
+        self._loss, self._steps = torch.zeros((), device=module.device), 0
+
+    def on_train_batch_end(self, trainer, module, outputs, batch, batch_index):
+        if isinstance(self._loss, torch.Tensor) and outputs is not None:
+            self._loss += outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach()
+            self._steps += 1
+
+    def on_train_epoch_end(self, trainer, module):
+        metrics = trainer.callback_metrics
+        epoch = {"epoch": trainer.current_epoch}
+        if self._steps:
+            epoch["train_loss"] = float(self._loss) / self._steps
+        for key in ("val_loss", "val_miou"):
+            if key in metrics:
+                epoch[key] = float(metrics[key])
+        if self.meter is not None and self.meter.epochs and self.meter.epochs[-1]["epoch"] == trainer.current_epoch:
+            epoch.update({k: self.meter.epochs[-1][k] for k in ("images_per_s", "data_stall")})
+        self.history.append(epoch)
+        if not trainer.is_global_zero:
+            return
+        plot_curves(self.folder / "curves.png", self.history)
+        if module.last_scores is not None:
+            h = module.hparams
+            ious = [_clean(float(v)) for v in module.last_scores["iou"]]
+            plot_per_class_iou(self.folder / "per_class_iou.png", h.class_names, h.class_colors, ious,
+                               title=f"per-class IoU, epoch {trainer.current_epoch} (mIoU "
+                                     f"{module.last_scores['miou']:.3f})")
 
 
 class BatchKeyLog(pl.Callback):

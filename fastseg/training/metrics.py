@@ -35,4 +35,5 @@ def scores(confusion: torch.Tensor) -> dict[str, torch.Tensor | float]:
         "precision_mean": float(precision.nanmean()), "recall_mean": float(recall.nanmean()),
         "f1": float(dice.nanmean()),  # per class, F1 and Dice are the same number
         "pixel_acc": float(tp.sum() / cm.sum().clamp(min=1)), "pixels": int(cm.sum()),
+        "confusion": confusion.cpu(),
     }
