@@ -167,6 +167,10 @@ class Manifest:
     storage: dict[str, str] = field(default_factory=lambda: {"image": "source", "mask": "fast-png"})
     ignore_index: int = IGNORE_INDEX
     format_version: int = FORMAT_VERSION
+    # what the report shows without reading a sample: per split the pixels of each class and the masks holding it
+    # (class_pixels, class_images: {split: {class: count}}), the images per split, and the checks' warnings (lines).
+    # Sets written before it have none: fastseg-report then counts a bounded sample of masks
+    statistics: dict = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -188,7 +192,7 @@ class Manifest:
         }
         classes = [ClassInfo(**c) for c in raw["classes"]]
         fields = {k: raw[k] for k in ("mean", "std", "class_pixels", "sizes", "storage", "ignore_index",
-                                      "format_version") if k in raw}
+                                      "format_version", "statistics") if k in raw}
         return cls(classes=classes, splits=splits, **fields)
 
 

@@ -185,5 +185,5 @@ def test_fastseg_train_runs_the_recipe_from_its_flags(backend, half_shards, tmp_
     assert metrics["eval_size"] == [48, 64] and metrics["eval_resize"].startswith("aspect kept")
     assert metrics["val_pixels"] == 8 * 48 * 64  # every label pixel of the split, at its own resolution
     assert run_cli("fastseg-train", main, [*argv[:2], "--out", str(tmp_path / "bad"), "--ratio-range", "2", "1",
-                                            *argv[4:6], "--val-split", "train"]) == 1
+                                            "--augment", "mmseg", *argv[4:6], "--val-split", "train"]) == 1
     assert "ratio range" in capsys.readouterr().err

@@ -649,3 +649,65 @@ def test_group_by_carves_whole_groups_near_the_share_and_names_what_it_cannot_ma
         split_off_val({"all": pairs[:30]}, 0.2, 0, r"^(.*)_\d+$")
     with pytest.raises(FastsegError, match="has no group"):
         split_off_val({"all": pairs}, 0.2, 0, r"^.*_\d+$")
+
+
+def test_the_checks_name_duplicates_leaks_absent_classes_and_empty_masks_and_the_report_shows_them(tmp_path, capsys):
+    root = tmp_path / "data"
+    make_dataset(root / "train", count=8, size=(48, 40), image_ext="png", mask="index", classes=3)
+    make_dataset(root / "val", count=4, size=(48, 40), image_ext="png", mask="index", classes=2, first_seed=50)
+    for image in [*(root / "train/images").glob("*.png"), *(root / "val/images").glob("*.png")]:
+        seed = int(image.stem[1:])  # pictures that look unlike each other: blocks of random brightness
+        blocks = np.random.default_rng(seed).integers(0, 256, (5, 6, 3), dtype=np.uint8)
+        save(np.asarray(Image.fromarray(blocks).resize((48, 40), Image.NEAREST)), image)
+    # planted: a train image in val under another name, re-encoded (BMP: the same pixels), and another as a JPEG
+    # (other bytes, other pixels, the same look); and a mask with no labelled pixel
+    Image.open(root / "train/images/s003.png").save(root / "val/images/copy.bmp")
+    Image.open(root / "val/masks/s050.png").save(root / "val/masks/copy.png")  # masks without class 2: none in val
+    Image.open(root / "train/images/s005.png").save(root / "val/images/look.jpg", quality=80)
+    Image.open(root / "val/masks/s051.png").save(root / "val/masks/look.png")
+    save(np.full((40, 48), 255, np.uint8), root / "train/masks/s007.png")
+    manifest = shard(root, tmp_path / "shards", ShardOptions(**QUIET))
+    warnings = manifest.statistics["warnings"]
+    said = capsys.readouterr().out
+    assert all(f"warning: {line}" in said for line in warnings)
+    assert any("in more than one split" in w and "train/s003 = val/copy" in w for w in warnings), warnings
+    assert any("near-identical" in w and "train/s005 ~ val/look" in w for w in warnings), warnings
+    assert not any("near-identical" in w and "val/copy" in w for w in warnings)  # said once, as the same pixels
+    assert any(w.startswith("val: class(es) with no pixel: class_2") for w in warnings), warnings
+    assert any("train: 1 mask(s) with no labelled pixel" in w and "s007" in w for w in warnings), warnings
+    statistics = manifest.statistics
+    assert statistics["images"] == {"train": 8, "val": 6}
+    assert statistics["class_images"]["val"] == {"class_0": 6, "class_1": 6, "class_2": 0}
+    assert statistics["class_pixels"]["train"]["class_1"] > 0
+    assert load_manifest(tmp_path / "shards").statistics == statistics  # kept in the manifest, for the report
+
+    page = (tmp_path / "shards/report.html").read_text()
+    assert page.count("<img src='data:image/jpeg;base64,") == 8 + 6  # every sample of this small set, inline
+    assert "train/s003 = val/copy" in page and str(tmp_path / "shards") in page and ".partial" not in page
+    from fastseg.cli.report import main as report_main
+
+    assert run_cli("fastseg-report", report_main, [str(tmp_path / "shards"), "--out", str(tmp_path / "again.html"),
+                                                   "--samples", "2"]) == 0
+    assert (tmp_path / "again.html").read_text().count("<img ") == 4
+    check_in_a_browser(tmp_path / "shards/report.html", images=14)
+
+
+def check_in_a_browser(page, images: int) -> None:
+    """The page opened in a real headless Chromium (Debian's chromium-headless-shell, driven by Playwright): every
+    image decoded, no console error. Skipped where either is missing."""
+    import shutil
+
+    browser = shutil.which("chromium-headless-shell") or shutil.which("chromium")
+    sync_playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed").sync_playwright
+    if browser is None:
+        pytest.skip("no Chromium here (apt-get install chromium-headless-shell)")
+    with sync_playwright() as driver:
+        chromium = driver.chromium.launch(executable_path=browser, args=["--no-sandbox"])
+        tab = chromium.new_page()
+        errors = []
+        tab.on("console", lambda message: errors.append(message.text) if message.type == "error" else None)
+        tab.on("pageerror", lambda error: errors.append(str(error)))
+        tab.goto(page.as_uri())
+        loaded = tab.evaluate("Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length")
+        chromium.close()
+    assert loaded == images and not errors, errors

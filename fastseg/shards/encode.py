@@ -19,6 +19,7 @@ from PIL import Image, ImageOps
 from ..errors import FastsegError
 from ..format import JPEG_IMAGE_EXT, META_EXT, PNG_IMAGE_EXT, RAW_IMAGE_EXT, RAW_SIZE_DTYPE, sample_members
 from . import masks as maskmod
+from .looks import perceptual_hash, pixel_hash
 from .pairs import Pair
 
 EXIF_ORIENTATION = 0x0112
@@ -35,6 +36,8 @@ class Encoded:
     size: tuple[int, int]
     pixel_hist: np.ndarray  # 3×256 histogram of image values, for mean/std without holding images
     class_hist: np.ndarray  # 256 bins of stored mask values
+    pixel_hash: int = 0  # 64 bits of a hash of the image's RGB pixels: the same picture whatever its file or format
+    look: int = 0  # a 64-bit perceptual hash (looks.py): near-identical pictures differ in a few bits
 
 
 # How images and masks are stored (--store; the manifest's `storage`, format.sample_members). JPEG images are never
@@ -162,7 +165,8 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, storag
     if names.size:
         members[names.size] = np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()
     members[META_EXT] = json.dumps(meta).encode()
-    return Encoded(pair.key, members, image.size, hist, stored)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    return Encoded(pair.key, members, image.size, hist, stored, pixel_hash(rgb), perceptual_hash(image))
 
 
 class SizeMismatch(FastsegError):

@@ -1,6 +1,6 @@
 """`shard()`: image/mask folders → a verified shard set, the stages in order: find the pairs and decide how masks
 become class ids (sources.py), encode them in a worker pool (encode.py), write shards, indexes and manifest
-(writer.py), and put the set in place on disk or in a bucket (publish.py). With a part (I of N), write that part
+(writer.py), the report (report.py), and put the set in place on disk or in a bucket (publish.py). With a part (I of N), write that part
 and its record instead, for `merge()` to make one set of (parts.py).
 """
 from __future__ import annotations
@@ -30,24 +30,30 @@ def shard(src: Path, out, opts: ShardOptions) -> Manifest | None:
         root = str(out).rstrip("/")
         existing = bucket_target(root, opts.overwrite)  # before any work: an unreachable bucket fails in seconds
         with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
-            manifest = _write(src, Path(tmp), opts)
+            manifest = _write(src, Path(tmp), opts, root)
             _summary(manifest, f"{root} (uploading)", time.perf_counter() - start)
             upload_set(Path(tmp), root, existing, opts.progress)
         print(f"uploaded to {root}, manifest last")
         return manifest
     with local_target(out, opts.overwrite) as tmp:
-        manifest = _write(src, tmp, opts)
+        manifest = _write(src, tmp, opts, str(out))
     _summary(manifest, out, time.perf_counter() - start)
     return manifest
 
 
-def _write(src: Path, folder: Path, opts: ShardOptions) -> Manifest:
+def _write(src: Path, folder: Path, opts: ShardOptions, name: str) -> Manifest:
+    """The set in `folder`, with its report.html (read back from the finished set, as fastseg-report reads any;
+    `name`: where the set goes)."""
+    from .report import write_report
+
     splits, spec = pairs_and_spec(src, opts)
     with encoding_pool(opts.workers) as pool:
         discover_classes(pool, splits, spec)
-        return write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
-                         max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
-                         storage=storage_for(opts.store, splits))
+        manifest = write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
+                             max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
+                             storage=storage_for(opts.store, splits))
+    write_report(folder, folder / "report.html", seed=opts.seed, name=name)
+    return manifest
 
 
 def _summary(manifest: Manifest, out: Path, seconds: float) -> None:
@@ -58,3 +64,5 @@ def _summary(manifest: Manifest, out: Path, seconds: float) -> None:
     print(f"wrote {out}: {per_split}; {nbytes / 1e6:.1f} MB ({stored}); {manifest.num_classes} classes "
           f"({', '.join(c.name for c in manifest.classes[:12])}{' …' if manifest.num_classes > 12 else ''}); "
           f"{seconds:.1f} s, {samples / max(seconds, 1e-9):.1f} samples/s")
+    for line in manifest.statistics.get("warnings", []):
+        print(f"warning: {line}")

@@ -16,7 +16,9 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import FastsegError
-from ..format import MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file, shard_name
+from ..format import (IGNORE_INDEX, MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
+                      shard_name)
+from .checks import set_warnings
 from .encode import Encoded, SizeMismatch, encode_job
 from .masks import MaskSpec
 from .pairs import Pair
@@ -50,38 +52,58 @@ def write_index(tar_path: Path) -> int:
 
 
 class Stats:
-    """Running totals over the training images and all masks; nothing per sample is kept."""
+    """Running totals over the training images and all masks, and per sample only what the set's checks compare
+    (checks.py): its key, two 64-bit hashes of its image (looks.py) and whether its mask has a labelled pixel."""
 
     def __init__(self):
         self.pixel_hist = np.zeros((3, 256), np.int64)
         self.class_hist = {}
+        self.class_images = {}  # per split: how many masks hold each stored value
         self.sizes = defaultdict(set)
+        self.looks = defaultdict(list)  # per split: (key, pixel hash, perceptual hash)
+        self.unlabelled = defaultdict(list)  # per split: keys whose mask is all ignore
 
     def add(self, split: str, sample: Encoded) -> None:
         if split == "train":
             self.pixel_hist += sample.pixel_hist
         self.class_hist.setdefault(split, np.zeros(256, np.int64))
         self.class_hist[split] += sample.class_hist
+        self.class_images.setdefault(split, np.zeros(256, np.int64))
+        self.class_images[split] += sample.class_hist > 0
         self.sizes[split].add(sample.size)
+        self.looks[split].append((sample.key, sample.pixel_hash, sample.look))
+        if not sample.class_hist[:IGNORE_INDEX].any():
+            self.unlabelled[split].append(sample.key)
 
     def to_record(self) -> dict:
-        """Exact integer counts (a part's share, for the merge): pixel values per channel, stored mask values per
-        split, image sizes per split."""
+        """Exact integer counts (a part's share, for the merge): pixel values per channel, stored mask values and
+        the masks holding each per split, image sizes per split, and the samples' hashes."""
         return {"pixel_hist": self.pixel_hist.tolist(),
                 "class_hist": {split: hist.tolist() for split, hist in self.class_hist.items()},
-                "sizes": {split: sorted([list(wh) for wh in sizes]) for split, sizes in self.sizes.items()}}
+                "class_images": {split: hist.tolist() for split, hist in self.class_images.items()},
+                "sizes": {split: sorted([list(wh) for wh in sizes]) for split, sizes in self.sizes.items()},
+                "looks": {split: [[key, f"{exact:016x}", f"{look:016x}"] for key, exact, look in rows]
+                          for split, rows in self.looks.items()},
+                "unlabelled": dict(self.unlabelled)}
 
     @classmethod
     def from_records(cls, records: list[dict]) -> Stats:
-        """The counts of a whole set from its parts' records: sums of integers, so exactly a single run's."""
+        """The counts of a whole set from its parts' records: sums of integers, so exactly a single run's. Records
+        written before the checks lack the hashes: their samples are not compared."""
         total = cls()
         for record in records:
             total.pixel_hist += np.array(record["pixel_hist"], np.int64)
-            for split, hist in record["class_hist"].items():
-                total.class_hist.setdefault(split, np.zeros(256, np.int64))
-                total.class_hist[split] += np.array(hist, np.int64)
+            for name in ("class_hist", "class_images"):
+                for split, hist in record.get(name, {}).items():
+                    kept = getattr(total, name)
+                    kept.setdefault(split, np.zeros(256, np.int64))
+                    kept[split] += np.array(hist, np.int64)
             for split, sizes in record["sizes"].items():
                 total.sizes[split] |= {tuple(wh) for wh in sizes}
+            for split, rows in record.get("looks", {}).items():
+                total.looks[split] += [(key, int(exact, 16), int(look, 16)) for key, exact, look in rows]
+            for split, keys in record.get("unlabelled", {}).items():
+                total.unlabelled[split] += keys
         return total
 
     def mean_std(self) -> tuple[list[float], list[float]]:
@@ -144,11 +166,15 @@ def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, sto
     classes = spec.classes(present)
     mean, std = stats.mean_std()
     train_hist = stats.class_hist.get("train", present)
+    split_counts = {name: {split: {c.name: int(hist[c.id]) for c in classes} for split, hist in counts.items()}
+                    for name, counts in (("class_pixels", stats.class_hist), ("class_images", stats.class_images))}
+    statistics = {**split_counts, "images": {split: info.samples for split, info in infos.items()},
+                  "warnings": set_warnings(stats, classes)}
     return Manifest(
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
-        storage=dict(storage),
+        storage=dict(storage), statistics=statistics,
     )
 
 

@@ -7,33 +7,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..format import IGNORE_INDEX
+from ..pictures import IGNORE_COLOR, colorize, overlay, palette_image
 
-IGNORE_COLOR = (255, 0, 255)
-
-
-def palette_image(indices: np.ndarray, colors: list[list[int]]) -> Image.Image:
-    """A 'P' PNG whose indices are the class ids, so a viewer shows colours and a reader gets the ids back."""
-    image = Image.fromarray(indices.astype(np.uint8), "P")
-    flat = [v for c in colors for v in c[:3]]
-    flat += [0] * (3 * IGNORE_INDEX - len(flat)) + list(IGNORE_COLOR)
-    image.putpalette(flat)
-    return image
-
-
-def colorize(indices: np.ndarray, colors: list[list[int]]) -> np.ndarray:
-    table = np.zeros((256, 3), np.uint8)
-    table[: len(colors)] = np.array(colors, np.uint8)[:, :3]
-    table[IGNORE_INDEX] = IGNORE_COLOR
-    return table[indices]
-
-
-def overlay(image: np.ndarray, indices: np.ndarray, colors: list[list[int]], alpha: float = 0.5) -> np.ndarray:
-    """The mask blended over the image; background (class 0) left clear."""
-    tinted = colorize(indices, colors).astype(np.float32)
-    weight = np.where(indices[..., None] == 0, 0.0, alpha)
-    return (image * (1 - weight) + tinted * weight).astype(np.uint8)
-
+__all__ = ["IGNORE_COLOR", "colorize", "denormalize", "overlay", "palette_image", "plot_confusion", "plot_curves",
+           "plot_per_class_iou", "save_strip"]
 
 def denormalize(image: torch.Tensor, mean: list[float], std: list[float]) -> np.ndarray:
     """C×H×W normalized tensor → H×W×3 uint8."""
