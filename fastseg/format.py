@@ -17,6 +17,7 @@ from .errors import FastsegError
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
+REPORT = "report.html"  # the set's report (shards/report.py), beside the manifest
 IGNORE_INDEX = 255
 SPLITS = ("train", "val", "test")
 
@@ -96,7 +97,7 @@ def listing(names: list[str], most: int = 5) -> str:
 def check_replaceable(where: str, names: list[str]) -> None:
     """Refuse to replace a folder or prefix unless it is empty or holds a shard set and nothing else: `names` are
     its entries (folders with a trailing '/'). --overwrite must never delete a file fastseg did not write."""
-    foreign = sorted(n for n in names if n != MANIFEST and not _SET_FILE.match(n))
+    foreign = sorted(n for n in names if n not in (MANIFEST, REPORT) and not _SET_FILE.match(n))
     if names and MANIFEST not in names:
         raise FastsegError(f"{where} is not a fastseg shard set (no {MANIFEST}) and holds {listing(sorted(names))}; "
                            "not overwriting it: choose another OUT, or empty it yourself")

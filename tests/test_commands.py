@@ -215,12 +215,12 @@ def test_sgd_with_poly_and_warmup_reaches_the_formulas_rates_and_max_steps_stops
 
     from fastseg.loading import SegDataModule
     from fastseg.training.module import SegModule
-    from fastseg.training.optim import lr_factor
+    from fastseg.training.optim import OptimSettings, lr_factor
 
     manifest = __import__("fastseg").load_manifest(shards)
+    optim = OptimSettings(optimizer="sgd", lr=0.01, schedule="poly", warmup_steps=3, min_lr=1e-4, epochs=None)
     module = SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
-                       mean=manifest.mean, std=manifest.std, image_size=(32, 32), width=4, lr=0.01, epochs=None,
-                       optimizer="sgd", schedule="poly", warmup_steps=3, min_lr=1e-4)
+                       mean=manifest.mean, std=manifest.std, image_size=(32, 32), width=4, optim=optim)
     seen = []
 
     class Rates(pl.Callback):

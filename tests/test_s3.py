@@ -296,6 +296,16 @@ def test_parts_written_to_a_bucket_merge_into_the_set_one_machine_writes(bucket_
     assert all(name.rpartition("/")[2].startswith("part-") for name in read)  # records only
     single = json.loads((disk / "manifest.json").read_text())
     assert merged.class_pixels == single["class_pixels"] and merged.sizes == single["sizes"]
+    for counts in ("class_pixels", "class_images", "images"):  # the checks' counts add up from the parts' records
+        assert merged.statistics[counts] == single["statistics"][counts]
+    assert len(merged.statistics["warnings"]) == len(single["statistics"]["warnings"])
+    # the report of a set in a bucket, written in parts: read through the listing and ranged reads
+    from fastseg.cli.report import main as report_main
+
+    page = disk.parent / "parts-report.html"
+    assert run_cli("fastseg-report", report_main, ["s3://sets/parts", "--out", str(page), "--samples", "3"]) == 0
+    shown = sum(min(3, split["samples"]) for split in single["splits"].values())
+    assert page.read_text().count("<img src='data:image/jpeg;base64,") == shown
     for split in ("train", "val"):
         keys = {backend: sorted(k for b in make_loader("s3://sets/parts", split=split, backend=backend, batch_size=3,
                                                        workers=0, shuffle=False, augment="none", return_keys=True)

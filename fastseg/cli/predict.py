@@ -35,12 +35,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def load_module(path: Path, device: str):
-    from ..training.module import SegModule
+    from ..training.module import load_segmodule
 
     if not path.is_file():
         raise FastsegError(f"{path}: no such checkpoint (fastseg-train writes OUT/checkpoints/best.ckpt)")
     try:
-        module = SegModule.load_from_checkpoint(path, map_location=device)
+        module = load_segmodule(path, device)
     except Exception as err:
         raise FastsegError(f"{path}: not a fastseg checkpoint ({err})") from err
     return module.eval().to(device)
@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
         raise FastsegError("give --input (images to predict) or --shards (a split to evaluate), one of them")
     scoring = scoring_from(args)  # the flags checked before the checkpoint is read
     module = load_module(args.checkpoint, args.device)
-    scoring = scoring.with_default_size(module.hparams.get("eval_size"))  # as its training validated
+    scoring = scoring.with_default_size(module.scoring.size)  # as its training validated
     if args.shards:
         evaluate(module, args, scoring)
     else:

@@ -19,7 +19,7 @@ from ..format import Manifest, ShardSet, open_set
 from ..loading.config import AUGMENTS, BACKENDS, LoaderConfig, default_workers
 from ..storage import location
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
-from ..training.optim import OPTIMIZERS, SCHEDULES
+from ..training.optim import OPTIMIZERS, SCHEDULES, OptimSettings
 from ..training.scoring import Scoring
 from . import configs, run_cli
 from .configs import add_config_flags
@@ -34,14 +34,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="train for N optimizer steps instead of epochs, as MMSegmentation's configs count (80k, 160k)")
     p.add_argument("--batch-size", type=int, default=LoaderConfig.default("batch_size"), help="per device")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default="adamw",
+    p.add_argument("--lr", type=float, default=OptimSettings.lr)
+    p.add_argument("--weight-decay", type=float, default=OptimSettings.weight_decay)
+    p.add_argument("--optimizer", choices=OPTIMIZERS, default=OptimSettings.optimizer,
                    help="adamw (default; fused on CUDA), or sgd (momentum 0.9) as the published recipes train")
-    p.add_argument("--schedule", choices=SCHEDULES, default="cosine",
+    p.add_argument("--schedule", choices=SCHEDULES, default=OptimSettings.schedule,
                    help="cosine (default: over the epochs) or poly: (1 - step/max_steps) ** 0.9, every iteration")
-    p.add_argument("--warmup-steps", type=int, default=0, metavar="N", help="linear warm-up over the first N steps")
-    p.add_argument("--min-lr", type=float, default=0.0, help="where the schedule ends (MMSegmentation's eta_min)")
+    p.add_argument("--warmup-steps", type=int, default=OptimSettings.warmup_steps, metavar="N",
+                   help="linear warm-up over the first N steps")
+    p.add_argument("--min-lr", type=float, default=OptimSettings.min_lr,
+                   help="where the schedule ends (MMSegmentation's eta_min)")
     p.add_argument("--class-weights", choices=("none", "median-freq"), default="none",
                    help="median-freq: SegNet's median frequency balancing, from the manifest's class pixel counts")
     p.add_argument("--dice-weight", type=float, default=0.0, help="add this times the Dice loss")
@@ -115,16 +117,11 @@ class RunConfig:
     out: Path
     epochs: int | None  # None: a run counted in max_steps
     max_steps: int | None
-    lr: float
-    weight_decay: float
     dice_weight: float
     width: int
     model_path: str | None  # --model: your own network's factory
     model_args: dict
-    optimizer: str
-    schedule: str
-    warmup_steps: int
-    min_lr: float
+    optim: OptimSettings  # the optimizer and schedule
     class_weights: list[float] | None
     compile_model: bool  # torch.compile the network
     accelerator: str  # "gpu" or "cpu"
@@ -155,7 +152,8 @@ class RunConfig:
     def as_json(self, world_size: int) -> dict:
         """config.json: the run as resolved, one flat object."""
         fields = {k: str(v) if isinstance(v, Path) else v for k, v in vars(self).items()
-                  if k not in ("shard_set", "loader", "scoring", "settings")}
+                  if k not in ("shard_set", "loader", "scoring", "settings", "optim")}
+        fields.update({k: v for k, v in asdict(self.optim).items() if k != "epochs"})
         loader = {k: v for k, v in asdict(self.loader).items() if k != "backend"}
         return {"shards": str(self.shard_set.root), "loader": self.loader.backend, **loader,
                 "image_size": list(self.loader.size), **fields, "world_size": world_size,
@@ -196,8 +194,6 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
                                    f"{args.augment}; drop it, or train with --augment mmseg")
     if args.epochs is not None and args.max_steps is not None:
         raise FastsegError("--epochs and --max-steps both say how long to train; give one of them")
-    if args.warmup_steps < 0 or args.min_lr < 0:
-        raise FastsegError("--warmup-steps and --min-lr are 0 or more")
     if args.model:
         import_factory(args.model)  # importable, before any process starts
     class_weights = None
@@ -230,14 +226,16 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
         state = datamodule_state(Path(resume))
         if state:
             check_resumable(state, ranks, loader)
+    epochs = None if args.max_steps else (args.epochs or OptimSettings.epochs)
+    optim = OptimSettings(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
+                          schedule=args.schedule, warmup_steps=args.warmup_steps, min_lr=args.min_lr, epochs=epochs)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
     steps = batches_per_epoch(manifest.splits[args.split].samples, ranks, args.batch_size)
     return RunConfig(
         shard_set=shard_set, loader=loader, train_split=args.split, val_split=args.val_split, out=args.out,
-        epochs=None if args.max_steps else (args.epochs or 20), max_steps=args.max_steps, lr=args.lr,
-        weight_decay=args.weight_decay, dice_weight=args.dice_weight, width=args.width, model_path=args.model,
-        model_args=parse_model_args(args.model_arg), optimizer=args.optimizer, schedule=args.schedule,
-        warmup_steps=args.warmup_steps, min_lr=args.min_lr, class_weights=class_weights, compile_model=args.compile,
+        epochs=epochs, max_steps=args.max_steps, optim=optim, dice_weight=args.dice_weight, width=args.width,
+        model_path=args.model, model_args=parse_model_args(args.model_arg), class_weights=class_weights,
+        compile_model=args.compile,
         accelerator=accelerator, devices=args.devices, num_nodes=args.num_nodes, precision=precision, resume=resume,
         resume_flag=args.resume, overwrite=args.overwrite, log_every=min(args.log_every, steps), checkpoint_every=args.checkpoint_every,
         log_batch_keys=args.log_batch_keys,
@@ -383,13 +381,10 @@ def segmodule(run: RunConfig):
 
     manifest = run.manifest
     return SegModule([c.name for c in manifest.classes], class_colors=[c.color for c in manifest.classes],
-                     mean=manifest.mean, std=manifest.std, image_size=run.loader.size, width=run.width, lr=run.lr,
-                     weight_decay=run.weight_decay, epochs=run.epochs, dice_weight=run.dice_weight,
+                     mean=manifest.mean, std=manifest.std, image_size=run.loader.size, width=run.width,
+                     optim=run.optim, scoring=run.scoring, dice_weight=run.dice_weight,
                      channels_last=run.loader.channels_last, compile_model=run.compile_model,
-                     model_path=run.model_path, model_args=run.model_args, optimizer=run.optimizer,
-                     schedule=run.schedule, warmup_steps=run.warmup_steps, min_lr=run.min_lr,
-                     class_weights=run.class_weights, eval_mode=run.scoring.mode, eval_window=run.scoring.window,
-                     eval_stride=run.scoring.stride, eval_size=run.scoring.size)
+                     model_path=run.model_path, model_args=run.model_args, class_weights=run.class_weights)
 
 
 def make_callbacks(run: RunConfig):

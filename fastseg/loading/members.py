@@ -4,17 +4,17 @@ view, or a decode). The torch loader's workers and the DALI pipeline's feed both
 it, and a sample DALI could not decode is found here, read as the torch loader reads it."""
 from __future__ import annotations
 
-import io
 import json
 import os
 
 import numpy as np
-import simplejpeg
-from PIL import Image
 
 from .. import storage
-from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index, raw_pixels
+from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index
+from ..pictures import decode_image, member_pixels
 from .contract import LoaderPlan
+
+__all__ = ["SampleTable", "decode_image", "member_pixels"]
 
 
 class SampleTable:
@@ -77,24 +77,3 @@ class SampleTable:
                 except Exception as err:  # Pillow raises several types for corrupt data
                     return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
         return None
-
-
-def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
-    """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
-    arrays, never decoded; an encoded one decoded (an image to RGB)."""
-    if size:
-        return np.array(raw_pixels(data, size, channels))
-    return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
-
-
-def decode_image(data: bytes) -> np.ndarray:
-    """An H×W×3 uint8 RGB array. JPEG goes through simplejpeg: libjpeg-turbo (as in Pillow) decoding straight into
-    the array, where Pillow decodes to 4 bytes a pixel and then copies out (a third slower here). Other formats, and
-    JPEGs that libjpeg-turbo will not turn into RGB (CMYK), go through Pillow; a corrupt JPEG fails in both."""
-    if simplejpeg.is_jpeg(data):
-        try:
-            return simplejpeg.decode_jpeg(data, colorspace="RGB")
-        except ValueError:
-            pass
-    image = Image.open(io.BytesIO(data))
-    return np.array(image if image.mode == "RGB" else image.convert("RGB"))

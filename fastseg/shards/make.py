@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 from .. import storage
-from ..format import Manifest
+from ..format import REPORT, Manifest
 from .encode import storage_for
 from .options import ShardOptions
 from .parts import write_part
@@ -52,7 +52,7 @@ def _write(src: Path, folder: Path, opts: ShardOptions, name: str) -> Manifest:
         manifest = write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
                              max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
                              storage=storage_for(opts.store, splits))
-    write_report(folder, folder / "report.html", seed=opts.seed, name=name)
+    write_report(folder, folder / REPORT, seed=opts.seed, name=name)
     return manifest
 
 

@@ -16,15 +16,11 @@ import random
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
 
-from ..format import ShardSet, open_set
-from ..loading.checks import check_shards
-from ..loading.config import LoaderConfig
-from ..loading.contract import LoaderPlan
-from ..loading.members import SampleTable
-from ..pictures import colorize
+from .. import storage
+from ..format import REPORT, ShardSet, open_set, parse_index, sample_members
+from ..pictures import colorize, member_pixels
 
 THUMB_WIDTH = 200  # pixels of each sample's image (and of its mask beside it) in the grid
 BAR_WIDTH = 220  # pixels of a bar at 100%
@@ -36,7 +32,7 @@ def write_report(shards, out: Path | None = None, samples: int = 12, seed: int =
     `name`: what the page calls the set (default: where it is)."""
     shard_set = open_set(shards)
     root = shard_set.root
-    out = Path(out) if out is not None else (Path(root) if isinstance(root, Path) else Path(".")) / "report.html"
+    out = Path(out) if out is not None else (Path(root) if isinstance(root, Path) else Path(".")) / REPORT
     page = render(shard_set, samples, seed, name or str(root))
     partial = out.with_name(f".{out.name}.partial")
     partial.write_text(page)
@@ -92,22 +88,45 @@ def _header(shard_set: ShardSet, samples: int, name: str) -> str:
 
 def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tuple[str, str, np.ndarray]]:
     """(key, a JPEG of the image beside its class-coloured mask as base64, mask) of `count` random samples of the
-    split."""
-    paths, indexes = check_shards(shard_set, split, checksums=False)
-    plan = LoaderPlan(root=shard_set.root, manifest=shard_set.manifest, split=split, shards=paths, indexes=indexes,
-                      config=LoaderConfig(checksums=False), rank=0, world_size=1, device=torch.device("cpu"))
-    table = SampleTable(plan)
-    colors = [c.color for c in shard_set.manifest.classes]
-    chosen = sorted(random.Random(seed).sample(range(len(table)), min(count, len(table))))
+    split, each read by offset through its shard's index."""
+    manifest = shard_set.manifest
+    stored = sample_members(manifest.storage)
+    where = []  # per sample: (shard, key, {ext: (offset, size)})
+    for shard, index in _shards_and_indexes(shard_set, split):
+        for sample in parse_index(Path(index).read_text(), str(index)):
+            where.append((shard, sample[0][3].partition(".")[0], {ext: (o, n) for ext, o, n, _ in sample}))
+    colors = [c.color for c in manifest.classes]
     rows = []
-    for number in chosen:
-        image, mask = table.pixels(number)
+    for shard, key, members in (where[n] for n in sorted(random.Random(seed).sample(range(len(where)),
+                                                                                    min(count, len(where))))):
+        size = _read(shard, members[stored.size]) if stored.size else None
+        image = member_pixels(_read(shard, members[stored.image_in(members)]), stored.raw_image and size, 3)
+        mask = member_pixels(_read(shard, members[stored.mask]), stored.raw_mask and size, 1)
         picture = Image.fromarray(np.concatenate([image, colorize(mask, colors)], axis=1))
         picture.thumbnail((2 * THUMB_WIDTH, THUMB_WIDTH * 4))
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=85)
-        rows.append((table.members[number][1], base64.b64encode(buffer.getvalue()).decode(), mask))
+        rows.append((key, base64.b64encode(buffer.getvalue()).decode(), mask))
     return rows
+
+
+def _shards_and_indexes(shard_set: ShardSet, split: str) -> list[tuple[str, Path]]:
+    """Each shard of the split (a path or a URL) with its index on local disk (a bucket's: fetched to the cache the
+    loaders use, which is why only that case needs the loading stage)."""
+    if storage.is_remote(shard_set.root):
+        from ..loading import check_shards
+
+        return list(zip(*check_shards(shard_set, split, checksums=False)))
+    root = Path(shard_set.root)
+    return [(str(root / s.name), root / s.index) for s in shard_set.manifest.split(split).shards]
+
+
+def _read(shard: str, span: tuple[int, int]) -> bytes:
+    if storage.is_remote(shard):
+        return storage.read_range(shard, *span)
+    with open(shard, "rb") as tar:
+        tar.seek(span[0])
+        return tar.read(span[1])
 
 
 def _class_counts(manifest, drawn) -> tuple[dict, dict, str]:

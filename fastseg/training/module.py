@@ -6,6 +6,8 @@ transposes), torch.compile, and the fused AdamW wherever the parameters live on 
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -16,29 +18,31 @@ from ..format import IGNORE_INDEX
 from .losses import out_channels, predict, segmentation_loss
 from .metrics import VAL_METRICS, confusion_metric, scores
 from .model import UNet, build_model
-from .optim import make_optimizer, make_schedule
+from .optim import OptimSettings, make_optimizer, make_schedule
 from .scoring import Scoring, label_logits, network_stride
 
 
 class SegModule(pl.LightningModule):
     def __init__(self, class_names: list[str], *, class_colors: list[list[int]], mean: list[float],
-                 std: list[float], image_size: tuple[int, int], width: int = 64, lr: float = 1e-3,
-                 weight_decay: float = 1e-4, epochs: int | None = 20, dice_weight: float = 0.0,
-                 ignore_index: int = IGNORE_INDEX, channels_last: bool = False, compile_model: bool = False,
-                 model: nn.Module | None = None, model_path: str | None = None, model_args: dict | None = None,
-                 own_model: bool = False, optimizer: str = "adamw", schedule: str = "cosine",
-                 warmup_steps: int = 0, min_lr: float = 0.0, class_weights: list[float] | None = None,
-                 eval_mode: str = "whole", eval_window: tuple[int, int] | None = None,
-                 eval_stride: tuple[int, int] | None = None, eval_size: tuple[int, int] | None = None):
+                 std: list[float], image_size: tuple[int, int], width: int = 64,
+                 optim: OptimSettings | dict | None = None, scoring: Scoring | dict | None = None,
+                 dice_weight: float = 0.0, ignore_index: int = IGNORE_INDEX, channels_last: bool = False,
+                 compile_model: bool = False, model: nn.Module | None = None, model_path: str | None = None,
+                 model_args: dict | None = None, own_model: bool = False, class_weights: list[float] | None = None):
         """model: your own network (an nn.Module mapping N×3×H×W to N×C×H×W logits, C = 1 for two classes, else
         the class count); or model_path 'package.module:function' (+ model_args), which the checkpoint records
         and fastseg-predict rebuilds; default: the UNet of `width`. own_model is set when `model` is given, so that
-        loading such a checkpoint asks for the model again. epochs: None for a run counted in steps.
-        eval_mode/eval_window/eval_stride: how validation batches at the labels' resolution are run (scoring.py);
-        batches with masks at the training size are scored there. eval_size: the scale validation fitted images to
-        (aspect kept; None: the training size), which fastseg-predict scores at by default."""
+        loading such a checkpoint asks for the model again. optim: the optimizer and schedule (OptimSettings).
+        scoring: how validation batches at the labels' resolution are run (scoring.Scoring: whole or slide, and the
+        scale validation fitted images to, which fastseg-predict scores at by default); batches with masks at the
+        training size are scored there. Both are kept in the checkpoint as plain dicts."""
         super().__init__()
-        self.save_hyperparameters(ignore=["model"])  # everything fastseg-predict needs to use a checkpoint alone
+        self.optim = optim if isinstance(optim, OptimSettings) else OptimSettings(**(optim or {}))
+        self.scoring = scoring if isinstance(scoring, Scoring) else Scoring(**(scoring or {}))
+        # everything fastseg-predict needs to use a checkpoint alone; the settings objects as dicts, so that a
+        # checkpoint loads with this module alone and its hparams.yaml reads as plain values
+        self.save_hyperparameters(ignore=["model"])
+        self.hparams.optim, self.hparams.scoring = asdict(self.optim), asdict(self.scoring)
         self.num_classes = len(class_names)
         if model is not None:
             self.hparams.own_model = True
@@ -52,7 +56,6 @@ class SegModule(pl.LightningModule):
             self.model.to(memory_format=torch.channels_last)
         weights = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weights", weights, persistent=False)
-        self.scoring = Scoring(mode=eval_mode, window=eval_window, stride=eval_stride)
         self.stride = network_stride(self.model)
         self.confusion = confusion_metric(self.num_classes, ignore_index)
         self.last_scores: dict | None = None
@@ -114,8 +117,28 @@ class SegModule(pl.LightningModule):
         self.log("val_pixels", float(found["pixels"]), sync_dist=True, reduce_fx="max")
 
     def configure_optimizers(self):
-        h = self.hparams
-        optimizer = make_optimizer(self.parameters(), h.optimizer, h.lr, h.weight_decay, self.device.type == "cuda")
-        schedule = make_schedule(optimizer, schedule=h.schedule, epochs=h.epochs, warmup=h.warmup_steps,
-                                 min_lr=h.min_lr, lr=h.lr, total_steps=lambda: int(self.trainer.estimated_stepping_batches))
+        o = self.optim
+        optimizer = make_optimizer(self.parameters(), o.optimizer, o.lr, o.weight_decay, self.device.type == "cuda")
+        schedule = make_schedule(optimizer, schedule=o.schedule, epochs=o.epochs, warmup=o.warmup_steps,
+                                 min_lr=o.min_lr, lr=o.lr, total_steps=lambda: int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": schedule}
+
+
+# checkpoints written before the settings objects kept them as flat keywords
+_FLAT_OPTIM = ("optimizer", "lr", "weight_decay", "schedule", "warmup_steps", "min_lr", "epochs")
+_FLAT_SCORING = {"eval_mode": "mode", "eval_window": "window", "eval_stride": "stride", "eval_size": "size"}
+
+
+def load_segmodule(path, map_location) -> SegModule:
+    """A SegModule from a fastseg-train checkpoint, those written with the settings as flat keywords included."""
+    checkpoint = torch.load(path, map_location=map_location, weights_only=False)
+    hparams = dict(checkpoint["hyper_parameters"])
+    if any(key in hparams for key in (*_FLAT_OPTIM, *_FLAT_SCORING)):
+        hparams["optim"] = {key: hparams.pop(key) for key in _FLAT_OPTIM if key in hparams}
+        scoring = {new: hparams.pop(old) for old, new in _FLAT_SCORING.items() if old in hparams}
+        hparams["scoring"] = {k: v for k, v in scoring.items() if v is not None or k == "size"}
+        if hparams["scoring"].get("mode", "whole") == "whole":
+            hparams["scoring"].pop("window", None), hparams["scoring"].pop("stride", None)
+    module = SegModule(**hparams)
+    module.load_state_dict(checkpoint["state_dict"])
+    return module

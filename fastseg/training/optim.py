@@ -4,12 +4,36 @@ warm-up), as MMSegmentation's `optim_wrapper` and `param_scheduler` define them.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
+
+from ..errors import FastsegError
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly")
 POLY_POWER = 0.9  # MMSegmentation's PolyLR power in every Cityscapes/ADE20K config
+
+
+@dataclass(frozen=True)
+class OptimSettings:
+    """How the weights are updated: the optimizer, its rate and decay, and the schedule."""
+
+    optimizer: str = "adamw"  # one of OPTIMIZERS (adamw fused on CUDA; sgd with momentum 0.9)
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "cosine"  # one of SCHEDULES: cosine over the epochs, or poly every step
+    warmup_steps: int = 0  # linear warm-up over the first N steps
+    min_lr: float = 0.0  # where the schedule ends (MMSegmentation's eta_min)
+    epochs: int | None = 20  # what cosine spans; None: a run counted in steps
+
+    def __post_init__(self):
+        if self.optimizer not in OPTIMIZERS:
+            raise FastsegError(f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise FastsegError(f"unknown schedule {self.schedule!r}; choose one of {', '.join(SCHEDULES)}")
+        if self.warmup_steps < 0 or self.min_lr < 0:
+            raise FastsegError("--warmup-steps and --min-lr are 0 or more")
 
 
 def make_optimizer(params, name: str, lr: float, weight_decay: float, cuda: bool) -> torch.optim.Optimizer:
