@@ -106,3 +106,27 @@ def test_your_own_model_is_built_by_name_with_clear_errors():
             build_model(path, {}, 3)
     with pytest.raises(FastsegError, match="KEY=VALUE"):
         parse_model_args(["width"])
+
+
+def test_settings_travel_as_objects_and_older_flat_checkpoints_still_load(tmp_path):
+    from fastseg.training import OptimSettings, Scoring, SegModule
+    from fastseg.training.module import load_segmodule
+
+    common = dict(class_colors=[[0, 0, 0]] * 3, mean=[0.5] * 3, std=[0.25] * 3, image_size=(32, 32), width=4)
+    module = SegModule(["a", "b", "c"], optim=OptimSettings(optimizer="sgd", lr=0.02), **common,
+                       scoring=Scoring(mode="slide", window=(16, 16), stride=(8, 8), size=(40, 40)))
+    assert module.hparams.optim["lr"] == 0.02 and module.hparams.scoring["window"] == (16, 16)  # plain values
+    path = tmp_path / "new.ckpt"
+    torch.save({"hyper_parameters": dict(module.hparams), "state_dict": module.state_dict()}, path)
+    again = load_segmodule(path, "cpu")
+    assert again.optim == module.optim and again.scoring == module.scoring
+    # written before the settings objects: the same settings as flat keywords
+    flat = {k: v for k, v in module.hparams.items() if k not in ("optim", "scoring")}
+    flat.update(optimizer="sgd", lr=0.02, weight_decay=1e-4, schedule="cosine", warmup_steps=0, min_lr=0.0, epochs=20,
+                eval_mode="slide", eval_window=(16, 16), eval_stride=(8, 8), eval_size=(40, 40))
+    torch.save({"hyper_parameters": flat, "state_dict": module.state_dict()}, tmp_path / "old.ckpt")
+    old = load_segmodule(tmp_path / "old.ckpt", "cpu")
+    assert old.optim == module.optim and old.scoring == module.scoring
+    torch.testing.assert_close(old.model.inc[0].weight, module.model.inc[0].weight)
+    with pytest.raises(FastsegError, match="unknown optimizer"):
+        OptimSettings(optimizer="adam")
