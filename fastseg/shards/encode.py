@@ -159,14 +159,14 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, storag
     hist = np.repeat(hist, 3, axis=0) if image.mode == "L" else hist[:3]
     meta = {"key": pair.key, "image": str(pair.image), "mask": str(pair.mask), "width": image.size[0],
             "height": image.size[1]}
-    members = {RAW_IMAGE_EXT: np.asarray(image.convert("RGB")).tobytes()} if names.raw_image else {
-        image_ext: image_bytes}
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    pixels = rgb.tobytes()  # once: the raw member (when raw) and the pixel hash read the same bytes
+    members = {RAW_IMAGE_EXT: pixels} if names.raw_image else {image_ext: image_bytes}
     members[names.mask] = indices.tobytes() if names.raw_mask else encode_mask_png(indices)
     if names.size:
         members[names.size] = np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()
     members[META_EXT] = json.dumps(meta).encode()
-    rgb = image if image.mode == "RGB" else image.convert("RGB")
-    return Encoded(pair.key, members, image.size, hist, stored, pixel_hash(rgb), perceptual_hash(image))
+    return Encoded(pair.key, members, image.size, hist, stored, pixel_hash(pixels, image.size), perceptual_hash(image))
 
 
 class SizeMismatch(FastsegError):

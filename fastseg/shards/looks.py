@@ -14,10 +14,10 @@ from PIL import Image
 NEAR_BITS = 4
 
 
-def pixel_hash(image: Image.Image) -> int:
+def pixel_hash(rgb: bytes, size: tuple[int, int]) -> int:
     """64 bits of SHA-256 (hardware-assisted on current x86 and ARM) over the size and the RGB pixels."""
-    digest = hashlib.sha256(np.array(image.size, np.int64).tobytes())
-    digest.update(image.tobytes())
+    digest = hashlib.sha256(np.array(size, np.int64).tobytes())
+    digest.update(rgb)
     return int.from_bytes(digest.digest()[:8], "little")
 
 

@@ -100,14 +100,26 @@ def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tup
     for shard, key, members in (where[n] for n in sorted(random.Random(seed).sample(range(len(where)),
                                                                                     min(count, len(where))))):
         size = _read(shard, members[stored.size]) if stored.size else None
-        image = member_pixels(_read(shard, members[stored.image_in(members)]), stored.raw_image and size, 3)
         mask = member_pixels(_read(shard, members[stored.mask]), stored.raw_mask and size, 1)
-        picture = Image.fromarray(np.concatenate([image, colorize(mask, colors)], axis=1))
-        picture.thumbnail((2 * THUMB_WIDTH, THUMB_WIDTH * 4))
+        rows_cols = (THUMB_WIDTH * mask.shape[0] // mask.shape[1], THUMB_WIDTH)
+        image = _thumbnail(_read(shard, members[stored.image_in(members)]), stored.raw_image and size, rows_cols)
+        small = np.asarray(Image.fromarray(mask).resize(rows_cols[::-1], Image.NEAREST))
+        picture = Image.fromarray(np.concatenate([image, colorize(small, colors)], axis=1))
         buffer = io.BytesIO()
         picture.save(buffer, "JPEG", quality=85)
         rows.append((key, base64.b64encode(buffer.getvalue()).decode(), mask))
     return rows
+
+
+def _thumbnail(data: bytes, size: bytes | None, rows_cols: tuple[int, int]) -> np.ndarray:
+    """An image member at (rows, columns): a JPEG decoded at the reduced scale libjpeg offers (Pillow's draft)."""
+    if size:
+        picture = Image.fromarray(member_pixels(data, size, 3))
+    else:
+        picture = Image.open(io.BytesIO(data))
+        picture.draft("RGB", rows_cols[::-1])
+        picture = picture.convert("RGB")
+    return np.asarray(picture.resize(rows_cols[::-1], Image.BILINEAR))
 
 
 def _shards_and_indexes(shard_set: ShardSet, split: str) -> list[tuple[str, Path]]:
