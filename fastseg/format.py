@@ -30,6 +30,7 @@ META_EXT = "json"
 # little-endian int32 (what DALI's reader types with `dtypes` and reshapes by, and numpy views)
 RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT = "image.rgb", "mask.u8", "size.i32"
 RAW_SIZE_DTYPE = "<i4"
+GREY = "one-channel"  # storage["grey"]: some raw images are grey, stored as one channel (a third of the bytes)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,7 @@ class SampleMembers:
     images: tuple[str, ...]
     mask: str
     size: str | None
+    grey: bool = False  # raw images may be one channel (grey), which readers widen to three
 
     @property
     def raw_image(self) -> bool:
@@ -55,11 +57,12 @@ class SampleMembers:
 
 
 def sample_members(storage: dict[str, str]) -> SampleMembers:
-    """The members of a set stored as `storage` ({"image": "source" | "fast-png" | "raw", "mask": "fast-png" | "raw"},
-    Manifest.storage): every reader and the writer take member names from here."""
+    """The members of a set stored as `storage` ({"image": "source" | "fast-png" | "raw", "mask": "fast-png" | "raw",
+    and "grey": "one-channel" where raw grey images are stored as one channel}, Manifest.storage): every reader and
+    the writer take member names from here."""
     raw_image, raw_mask = storage.get("image") == "raw", storage.get("mask") == "raw"
     return SampleMembers((RAW_IMAGE_EXT,) if raw_image else IMAGE_EXTS, RAW_MASK_EXT if raw_mask else MASK_EXT,
-                         RAW_SIZE_EXT if raw_image or raw_mask else None)
+                         RAW_SIZE_EXT if raw_image or raw_mask else None, raw_image and storage.get("grey") == GREY)
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
@@ -292,13 +295,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 
 
 def raw_pixels(data: bytes, size: bytes, channels: int):
-    """A raw member as the numpy array it holds (H×W×3 for images, H×W for masks), checked against its size member:
-    a FastsegError names what is wrong."""
+    """A raw member as the numpy array it holds (H×W×3 for images, H×W×1 for a grey image stored as one channel,
+    H×W for masks: `channels` 3 or 1), checked against its size member: a FastsegError names what is wrong."""
     import numpy as np
 
     rows, cols = (int(v) for v in np.frombuffer(size, RAW_SIZE_DTYPE))
-    expected = rows * cols * channels
+    stored = 1 if channels == 3 and len(data) == rows * cols else channels
+    expected = rows * cols * stored
     if len(data) != expected:
-        raise FastsegError(f"a raw member of {len(data)} bytes, where {rows}x{cols}x{channels} needs {expected}")
+        raise FastsegError(f"a raw member of {len(data)} bytes, where {rows}x{cols}x{channels} needs "
+                           f"{rows * cols * channels}")
     pixels = np.frombuffer(data, np.uint8)
-    return pixels.reshape((rows, cols, channels) if channels > 1 else (rows, cols))
+    return pixels.reshape((rows, cols, stored) if channels > 1 else (rows, cols))

@@ -41,7 +41,8 @@ def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
     """A member's pixels: a raw one (`size`: its sample's size member) viewed and copied, for torch takes writable
     arrays, never decoded; an encoded one decoded (an image to RGB)."""
     if size:
-        return np.array(raw_pixels(data, size, channels))
+        pixels = raw_pixels(data, size, channels)
+        return np.repeat(pixels, 3, axis=2) if channels == 3 and pixels.shape[2] == 1 else np.array(pixels)
     return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
 
 

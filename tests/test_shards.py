@@ -40,11 +40,12 @@ def decode(data: bytes) -> np.ndarray:
 
 def pixels_of(sample, kind: str) -> np.ndarray:
     """A read-back sample's image or mask pixels, however its set stores them (raw or encoded)."""
-    from fastseg.format import RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT, raw_pixels
+    from fastseg.format import RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT
+    from fastseg.loading import member_pixels
 
     raw = {"image": RAW_IMAGE_EXT, "mask": RAW_MASK_EXT}[kind]
-    if raw in sample:
-        return raw_pixels(sample[raw], sample[RAW_SIZE_EXT], 3 if kind == "image" else 1)
+    if raw in sample:  # a grey image stored as one channel is widened to three, as the loaders widen it
+        return member_pixels(sample[raw], sample[RAW_SIZE_EXT], 3 if kind == "image" else 1)
     return decode(sample[next(k for k in sample if k.startswith(kind + "."))])
 
 
@@ -553,7 +554,9 @@ def test_auto_storage_keeps_jpeg_sets_as_they_are_and_lossless_images_as_pixels(
     src = make_dataset(tmp_path / "png", count=5, size=(40, 32), image_ext="png", mask="index", classes=3)
     save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
     manifest = shard(src, tmp_path / "auto", ShardOptions(val_fraction=0, **QUIET))  # auto: the default
-    assert manifest.storage == {"image": "raw", "mask": "fast-png"}
+    assert manifest.storage == {"image": "raw", "mask": "fast-png", "grey": "one-channel"}
+    grey = read_back(tmp_path / "auto")["s000"]
+    assert len(grey[RAW_IMAGE_EXT]) == 40 * 32  # the grey image as one channel: a third of the bytes
     assert "MB (images raw, masks fast-png)" in capsys.readouterr().out  # the summary says what auto chose
     for key, sample in read_back(tmp_path / "auto").items():  # raw images, PNG masks, the size beside them
         assert {RAW_IMAGE_EXT, MASK_EXT, RAW_SIZE_EXT} <= set(sample) and RAW_MASK_EXT not in sample
@@ -599,11 +602,11 @@ def test_raw_storage_loads_every_pixel_without_a_decode_and_verify_checks_sizes(
     src = make_dataset(tmp_path / "data", count=5, size=(40, 32), image_ext="png", mask="index", classes=3)
     save(np.asarray(Image.open(src / "images/s000.png").convert("L")), src / "images/s000.png")  # a grey PNG too
     manifest = shard(src, tmp_path / "raw", ShardOptions(val_fraction=0, store="raw", **QUIET))
-    assert manifest.storage == {"image": "raw", "mask": "raw"}
+    assert manifest.storage == {"image": "raw", "mask": "raw", "grey": "one-channel"}
     samples = read_back(tmp_path / "raw")
-    for key in ("s000", "s001"):
+    for key, channels in (("s000", 1), ("s001", 3)):  # the grey image as one channel, widened by the loaders
         assert set(samples[key]) >= {RAW_IMAGE_EXT, RAW_MASK_EXT, RAW_SIZE_EXT}
-        assert len(samples[key][RAW_IMAGE_EXT]) == 32 * 40 * 3 and len(samples[key][RAW_MASK_EXT]) == 32 * 40
+        assert len(samples[key][RAW_IMAGE_EXT]) == 32 * 40 * channels and len(samples[key][RAW_MASK_EXT]) == 32 * 40
     shard(src, tmp_path / "source", ShardOptions(val_fraction=0, **QUIET))
     for backend in ("dali", "torch"):  # pixel for pixel what the source PNGs hold, shuffled or not, cropped too
         for options in ({"augment": "none", "shuffle": False}, {"augment": "crop", "shuffle": True, "seed": 3}):

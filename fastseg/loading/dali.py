@@ -227,17 +227,24 @@ def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
     it is."""
     stored = plan.stored
     if stored.raw_image:
-        image = _reshaped(image, size, 3)
+        image = _reshaped(image, size, None if stored.grey else 3)
         image = image.gpu() if gpu else image
+        if stored.grey:  # a grey image's one channel broadcast to three (an RGB image's three are kept)
+            image = image * types.Constant(np.ones(3, np.uint8), device="gpu" if gpu else "cpu")
     else:
         image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
     mask = _reshaped(mask, size, 1) if stored.raw_mask else fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
     return image, mask
 
 
-def _reshaped(pixels, size, channels: int):
-    """A raw member's bytes as H×W×C, by its sample's (rows, columns)."""
-    shape = fn.cat(size, types.Constant(np.array([channels], np.int32), device="cpu"))
+def _reshaped(pixels, size, channels: int | None):
+    """A raw member's bytes as H×W×C, by its sample's (rows, columns); `channels` None: as many as the bytes hold
+    (a set with grey images stored as one channel)."""
+    if channels is None:
+        count = fn.shapes(pixels, dtype=types.INT32)[0] // (size[0] * size[1])
+        shape = fn.stack(size[0], size[1], count)
+    else:
+        shape = fn.cat(size, types.Constant(np.array([channels], np.int32), device="cpu"))
     return fn.reshape(pixels, shape=shape, layout="HWC")
 
 

@@ -38,6 +38,7 @@ class Encoded:
     class_hist: np.ndarray  # 256 bins of stored mask values
     pixel_hash: int = 0  # 64 bits of a hash of the image's RGB pixels: the same picture whatever its file or format
     look: int = 0  # a 64-bit perceptual hash (looks.py): near-identical pictures differ in a few bits
+    grey: bool = False  # a raw image stored as one channel
 
 
 # How images and masks are stored (--store; the manifest's `storage`, format.sample_members). JPEG images are never
@@ -161,12 +162,14 @@ def encode_sample(pair: Pair, spec: maskmod.MaskSpec, resize_masks: bool, storag
             "height": image.size[1]}
     rgb = image if image.mode == "RGB" else image.convert("RGB")
     pixels = rgb.tobytes()  # once: the raw member (when raw) and the pixel hash read the same bytes
-    members = {RAW_IMAGE_EXT: pixels} if names.raw_image else {image_ext: image_bytes}
+    grey = names.raw_image and image.mode == "L"  # one channel, widened by the loaders: a third of the bytes
+    members = {RAW_IMAGE_EXT: image.tobytes() if grey else pixels} if names.raw_image else {image_ext: image_bytes}
     members[names.mask] = indices.tobytes() if names.raw_mask else encode_mask_png(indices)
     if names.size:
         members[names.size] = np.array([image.size[1], image.size[0]], RAW_SIZE_DTYPE).tobytes()
     members[META_EXT] = json.dumps(meta).encode()
-    return Encoded(pair.key, members, image.size, hist, stored, pixel_hash(pixels, image.size), perceptual_hash(image))
+    return Encoded(pair.key, members, image.size, hist, stored, pixel_hash(pixels, image.size), perceptual_hash(image),
+                   grey)
 
 
 class SizeMismatch(FastsegError):

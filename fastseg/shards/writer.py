@@ -16,7 +16,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
+from ..format import (GREY, IGNORE_INDEX, MANIFEST, Manifest, ShardInfo, SplitInfo, format_index, index_name, sha256_file,
                       shard_name)
 from .checks import set_warnings
 from .encode import Encoded, SizeMismatch, encode_job
@@ -62,6 +62,7 @@ class Stats:
         self.sizes = defaultdict(set)
         self.looks = defaultdict(list)  # per split: (key, pixel hash, perceptual hash)
         self.unlabelled = defaultdict(list)  # per split: keys whose mask is all ignore
+        self.grey = False  # some raw image was stored as one channel
 
     def add(self, split: str, sample: Encoded) -> None:
         if split == "train":
@@ -74,6 +75,7 @@ class Stats:
         self.looks[split].append((sample.key, sample.pixel_hash, sample.look))
         if not sample.class_hist[:IGNORE_INDEX].any():
             self.unlabelled[split].append(sample.key)
+        self.grey |= sample.grey
 
     def to_record(self) -> dict:
         """Exact integer counts (a part's share, for the merge): pixel values per channel, stored mask values and
@@ -84,7 +86,7 @@ class Stats:
                 "sizes": {split: sorted([list(wh) for wh in sizes]) for split, sizes in self.sizes.items()},
                 "looks": {split: [[key, f"{exact:016x}", f"{look:016x}"] for key, exact, look in rows]
                           for split, rows in self.looks.items()},
-                "unlabelled": dict(self.unlabelled)}
+                "unlabelled": dict(self.unlabelled), "grey": self.grey}
 
     @classmethod
     def from_records(cls, records: list[dict]) -> Stats:
@@ -104,6 +106,7 @@ class Stats:
                 total.looks[split] += [(key, int(exact, 16), int(look, 16)) for key, exact, look in rows]
             for split, keys in record.get("unlabelled", {}).items():
                 total.unlabelled[split] += keys
+            total.grey |= record.get("grey", False)
         return total
 
     def mean_std(self) -> tuple[list[float], list[float]]:
@@ -174,7 +177,7 @@ def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, sto
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
-        storage=dict(storage), statistics=statistics,
+        storage={**storage, **({"grey": GREY} if stats.grey else {})}, statistics=statistics,
     )
 
 
