@@ -301,7 +301,8 @@ def test_a_run_reruns_from_its_config_file_and_the_command_line_wins(shards, tmp
 def test_fastseg_shard_takes_a_config_file_and_flags_between_its_folders(tmp_path, capsys):
     import yaml
 
-    from fastseg.cli.shard import main as shard_main, parse_size
+    from fastseg.cli.shard import main as shard_main
+    from fastseg.shards.options import parse_size
 
     from .conftest import make_dataset
 

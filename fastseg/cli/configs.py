@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import yaml
@@ -26,6 +27,23 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
                         help="read settings from this YAML file (keys: the flags' names, e.g. batch_size: 8); a flag "
                              "given on the command line wins")
     parser.add_argument("--print-config", action="store_true", help="print the settings as YAML and exit")
+
+
+def add_options(parser, cls, names: list[str], defaults: dict | None = None) -> None:
+    """The flags of `cls`'s fields `names` (declared with settings.option: flag, help, parsing), each defaulting to
+    its field's default, or to `defaults[name]` where a command decides later (e.g. None: by the machine)."""
+    found = {f.name: f for f in fields(cls)}
+    for name in names:
+        spec = found[name].metadata
+        default = (defaults or {}).get(name, found[name].default)
+        if default is MISSING:
+            default = found[name].default_factory()
+        parse = dict(spec["parse"])
+        shown = spec["help"]
+        switch = parse.get("action") is argparse.BooleanOptionalAction
+        if default is not None and default != [] and (default is not False or switch):
+            shown += " (default: %(default)s)"
+        parser.add_argument(spec["flag"] or "--" + name.replace("_", "-"), default=default, help=shown, **parse)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:

@@ -16,10 +16,10 @@ import torch
 
 from ..errors import FastsegError
 from ..format import Manifest, ShardSet, open_set
-from ..loading.config import AUGMENTS, BACKENDS, LoaderConfig, default_workers
+from ..loading.config import LoaderConfig, default_workers
 from ..storage import location
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
-from ..training.optim import OPTIMIZERS, SCHEDULES, OptimSettings
+from ..training.optim import OptimSettings
 from ..training.scoring import Scoring
 from . import configs, run_cli
 from .configs import add_config_flags
@@ -33,21 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="training epochs (default 20; or count the run in --max-steps)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="train for N optimizer steps instead of epochs, as MMSegmentation's configs count (80k, 160k)")
-    p.add_argument("--batch-size", type=int, default=LoaderConfig.default("batch_size"), help="per device")
-    p.add_argument("--lr", type=float, default=OptimSettings.lr)
-    p.add_argument("--weight-decay", type=float, default=OptimSettings.weight_decay)
-    p.add_argument("--optimizer", choices=OPTIMIZERS, default=OptimSettings.optimizer,
-                   help="adamw (default; fused on CUDA), or sgd (momentum 0.9) as the published recipes train")
-    p.add_argument("--schedule", choices=SCHEDULES, default=OptimSettings.schedule,
-                   help="cosine (default: over the epochs) or poly: (1 - step/max_steps) ** 0.9, every iteration")
-    p.add_argument("--warmup-steps", type=int, default=OptimSettings.warmup_steps, metavar="N",
-                   help="linear warm-up over the first N steps")
-    p.add_argument("--min-lr", type=float, default=OptimSettings.min_lr,
-                   help="where the schedule ends (MMSegmentation's eta_min)")
     p.add_argument("--class-weights", choices=("none", "median-freq"), default="none",
                    help="median-freq: SegNet's median frequency balancing, from the manifest's class pixel counts")
     p.add_argument("--dice-weight", type=float, default=0.0, help="add this times the Dice loss")
-    p.add_argument("--image-size", type=int, nargs="+", metavar="N", help="H W (or one number for square)")
     p.add_argument("--width", type=int, default=64, help="UNet base width (64 is the classic)")
     p.add_argument("--model", metavar="PACKAGE.MODULE:FUNCTION",
                    help="your own network: FUNCTION(num_classes=C, **model args) returns an nn.Module giving "
@@ -55,53 +43,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="an argument for --model's function (repeat it); VALUE is read as a Python literal if it "
                         "is one")
-    p.add_argument("--loader", choices=BACKENDS, default=LoaderConfig.default("backend"))
-    p.add_argument("--augment", choices=AUGMENTS, default="flip",
-                   help="flip (default): paired flips, no resampling at the native size; crop: random scale-crop, "
-                        "resize and flip; mmseg: MMSegmentation's recipe (random resize, padded crop with "
-                        "cat_max_ratio, flip, photometric distortion); none")
-    p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"),
-                   help="mmseg: the scale resized by the ratio (RandomResize scale; default: the largest image)")
-    p.add_argument("--ratio-range", type=float, nargs=2, metavar=("LO", "HI"),
-                   default=LoaderConfig.default("ratio_range"),
-                   help="mmseg: the scale ratio range (ratio_range; default %(default)s)")
-    p.add_argument("--cat-max-ratio", type=float, default=LoaderConfig.default("cat_max_ratio"),
-                   help="mmseg: redraw crops one class fills beyond this share (RandomCrop cat_max_ratio; 1: off; "
-                        "default %(default)s)")
-    p.add_argument("--photometric", action=argparse.BooleanOptionalAction, default=LoaderConfig.default("photometric"),
-                   help="mmseg: PhotoMetricDistortion of the image (default on)")
-    p.add_argument("--workers", type=int, help="loader threads/processes per device (default: cores / devices; "
-                                                   "0: the torch loader loads in the main process)")
     p.add_argument("--accelerator", choices=("auto", "cpu", "gpu"), default="auto")
     p.add_argument("--devices", type=int, default=1, help="more than one means DDP")
     p.add_argument("--num-nodes", type=int, default=1, help="for torchrun/SLURM multi-node runs")
     p.add_argument("--precision", choices=tuple(PRECISION_DTYPES),
                    help="default 16-mixed on GPU, 32-true on CPU (fp16 needs a GPU; bf16-mixed runs on CPU)")
-    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction,
-                   help="channels-last memory format for the model and batches (default: on for GPU)")
     p.add_argument("--compile", action="store_true",
                    help="torch.compile the UNet (pays off on long GPU runs: compiling takes about a minute)")
     p.add_argument("--log-every", type=int, default=50, help="log the training loss every N steps (default 50)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="also write last.ckpt every N training steps, for an exact resume from mid-epoch")
-    p.add_argument("--log-batch-keys", action="store_true",
-                   help="write OUT/batches/rankR.jsonl: the sample keys of every training step")
     p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there, else a new run) or a checkpoint path")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds a previous one (its checkpoints, logs, previews and "
                         "metrics are removed first; other files are left alone)")
-    p.add_argument("--seed", type=int, default=LoaderConfig.default("seed"))
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", default="val")
-    p.add_argument("--no-checksums", action="store_true", help="skip the shards' sha256 check at start-up")
+    loader = p.add_argument_group("loading (fastseg.loading.LoaderConfig)")
+    configs.add_options(loader, LoaderConfig, ["backend", "batch_size", "size", "augment", "scale", "base_size",
+                                               "ratio_range", "cat_max_ratio", "photometric", "vflip", "workers",
+                                               "seed", "checksums", "return_keys", "channels_last"],
+                        defaults={"channels_last": None})  # None: on for GPU, decided once the accelerator is
+    optim = p.add_argument_group("optimizer and schedule (fastseg.training.OptimSettings)")
+    configs.add_options(optim, OptimSettings, ["optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
+                                               "min_lr"])
     add_evaluation_arguments(p)
     add_config_flags(p)
     return p
 
 
 # options of one augmentation, with the flag that sets each: given with another, they would have no effect
-MMSEG_OPTIONS = {"base_size": "--base-size", "ratio_range": "--ratio-range", "cat_max_ratio": "--cat-max-ratio",
-                 "photometric": "--photometric"}
+MODE_OPTIONS = {"mmseg": {"base_size": "--base-size", "ratio_range": "--ratio-range",
+                          "cat_max_ratio": "--cat-max-ratio", "photometric": "--photometric"},
+                "crop": {"scale": "--scale"}}
 # settings about the run's folder rather than the run: not in OUT/config.yaml, so that it reruns anywhere
 FOLDER_SETTINGS = ("resume", "overwrite")
 
@@ -187,11 +161,12 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
                         ("--max-steps", args.max_steps or 1)):
         if value < 1:
             raise FastsegError(f"{flag} must be at least 1")
-    if args.augment != "mmseg":
-        for key, flag in MMSEG_OPTIONS.items():
-            if _given(getattr(args, key)) != _given(LoaderConfig.default(key)):
-                raise FastsegError(f"{flag} is an option of --augment mmseg and has no effect with --augment "
-                                   f"{args.augment}; drop it, or train with --augment mmseg")
+    augment = args.augment or "flip"  # what LoaderConfig decides for a training split
+    for mode, options in MODE_OPTIONS.items():
+        for key, flag in options.items():
+            if augment != mode and _given(getattr(args, key)) != _given(LoaderConfig.default(key)):
+                raise FastsegError(f"{flag} is an option of --augment {mode} and has no effect with --augment "
+                                   f"{augment}; drop it, or train with --augment {mode}")
     if args.epochs is not None and args.max_steps is not None:
         raise FastsegError("--epochs and --max-steps both say how long to train; give one of them")
     if args.model:
@@ -208,7 +183,8 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
         backend=args.loader, batch_size=args.batch_size, size=tuple(args.image_size) if args.image_size else None,
         augment=args.augment, base_size=tuple(args.base_size) if args.base_size else None,
         ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, photometric=args.photometric,
-        seed=args.seed, checksums=not args.no_checksums, return_keys=args.log_batch_keys,
+        scale=tuple(args.scale), vflip=args.vflip, seed=args.seed, checksums=args.checksums,
+        return_keys=args.log_batch_keys,
         workers=default_workers(args.devices) if args.workers is None else args.workers,
         channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
     ).for_split(manifest, args.split, training=True)

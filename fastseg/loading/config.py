@@ -7,11 +7,13 @@ not), the workers from the machine.
 """
 from __future__ import annotations
 
+import argparse
 import os
 from dataclasses import dataclass, fields, replace
 
 from ..errors import FastsegError
 from ..format import Manifest
+from ..settings import option
 
 # none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
 # native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
@@ -24,22 +26,38 @@ BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
 
 @dataclass(frozen=True)
 class LoaderConfig:
-    backend: str = "dali"  # one of BACKENDS
-    batch_size: int = 16  # per rank
-    size: tuple[int, int] | None = None  # (height, width); None: the split's one image size
-    augment: str | None = None  # one of AUGMENTS; None: flip when training, none otherwise (True/False: flip/none)
-    scale: tuple[float, float] = (0.5, 1.0)  # crop: the area fraction range
-    base_size: tuple[int, int] | None = None  # mmseg: the scale (H, W) resized by the ratio; None: the split's largest
-    ratio_range: tuple[float, float] = (0.5, 2.0)  # mmseg: the scale ratio, uniform in this range
-    cat_max_ratio: float = 0.75  # mmseg: the most one class may fill of a crop's labelled pixels (1.0: no limit)
-    photometric: bool = True  # mmseg: brightness, contrast, saturation and hue distortion of the image
-    vflip: bool = False  # vertical flips too
+    backend: str = option("dali", flag="--loader", choices=BACKENDS, help="NVIDIA DALI, or a torch DataLoader")
+    batch_size: int = option(16, type=int, help="per device")
+    size: tuple[int, int] | None = option(None, flag="--image-size", type=int, nargs="+", metavar="N",
+                                          help="H W (or one number for square); default: the split's one image size")
+    augment: str | None = option(None, choices=AUGMENTS,
+                                 help="flip (the default when training): paired flips, no resampling at the native "
+                                      "size; crop: random scale-crop, resize and flip; mmseg: MMSegmentation's recipe "
+                                      "(random resize, padded crop with cat_max_ratio, flip, photometric distortion); "
+                                      "none")  # None: flip when training, none otherwise (True/False: flip/none)
+    scale: tuple[float, float] = option((0.5, 1.0), type=float, nargs=2, metavar=("LO", "HI"),
+                                        help="crop: the area fraction range")
+    base_size: tuple[int, int] | None = option(None, type=int, nargs=2, metavar=("H", "W"),
+                                               help="mmseg: the scale resized by the ratio (RandomResize scale; "
+                                                    "default: the largest image)")
+    ratio_range: tuple[float, float] = option((0.5, 2.0), type=float, nargs=2, metavar=("LO", "HI"),
+                                              help="mmseg: the scale ratio range (ratio_range)")
+    cat_max_ratio: float = option(0.75, type=float, help="mmseg: redraw crops one class fills beyond this share "
+                                                         "(RandomCrop cat_max_ratio; 1: off)")
+    photometric: bool = option(True, action=argparse.BooleanOptionalAction,
+                               help="mmseg: PhotoMetricDistortion of the image")
+    vflip: bool = option(False, action=argparse.BooleanOptionalAction, help="vertical flips too")
     shuffle: bool | None = None  # a new order every epoch; None: when training
-    workers: int | None = None  # DALI threads or torch worker processes (0: torch loads in the main process)
-    seed: int = 0
-    checksums: bool = True  # sha256 of every local shard at start-up
-    return_keys: bool = False  # batch["key"]: the sample keys
-    channels_last: bool = False  # images leave the pipeline N×H×W×C, so the N×C×H×W view is channels-last
+    workers: int | None = option(None, type=int, help="loader threads/processes per device (default: cores / "
+                                                      "devices; 0: the torch loader loads in the main process)")
+    seed: int = option(0, type=int, help="every draw of every sample, and the training order")
+    checksums: bool = option(True, action=argparse.BooleanOptionalAction,
+                             help="the sha256 of every local shard at start-up")
+    return_keys: bool = option(False, flag="--log-batch-keys", action="store_true",
+                               help="write OUT/batches/rankR.jsonl: the sample keys of every training step")
+    channels_last: bool = option(False, action=argparse.BooleanOptionalAction,
+                                 help="channels-last memory format for the model and batches (fastseg-train's "
+                                      "default: on for GPU)")
     # Scoring at the labels' resolution: masks exactly as the set holds them (padded with ignore to the batch's
     # largest) beside images resized to `size` (padded with 0 after normalization), and batch["sizes"]
     original_labels: bool = False

@@ -241,7 +241,7 @@ def _reshaped(pixels, size, channels: int | None):
     """A raw member's bytes as H×W×C, by its sample's (rows, columns); `channels` None: as many as the bytes hold
     (a set with grey images stored as one channel)."""
     if channels is None:
-        count = fn.shapes(pixels, dtype=types.INT32)[0] // (size[0] * size[1])
+        count = pixels.shape(dtype=types.INT32)[0] // (size[0] * size[1])
         shape = fn.stack(size[0], size[1], count)
     else:
         shape = fn.cat(size, types.Constant(np.array([channels], np.int32), device="cpu"))

@@ -1,30 +1,68 @@
-"""ShardOptions: what fastseg-shard's flags decide, in one dataclass that every stage of the writer reads."""
+"""ShardOptions: what fastseg-shard's flags decide, in one dataclass that every stage of the writer reads; each
+option's default, help and parsing beside it (settings.option), from which fastseg-shard makes its flags."""
 from __future__ import annotations
 
+import argparse
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+
+from ..settings import option
+from .encode import STORES
+from .masks import parse_value_map
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+def parse_size(text: str) -> int:
+    """Bytes from a size: 256MB is 256·10⁶ bytes, 256MiB 256·2²⁰."""
+    number = text.rstrip("bBiIkKmMgG")
+    unit = text[len(number):].lower()
+    try:
+        return int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 256MB)") from None
 
 
 @dataclass
 class ShardOptions:
-    images: Path | None = None
-    masks: Path | None = None
-    classes: Path | None = None
-    ignore_value: int | None = None
-    val_fraction: float = 0.1
-    seed: int = 0
-    shard_size: int = 256 * 1024**2
-    max_count: int | None = None
-    resize_masks: bool = False
-    skip_unpaired: bool = False
-    overwrite: bool = False
-    keep_zero_label: bool = False  # ADE20K: keep value 0 ("other") as a class instead of ignoring it
-    mask_threshold: int | None = None  # binary masks by brightness (JPEG or anti-aliased masks)
-    pair_key: str | None = None  # a regex whose first group pairs image and mask stems
-    group_by: str | None = None  # a regex whose first group of an image's stem names its group: val carves groups
-    map_values: dict[int, int] | None = None  # source mask value → class id (255 = ignore)
-    store: str = "auto"  # how images and masks are stored (encode.STORES, encode.storage_for)
-    part: tuple[int, int] | None = None  # (index, count): write part `index` of `count`, to be merged
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
-    progress: bool = True
+    images: Path | None = option(None, type=Path, help="image folder (with --masks, instead of SRC's layout)")
+    masks: Path | None = option(None, type=Path, help="mask folder matching --images")
+    classes: Path | None = option(None, type=Path, help='JSON list of {"name", "color"}; order gives the class ids')
+    ignore_value: int | None = option(None, type=int,
+                                      help="a mask value to store as 255 (ignore), e.g. 11 for CamVid's void")
+    val_fraction: float = option(0.1, type=float, help="validation share carved out when no val split exists")
+    seed: int = option(0, type=int, help="the validation carve and the order samples are written in")
+    shard_size: int = option(256 * 1024**2, type=parse_size,
+                             help="target bytes per shard: 256MiB, or 256MB (10⁶ bytes); in bytes")
+    max_count: int | None = option(None, type=int, help="at most this many samples per shard")
+    resize_masks: bool = option(False, action="store_true",
+                                help="resize masks whose size differs (nearest neighbour)")
+    skip_unpaired: bool = option(False, action="store_true",
+                                 help="leave out files without a partner instead of failing")
+    overwrite: bool = option(False, action="store_true", help="replace OUT if it exists")
+    keep_zero_label: bool = option(False, action="store_true",
+                                   help="ADE20K: keep mask value 0 ('other') as a class instead of ignoring it")
+    mask_threshold: int | None = option(None, type=int, metavar="T",
+                                        help="binary masks stored lossy or anti-aliased (JPEG masks, say): "
+                                             "brightness >= T is foreground")
+    pair_key: str | None = option(None, metavar="REGEX",
+                                  help="pair images and masks by the regex's first group of their name stems, e.g. "
+                                       "'^(\\d+)_' pairs 21_training.tif with 21_manual1.gif")
+    group_by: str | None = option(None, metavar="REGEX",
+                                  help="carve the validation split by whole groups: the regex's first group of an "
+                                       "image's name stem names its group, e.g. '^(.*)_\\d+$' keeps each video of "
+                                       "bear_00012-style frames in one split")
+    map_values: dict[int, int] | None = option(None, type=parse_value_map, metavar="SRC:DST,...",
+                                               help="mask values to class ids, e.g. 1:1,2:0,3:255 (255 = ignore); any "
+                                                    "other value is an error")
+    store: str = option("auto", choices=STORES,
+                        help="how images and masks are stored: auto (JPEG sets as source; sets without JPEG files as "
+                             "raw images and PNG masks), source (image bytes as they are, masks as fast PNG), "
+                             "fast-png (lossless images re-encoded with unfiltered rows), raw (images and masks as "
+                             "pixels, never decoded; no JPEG sets). JPEG is never re-encoded")
+    part: tuple[int, int] | None = None  # (index, count): write part `index` of `count` (--part I/N), to be merged
+    workers: int = option(default_factory=lambda: os.cpu_count() or 1, type=int,
+                          help="processes (default: all cores)")
+    progress: bool = True  # fastseg-shard's --quiet turns it off

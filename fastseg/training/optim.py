@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..errors import FastsegError
+from ..settings import option
 
 OPTIMIZERS = ("adamw", "sgd")
 SCHEDULES = ("cosine", "poly")
@@ -19,13 +20,15 @@ POLY_POWER = 0.9  # MMSegmentation's PolyLR power in every Cityscapes/ADE20K con
 class OptimSettings:
     """How the weights are updated: the optimizer, its rate and decay, and the schedule."""
 
-    optimizer: str = "adamw"  # one of OPTIMIZERS (adamw fused on CUDA; sgd with momentum 0.9)
-    lr: float = 1e-3
-    weight_decay: float = 1e-4
-    schedule: str = "cosine"  # one of SCHEDULES: cosine over the epochs, or poly every step
-    warmup_steps: int = 0  # linear warm-up over the first N steps
-    min_lr: float = 0.0  # where the schedule ends (MMSegmentation's eta_min)
-    epochs: int | None = 20  # what cosine spans; None: a run counted in steps
+    optimizer: str = option("adamw", choices=OPTIMIZERS,
+                            help="adamw (fused on CUDA), or sgd (momentum 0.9) as the published recipes train")
+    lr: float = option(1e-3, type=float, help="the peak learning rate")
+    weight_decay: float = option(1e-4, type=float, help="decoupled (AdamW) or L2 (SGD) weight decay")
+    schedule: str = option("cosine", choices=SCHEDULES,
+                           help="cosine over the epochs, or poly: (1 - step/max_steps) ** 0.9, every iteration")
+    warmup_steps: int = option(0, type=int, metavar="N", help="linear warm-up over the first N steps")
+    min_lr: float = option(0.0, type=float, help="where the schedule ends (MMSegmentation's eta_min)")
+    epochs: int | None = 20  # what cosine spans; None: a run counted in steps (fastseg-train's --epochs/--max-steps)
 
     def __post_init__(self):
         if self.optimizer not in OPTIMIZERS:
