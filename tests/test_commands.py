@@ -321,3 +321,28 @@ def test_fastseg_shard_takes_a_config_file_and_flags_between_its_folders(tmp_pat
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
     assert max(s["samples"] for split in manifest["splits"].values() for s in split["shards"]) == 3
     assert parse_size("256MB") == 256 * 10**6 and parse_size("1GiB") == 2**30
+
+
+def test_every_flag_of_an_option_comes_from_its_field(shards, tmp_path, capsys):
+    from dataclasses import fields
+
+    from fastseg.cli import configs
+    from fastseg.cli.shard import build_parser as shard_parser
+    from fastseg.cli.train import build_parser as train_parser
+    from fastseg.loading import LoaderConfig
+    from fastseg.shards import ShardOptions
+    from fastseg.training import OptimSettings
+
+    for parser, classes in ((train_parser(), (LoaderConfig, OptimSettings)), (shard_parser(), (ShardOptions,))):
+        actions = {a.option_strings[0]: a for a in configs.settable(parser).values() if a.option_strings}
+        for field in (field for cls in classes for field in fields(cls)):
+            if "flag" not in field.metadata:
+                continue
+            flag = field.metadata["flag"] or "--" + field.name.replace("_", "-")
+            action = actions[flag]  # every declared option has its flag
+            assert action.help.startswith(field.metadata["help"]), flag
+            if flag not in ("--channels-last", "--workers"):  # decided by the machine where left unset
+                assert action.default == field.default, flag
+    # an option of another augmentation is refused, naming it
+    assert run(["--shards", shards, "--out", tmp_path / "x", "--scale", "0.2", "0.9", *TRAIN]) == 1
+    assert "--scale is an option of --augment crop and has no effect with --augment flip" in capsys.readouterr().err

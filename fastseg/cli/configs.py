@@ -36,12 +36,13 @@ def add_options(parser, cls, names: list[str], defaults: dict | None = None) -> 
     for name in names:
         spec = found[name].metadata
         default = (defaults or {}).get(name, found[name].default)
-        if default is MISSING:
+        made = default is MISSING  # by a factory (the machine's cores, say): the help says what it is
+        if made:
             default = found[name].default_factory()
         parse = dict(spec["parse"])
         shown = spec["help"]
         switch = parse.get("action") is argparse.BooleanOptionalAction
-        if default is not None and default != [] and (default is not False or switch):
+        if not made and default is not None and default != [] and (default is not False or switch):
             shown += " (default: %(default)s)"
         parser.add_argument(spec["flag"] or "--" + name.replace("_", "-"), default=default, help=shown, **parse)
 
