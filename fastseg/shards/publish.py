@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import MANIFEST, check_replaceable
+from ..format import MANIFEST, REPORT, check_replaceable
 from ..storage import old_path, partial_path, sweep_stale
 
 
@@ -53,7 +53,8 @@ def upload_set(folder: Path, root: str, existing: dict[str, int], progress: bool
     (and an old `last`: the manifest, or a part's record) goes first, the new `last` last; objects of `existing`
     that the folder lacks are removed before it."""
     storage.delete(root, [name for name in dict.fromkeys((MANIFEST, last)) if name in existing])
-    files = sorted(p for p in folder.iterdir() if p.name != last)
+    # the shards and indexes first, then what describes them (the report), the manifest (or `last`) last
+    files = sorted((p for p in folder.iterdir() if p.name != last), key=lambda p: (p.name == REPORT, p.name))
     for path in tqdm(files, unit="file", desc="uploading", disable=not progress):
         storage.upload(path, storage.join(root, path.name))
     storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST, last}))
