@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from ..errors import FastsegError
+from .. import storage
 from ..format import IGNORE_INDEX, META_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT
 from ..processes import note_native_threads
 from . import recipe
@@ -160,8 +161,8 @@ class SampleFeed(SampleTable):
         self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
-        remote = bool(self.aws)
-        self._pool = ThreadPoolExecutor(16) if remote else None
+        # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role)
+        self._pool = ThreadPoolExecutor(16) if any(storage.is_remote(path) for path in plan.shards) else None
 
     def _members(self, number: int) -> list[np.ndarray]:
         path, _, members = self.members[number]
@@ -228,9 +229,9 @@ def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
     stored = plan.stored
     if stored.raw_image:
         image = _reshaped(image, size, None if stored.grey else 3)
-        image = image.gpu() if gpu else image
         if stored.grey:  # a grey image's one channel broadcast to three (an RGB image's three are kept)
-            image = image * types.Constant(np.ones(3, np.uint8), device="gpu" if gpu else "cpu")
+            image = image * types.Constant(np.ones(3, np.uint8), device="cpu")
+        image = image.gpu() if gpu else image
     else:
         image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
     mask = _reshaped(mask, size, 1) if stored.raw_mask else fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
