@@ -13,8 +13,10 @@ services such as MinIO or Ceph); fastseg never writes them anywhere. Every failu
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -85,6 +87,14 @@ def split_url(url: str) -> tuple[str, str]:
 
 
 _clients = {}  # (process, AWS settings) -> client
+# A request waits at most READ_TIMEOUT s for bytes (a member is one image or mask: a stall is a fault, not a slow
+# link; botocore's own default is 60 s); a member read that fails transiently (a stall, a reset or cut connection,
+# a 5xx, throttling) is retried READ_ATTEMPTS times in all, waiting 0.2, 0.4, 0.8, 1.6 s between (jittered), so a
+# flaky network costs seconds and changes no byte; a missing object or a refused access is never retried.
+READ_TIMEOUT = float(os.environ.get("FASTSEG_S3_READ_TIMEOUT", "10"))
+READ_ATTEMPTS = 5
+TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
+                   "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
 
 
 def settings() -> dict[str, str]:
@@ -109,7 +119,7 @@ def client():
             from botocore.config import Config
         except ImportError as err:  # pragma: no cover - depends on the install
             raise FastsegError("s3:// needs boto3: pip install boto3") from err
-        config = Config(connect_timeout=5, read_timeout=60, retries={"max_attempts": 3, "mode": "standard"},
+        config = Config(connect_timeout=5, read_timeout=READ_TIMEOUT, retries={"max_attempts": 3, "mode": "standard"},
                         max_pool_connections=32)
         _clients.clear()  # one live client: the previous settings' is not needed again
         _clients[key] = boto3.session.Session().client("s3", config=config)
@@ -166,10 +176,40 @@ def read(url: str, missing: str | None = None) -> bytes:
 
 
 def read_range(url: str, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset` of an object, retried where the failure is transient (READ_ATTEMPTS): the request
+    and the body's bytes alike, which botocore's own retries do not cover once the headers have come."""
     bucket, key = split_url(url)
-    with s3_errors(url):
-        body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
-        return body.read()
+    for attempt in range(1, READ_ATTEMPTS + 1):
+        try:
+            body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
+            data = body.read()
+            if len(data) != size:
+                raise ConnectionError(f"{len(data)} of {size} bytes arrived")
+            return data
+        except Exception as err:
+            if not transient(err):
+                with s3_errors(url):
+                    raise
+            if attempt == READ_ATTEMPTS:
+                raise FastsegError(f"{url}: reading {size} bytes at {offset} still failed after {READ_ATTEMPTS} "
+                                   f"attempts ({type(err).__name__}: {str(err)[:200]}); check the network and the "
+                                   f"endpoint {endpoint()}") from None
+            time.sleep(0.2 * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def transient(err: Exception) -> bool:
+    """A failure worth one more try: a timeout, a connection reset or cut short, a server error or throttling."""
+    from botocore import exceptions as bx
+
+    if isinstance(err, bx.ClientError):
+        error = err.response.get("Error", {})
+        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+        return str(error.get("Code", "")) in TRANSIENT_CODES or status >= 500
+    streaming = tuple(getattr(bx, name) for name in ("ResponseStreamingError", "IncompleteReadError")
+                      if hasattr(bx, name))
+    return isinstance(err, (bx.ReadTimeoutError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
+                            bx.EndpointConnectionError, ConnectionError, TimeoutError, *streaming))
 
 
 def read_span(path: str, offset: int, size: int) -> bytes:

@@ -334,3 +334,52 @@ def test_a_raw_set_in_a_bucket_loads_as_on_disk(server, tmp_path, backend, store
         assert [b["key"] for b in remote] == [b["key"] for b in disk]
         for a, b in zip(remote, disk):
             assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+
+
+def test_a_member_read_survives_transient_faults_and_fails_fast_on_a_missing_object(monkeypatch):
+    """Faults injected at the client: a 503, a stall mid-body, a reset; the bytes arrive whole on the fourth try.
+    A missing object is named at once, and faults that never stop end in one line after the bounded attempts."""
+    from botocore import exceptions as bx
+
+    from fastseg import storage
+
+    class Body:
+        def __init__(self, data=b"", fault=None):
+            self.data, self.fault = data, fault
+
+        def read(self):
+            if self.fault:
+                raise self.fault
+            return self.data
+
+    def client_error(code, status):
+        return bx.ClientError({"Error": {"Code": code}, "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+
+    script = []
+
+    class Client:
+        meta = type("Meta", (), {"endpoint_url": "http://127.0.0.1:1"})()
+
+        def get_object(self, **kw):
+            step = script.pop(0)
+            if isinstance(step, Exception):
+                raise step
+            return {"Body": step}
+
+    monkeypatch.setattr(storage, "client", lambda: Client())
+    waits = []
+    monkeypatch.setattr(storage.time, "sleep", waits.append)
+    script[:] = [client_error("SlowDown", 503), Body(fault=bx.ReadTimeoutError(endpoint_url="x")),
+                 bx.ConnectionClosedError(endpoint_url="x"), Body(b"abcd")]
+    assert storage.read_range("s3://b/k", 10, 4) == b"abcd" and not script
+    assert len(waits) == 3 and waits == sorted(waits) and max(waits) <= 0.8  # backoff, bounded
+    script[:] = [Body(b"ab"), Body(b"abcd")]  # cut short: read again
+    assert storage.read_range("s3://b/k", 10, 4) == b"abcd"
+    waits.clear()
+    script[:] = [client_error("NoSuchKey", 404)]
+    with pytest.raises(FastsegError, match="s3://b/k: not found"):
+        storage.read_range("s3://b/k", 10, 4)
+    assert not waits  # never retried
+    script[:] = [client_error("503", 503)] * storage.READ_ATTEMPTS
+    with pytest.raises(FastsegError, match=r"s3://b/k: reading 4 bytes at 10 still failed after 5 attempts"):
+        storage.read_range("s3://b/k", 10, 4)
