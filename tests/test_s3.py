@@ -383,3 +383,106 @@ def test_a_member_read_survives_transient_faults_and_fails_fast_on_a_missing_obj
     script[:] = [client_error("503", 503)] * storage.READ_ATTEMPTS
     with pytest.raises(FastsegError, match=r"s3://b/k: reading 4 bytes at 10 still failed after 5 attempts"):
         storage.read_range("s3://b/k", 10, 4)
+
+
+class FaultyProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the S3 server that fails a seeded share of the ranged GETs (member
+    reads): answered 503 SlowDown, the connection reset before the answer, or the answer's headers and half its
+    body sent and then a stall past the client's read timeout and a cut (botocore's own retries end at the headers).
+    Everything else is passed through. Bounded: it stops with the test."""
+
+    def __init__(self, upstream: str, share: float, seed: int, stall: float):
+        import http.client
+        import http.server
+        import random
+        import threading
+        from urllib.parse import urlparse
+
+        target, proxy = urlparse(upstream), self
+        self.faults, self.requests = [], 0
+        rng, lock = random.Random(seed), threading.Lock()
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def _forward(self):
+                with lock:
+                    proxy.requests += 1
+                    fault = rng.choice(("503", "reset", "stall")) if (
+                        self.command == "GET" and "Range" in self.headers and rng.random() < share) else None
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if fault:
+                    proxy.faults.append(fault)
+                if fault == "503":
+                    text = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return
+                if fault == "reset":  # before any byte of the answer
+                    self._cut()
+                    return
+                upstream_conn = http.client.HTTPConnection(target.hostname, target.port, timeout=30)
+                upstream_conn.request(self.command, self.path, body=body or None, headers=dict(self.headers))
+                answer = upstream_conn.getresponse()
+                data = answer.read()
+                upstream_conn.close()
+                self.send_response(answer.status)
+                for name, value in answer.getheaders():
+                    if name.lower() not in ("content-length", "transfer-encoding", "connection"):
+                        self.send_header(name, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                if fault == "stall":  # the headers and half the body, then nothing: the client's timeout, then cut
+                    self.wfile.write(data[:len(data) // 2])
+                    self.wfile.flush()
+                    time.sleep(stall)
+                    self._cut()
+                    return
+                self.wfile.write(data)
+
+            def _cut(self):
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                self.close_connection = True
+                self.connection.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _forward
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize("backend", ["dali", "torch"])
+def test_an_epoch_with_five_percent_transient_faults_gives_the_clean_epochs_batches(bucket_set, backend, monkeypatch):
+    from fastseg import storage
+
+    url, _ = bucket_set
+    options = dict(split="train", backend=backend, batch_size=3, augment="flip", seed=5, shuffle=True,
+                   return_keys=True, workers=0 if backend == "torch" else 1, checksums=False)
+    clean = list(make_loader(url, **options))
+    proxy = FaultyProxy(os.environ["AWS_ENDPOINT_URL"], share=0.05, seed=1, stall=1.5)
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+        monkeypatch.setenv("FASTSEG_S3_READ_TIMEOUT", "0.5")
+        monkeypatch.setattr(storage, "READ_TIMEOUT", 0.5)  # a stall costs half a second, not botocore's 60
+        start = time.time()
+        faulty = [batch for _ in range(4) for batch in make_loader(url, **options)]  # four tries of the epoch
+        seconds = time.time() - start
+    finally:
+        proxy.close()
+    print(f"{len(proxy.faults)} faults in {proxy.requests} requests: {proxy.faults}")
+    assert len(proxy.faults) >= 2 and {"503", "reset", "stall"} & set(proxy.faults), proxy.faults
+    for copy in range(4):  # each loader made again: the same first epoch, whatever failed on the way
+        for a, b in zip(clean, faulty[copy * len(clean):(copy + 1) * len(clean)]):
+            assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
+    assert seconds < 60, seconds  # stalls retried after half a second each, not a minute
