@@ -66,22 +66,6 @@ def _resize(image, mask, size, window=None):
     return image, mask
 
 
-class _RecipeStep:
-    """recipe.transform over a batch, for fn.python_function on the CPU: OpenCV releases the GIL, so the samples
-    run on `threads` threads at once."""
-
-    def __init__(self, config, threads: int):
-        self.config, self.pool = config, ThreadPoolExecutor(max(1, threads))
-
-    def one(self, image, mask, draws):
-        c = self.config
-        return recipe.transform(image, mask[..., 0], draws, c.base_size, c.size, c.cat_max_ratio, c.photometric)
-
-    def __call__(self, images, masks, draws):
-        done = list(self.pool.map(self.one, images, masks, draws))
-        return [image for image, _ in done], [mask[..., None] for _, mask in done]
-
-
 def _geometry(mask: np.ndarray, draws: np.ndarray, base, crop, cat_max_ratio):
     """recipe.crop_geometry and the colour transform, for the GPU path: the mask's crop, the image's window, [M|t]."""
     labels, window = recipe.crop_geometry(mask[..., 0], draws, base, crop, cat_max_ratio)
@@ -89,15 +73,11 @@ def _geometry(mask: np.ndarray, draws: np.ndarray, base, crop, cat_max_ratio):
 
 
 def _recipe(plan: LoaderPlan, image, mask, draws):
-    """augment="mmseg" (recipe.py), by MMSegmentation's rule (cat_max_ratio tested on the resized mask), from the
-    sample's draws (draws.py, handed over by the feed). On the CPU, recipe.transform itself runs inside the graph
-    (OpenCV: DALI's CPU resize and hsv take 4 and 7 ms a 512×512 crop, OpenCV 0.5 and 0.2); on a GPU a small Python
-    step finds the mask's crop, the image's window and the colour transform, and DALI's GPU resize and
-    coord_transform apply them."""
+    """augment="mmseg" (recipe.py) on a GPU, by MMSegmentation's rule (cat_max_ratio tested on the resized mask), from
+    the sample's draws (draws.py, handed over by the feed): a small Python step finds the mask's crop, the image's
+    window and the colour transform, and DALI's GPU resize and coord_transform apply them. (On the CPU the feed runs
+    the recipe itself: recipe_in_feed.)"""
     config = plan.config
-    if plan.device.type != "cuda":
-        return fn.python_function(image, mask, draws, function=_RecipeStep(config, config.workers),
-                                  batch_processing=True, num_outputs=2, output_layouts=["HWC", "HWC"])
     mask, window, affine = fn.python_function(
         mask, draws, num_outputs=3, output_layouts=["HWC", "", ""],
         function=partial(_geometry, base=config.base_size, crop=config.size, cat_max_ratio=config.cat_max_ratio))
@@ -142,6 +122,14 @@ def _for_scoring(plan: LoaderPlan, image, mask, sizes):
 PARAMETERS = {"flip": types.INT32, "crop": types.FLOAT, "mmseg": types.FLOAT, "scoring": types.INT64}
 
 
+def recipe_in_feed(plan: LoaderPlan) -> bool:
+    """The mmseg recipe on the CPU runs in the feed: each sample decoded and cropped there (recipe.transform, on the
+    feed's threads: libjpeg-turbo, zlib and OpenCV release the GIL), overlapping DALI's own work on the batches
+    before it, where a Python step inside the graph would stop DALI's executor while it runs. DALI then pads and
+    normalizes. On a GPU the graph decodes (mixed) and resamples there."""
+    return plan.config.mode == "mmseg" and plan.device.type != "cuda"
+
+
 def uses_feed(plan: LoaderPlan) -> bool:
     """Whether the pipeline reads through the feed: whenever the order is shuffled or a sample has parameters;
     DALI's own reader only for the plain manifest order (it streams s3:// shards itself)."""
@@ -161,8 +149,11 @@ class SampleFeed(SampleTable):
         self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
-        # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role)
-        self._pool = ThreadPoolExecutor(16) if any(storage.is_remote(path) for path in plan.shards) else None
+        # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role);
+        # the recipe on the loader's threads
+        remote = any(storage.is_remote(path) for path in plan.shards)
+        threads = 16 if remote else max(1, plan.config.workers) if recipe_in_feed(plan) else 0
+        self._pool = ThreadPoolExecutor(threads) if threads else None
 
     def _members(self, number: int) -> list[np.ndarray]:
         path, _, members = self.members[number]
@@ -183,6 +174,12 @@ class SampleFeed(SampleTable):
         return roi(draws) if config.mode == "crop" else draws
 
     def _sample(self, number: int, epoch: int) -> list[np.ndarray]:
+        if recipe_in_feed(self.plan):  # the crop as the recipe makes it (at most `size`: the graph pads), its mask
+            c = self.plan.config
+            image, mask = recipe.transform(*self.pixels(number), sample_draws(c, epoch, number), c.base_size, c.size,
+                                           c.cat_max_ratio, c.photometric)
+            meta = self._members(number)[-1:] if c.return_keys else []
+            return [image, mask[..., None], *meta]
         row = self._members(number)
         return row + [self.parameters(number, epoch)] if self.plan.config.mode in PARAMETERS else row
 
@@ -212,6 +209,10 @@ def _read(plan: LoaderPlan, feed: SampleFeed | None):
     itself). A raw set's size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
+    if feed is not None and recipe_in_feed(plan):  # the recipe's crops, HWC, and with keys the meta
+        count = 3 if plan.config.return_keys else 2
+        return fn.external_source(source=feed, num_outputs=count, batch=True, dtype=[types.UINT8] * count,
+                                  layout=["HWC", "HWC", ""][:count])
     if feed is not None:
         dtypes += [PARAMETERS[plan.config.mode]] if plan.config.mode in PARAMETERS else []
         return fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes)
@@ -258,6 +259,11 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
+    if feed is not None and recipe_in_feed(plan):  # decoded and cropped by the feed already
+        if stop_after in ("decode", "augment"):
+            return image, mask
+        image, mask = _normalize_into(plan, image, mask, plan.config.size)
+        return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *rest)
     size = rest.pop(0) if plan.stored.size else None
     meta = [rest.pop(0)] if plan.config.return_keys else []
     parameters = rest[0] if rest else None
