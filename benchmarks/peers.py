@@ -132,6 +132,7 @@ def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size,
     import torch
     from torch.utils.data import DataLoader, Dataset
 
+    from fastseg.loading import draws
     from fastseg.loading import recipe as rules
 
     cv2.setNumThreads(0)  # one thread a worker, as the DataLoader examples set it
@@ -140,9 +141,9 @@ def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size,
                           mask_interpolation=cv2.INTER_NEAREST, p=1.0)
     crop = A.RandomCrop(*size, pad_if_needed=True, pad_position="top_left", border_mode=cv2.BORDER_CONSTANT,
                         fill=0, fill_mask=255)
-    colour = [A.RandomBrightnessContrast(brightness_limit=rules.BRIGHTNESS / 255, contrast_limit=0, p=0.5),
+    colour = [A.RandomBrightnessContrast(brightness_limit=draws.BRIGHTNESS / 255, contrast_limit=0, p=0.5),
               A.RandomBrightnessContrast(brightness_limit=0, contrast_limit=0.5, p=0.5),
-              A.HueSaturationValue(hue_shift_limit=rules.HUE, sat_shift_limit=50, val_shift_limit=0, p=0.5)]
+              A.HueSaturationValue(hue_shift_limit=draws.HUE, sat_shift_limit=50, val_shift_limit=0, p=0.5)]
     finish = A.Compose([A.HorizontalFlip(p=0.5), *(colour if mmseg["photometric"] else []),
                         *([A.Normalize(mean=mean, std=std, max_pixel_value=1.0)] if recipe == 1 else [])])
 
@@ -154,7 +155,7 @@ def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size,
             image = cv2.cvtColor(cv2.imread(pairs[i][0], cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
             mask = cv2.imread(pairs[i][1], cv2.IMREAD_UNCHANGED)
             scaled = scale(image=image, mask=mask)
-            for _ in range(rules.CROP_TRIES):
+            for _ in range(draws.CROP_TRIES):
                 out = crop(**scaled)
                 if mmseg["cat_max_ratio"] >= 1 or rules.acceptable(out["mask"], mmseg["cat_max_ratio"]):
                     break
