@@ -298,9 +298,11 @@ def test_mixed_sizes_need_an_output_size(backend, tmp_path):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_sample_that_does_not_decode_is_named(backend, jpeg_shards, tmp_path):
     key = corrupt_one_image(jpeg_shards, tmp_path)
-    with pytest.raises(FastsegError, match=f"train-000000.tar: sample {key} does not decode .*fastseg-shard --verify"):
-        for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=False, workers=1):
-            pass
+    for augment in (False, "mmseg"):  # decoded by DALI's operators, or (the recipe on the CPU) by its feed
+        with pytest.raises(FastsegError, match=f"train-000000.tar: sample {key} does not decode .*fastseg-shard "
+                                               "--verify"):
+            for _ in make_loader(tmp_path, backend=backend, batch_size=2, augment=augment, workers=1, size=(32, 32)):
+                pass
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -178,7 +178,7 @@ class SampleFeed(SampleTable):
             c = self.plan.config
             image, mask = recipe.transform(*self.pixels(number), sample_draws(c, epoch, number), c.base_size, c.size,
                                            c.cat_max_ratio, c.photometric)
-            meta = self._members(number)[-1:] if c.return_keys else []
+            meta = [np.frombuffer(self.meta(number), np.uint8)] if c.return_keys else []
             return [image, mask[..., None], *meta]
         row = self._members(number)
         return row + [self.parameters(number, epoch)] if self.plan.config.mode in PARAMETERS else row

@@ -10,6 +10,7 @@ import os
 import numpy as np
 
 from .. import storage
+from ..errors import FastsegError
 from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index
 from ..pictures import decode_image, member_pixels
 from .contract import LoaderPlan
@@ -50,16 +51,28 @@ class SampleTable:
         if size:
             rows, cols = np.frombuffer(self.read(path, members[size]), RAW_SIZE_DTYPE)
             return int(rows), int(cols)
-        meta = json.loads(self.read(path, members[META_EXT]))
+        meta = json.loads(self.meta(number))
         return int(meta["height"]), int(meta["width"])
 
     def pixels(self, number: int) -> tuple[np.ndarray, np.ndarray]:
-        """Sample `number`'s image (H×W×3) and mask (H×W), uint8, by the set's storage."""
-        path, _, members = self.members[number]
+        """Sample `number`'s image (H×W×3) and mask (H×W), uint8, by the set's storage; one that does not decode is a
+        FastsegError naming the shard, the sample and the fix."""
+        path, key, members = self.members[number]
         stored = self.plan.stored
-        size = self.read(path, members[stored.size]) if stored.size else None
-        image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
-        return image, member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+        try:
+            size = self.read(path, members[stored.size]) if stored.size else None
+            image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
+            return image, member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+        except FastsegError:
+            raise
+        except Exception as err:  # Pillow raises several types for corrupt data
+            raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
+                               f"fastseg-shard --verify {self.plan.root}") from err
+
+    def meta(self, number: int) -> bytes:
+        """Sample `number`'s meta member (its key and source files, as JSON bytes)."""
+        path, _, members = self.members[number]
+        return self.read(path, members[META_EXT])
 
     def find_undecodable(self, numbers: list[int]) -> tuple[str, str, str] | None:
         """(shard, key, error) of the first of samples `numbers` whose image or mask does not decode (or, raw, does

@@ -99,10 +99,11 @@ def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tup
     rows = []
     for shard, key, members in (where[n] for n in sorted(random.Random(seed).sample(range(len(where)),
                                                                                     min(count, len(where))))):
-        size = _read(shard, members[stored.size]) if stored.size else None
-        mask = member_pixels(_read(shard, members[stored.mask]), stored.raw_mask and size, 1)
+        size = storage.read_span(shard, *members[stored.size]) if stored.size else None
+        mask = member_pixels(storage.read_span(shard, *members[stored.mask]), stored.raw_mask and size, 1)
         rows_cols = (THUMB_WIDTH * mask.shape[0] // mask.shape[1], THUMB_WIDTH)
-        image = _thumbnail(_read(shard, members[stored.image_in(members)]), stored.raw_image and size, rows_cols)
+        image = _thumbnail(storage.read_span(shard, *members[stored.image_in(members)]), stored.raw_image and size,
+                           rows_cols)
         small = np.asarray(Image.fromarray(mask).resize(rows_cols[::-1], Image.NEAREST))
         picture = Image.fromarray(np.concatenate([image, colorize(small, colors)], axis=1))
         buffer = io.BytesIO()
@@ -131,14 +132,6 @@ def _shards_and_indexes(shard_set: ShardSet, split: str) -> list[tuple[str, Path
         return list(zip(*check_shards(shard_set, split, checksums=False)))
     root = Path(shard_set.root)
     return [(str(root / s.name), root / s.index) for s in shard_set.manifest.split(split).shards]
-
-
-def _read(shard: str, span: tuple[int, int]) -> bytes:
-    if storage.is_remote(shard):
-        return storage.read_range(shard, *span)
-    with open(shard, "rb") as tar:
-        tar.seek(span[0])
-        return tar.read(span[1])
 
 
 def _class_counts(manifest, drawn) -> tuple[dict, dict, str]:
