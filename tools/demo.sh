@@ -21,8 +21,10 @@ cat <<DONE
 
 fastseg demo finished. Look at:
   $out/shards/manifest.json           the shard set: classes, mean/std, shards with sha256
+  $out/shards/report.html             the set at a glance: class shares, sizes, samples, warnings
   $out/run/metrics.json               validation mIoU, Dice, precision, recall, F1, per-class IoU
   $out/run/previews/                  image | truth | prediction, one PNG per validation epoch
+  $out/run/curves.png                 loss, mIoU, images/s and data stall by epoch (and per_class_iou.png)
   $out/run/checkpoints/best.ckpt      the best model by validation mIoU
   $out/predictions/                   palette masks and overlays for images the model never saw
   $out/run/logs/                      TensorBoard (.venv/bin/tensorboard --logdir $out/run/logs) and CSV logs
