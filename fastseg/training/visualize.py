@@ -63,6 +63,7 @@ def plot_curves(path: Path, history: list[dict]) -> None:
         if len(series) > 1:
             axis.legend()
     axes[1].set_ylim(0, 1)
+    axes[2].set_ylim(bottom=0)  # rates from zero: epoch-to-epoch noise is not a trend
     axes[3].set_ylim(bottom=0)
     _save(figure, path)
 
