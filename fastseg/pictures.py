@@ -4,12 +4,13 @@ training/visualize.py). Nothing here imports torch."""
 from __future__ import annotations
 
 import io
+import threading
 
 import numpy as np
 import simplejpeg
 from PIL import Image
 
-from .format import IGNORE_INDEX, raw_pixels
+from .format import IGNORE_INDEX, RAW_SIZE_DTYPE, raw_pixels
 
 IGNORE_COLOR = (255, 0, 255)
 
@@ -44,6 +45,80 @@ def member_pixels(data: bytes, size: bytes | None, channels: int) -> np.ndarray:
         pixels = raw_pixels(data, size, channels)
         return np.repeat(pixels, 3, axis=2) if channels == 3 and pixels.shape[2] == 1 else np.array(pixels)
     return decode_image(data) if channels == 3 else np.array(Image.open(io.BytesIO(data)))
+
+
+def image_region(data: bytes, size: bytes | None, box) -> np.ndarray:
+    """Rows box.top..box.bottom and columns box.left..box.right of a member's image (H×W×3 uint8) at 1/box.factor of
+    its size (loading/windows.py), decoding as little as the format allows: a raw image is viewed and only the box
+    copied; a JPEG at full scale is decoded in the box alone (nvImageCodec over libjpeg-turbo: rows below the box
+    are never decoded, rows above only entropy-decoded, columns outside skipped where the format allows), at a
+    reduced scale whole with libjpeg-turbo's DCT scaling (simplejpeg); other formats are decoded whole and cut.
+    A JPEG that either decoder refuses goes through decode_image, which fails for a corrupt one."""
+    rows, cols = slice(box.top, box.bottom), slice(box.left, box.right)
+    if size:
+        pixels = raw_pixels(data, size, 3)[rows, cols]
+        return np.repeat(pixels, 3, axis=2) if pixels.shape[2] == 1 else np.array(pixels)
+    if simplejpeg.is_jpeg(data):
+        if box.factor > 1:  # the scale whose sides are at least 1/factor of the image's: exactly that factor
+            try:
+                height, width = simplejpeg.decode_jpeg_header(data)[:2]
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", min_factor=box.factor,
+                                              min_height=-(-height // box.factor),
+                                              min_width=-(-width // box.factor))[rows, cols]
+            except ValueError:
+                pass
+        else:
+            decoded = _jpeg_region(data, box)
+            if decoded is not None:
+                return decoded
+    return decode_image(data)[rows, cols] if box.factor == 1 else _reduced(decode_image(data), box)
+
+
+def _reduced(image: np.ndarray, box) -> np.ndarray:
+    """A whole decoded image brought to 1/box.factor by area averaging (what DCT scaling approximates), then cut:
+    for the rare JPEG that libjpeg-turbo will not scale (CMYK)."""
+    import cv2
+
+    factor = box.factor
+    shape = (-(-image.shape[1] // factor), -(-image.shape[0] // factor))
+    return cv2.resize(image, shape, interpolation=cv2.INTER_AREA)[box.top:box.bottom, box.left:box.right]
+
+
+_decoders = threading.local()  # an nvImageCodec decoder is not shared between threads: one per thread
+
+
+def _jpeg_region(data: bytes, box) -> np.ndarray | None:
+    """The box of a JPEG at full scale, decoded by nvImageCodec's CPU (libjpeg-turbo) decoder; None where it is not
+    installed or does not decode this file."""
+    try:
+        from nvidia import nvimgcodec
+    except ImportError:  # pragma: no cover - it comes with DALI
+        return None
+    if not hasattr(_decoders, "decoder"):
+        _decoders.decoder = nvimgcodec.Decoder(device_id=nvimgcodec.NVIMGCODEC_DEVICE_CPU_ONLY, max_num_cpu_threads=1,
+                                               backends=[nvimgcodec.Backend(nvimgcodec.BackendKind.CPU_ONLY)])
+        _decoders.params = nvimgcodec.DecodeParams(apply_exif_orientation=False, color_spec=nvimgcodec.ColorSpec.SRGB,
+                                                   sample_format=nvimgcodec.SampleFormat.I_RGB)
+    try:
+        stream = nvimgcodec.CodeStream(data).get_sub_code_stream(
+            region=nvimgcodec.Region(box.top, box.left, box.bottom, box.right))
+        decoded = _decoders.decoder.decode(stream, params=_decoders.params)
+    except Exception:  # its errors are C++ runtime errors of several kinds: the caller falls back
+        return None
+    return None if decoded is None else np.asarray(decoded.cpu())
+
+
+def image_shape(data: bytes, size: bytes | None) -> tuple[int, int]:
+    """(rows, columns) of a member's image from its header (or its raw size member), without decoding it."""
+    if size:
+        return tuple(int(v) for v in np.frombuffer(size, RAW_SIZE_DTYPE))
+    if simplejpeg.is_jpeg(data):
+        try:
+            return simplejpeg.decode_jpeg_header(data)[:2]
+        except ValueError:
+            pass
+    width, height = Image.open(io.BytesIO(data)).size
+    return height, width
 
 
 def decode_image(data: bytes) -> np.ndarray:

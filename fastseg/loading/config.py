@@ -46,6 +46,9 @@ class LoaderConfig:
                                                          "(RandomCrop cat_max_ratio; 1: off)")
     photometric: bool = option(True, action=argparse.BooleanOptionalAction,
                                help="mmseg: PhotoMetricDistortion of the image")
+    window_decode: bool = option(True, action=argparse.BooleanOptionalAction,
+                                 help="crop, mmseg: decode only the region of each image its crop keeps, at a reduced "
+                                      "scale where the crop shrinks it 2x or more (off: whole images)")
     vflip: bool = option(False, action=argparse.BooleanOptionalAction, help="vertical flips too")
     shuffle: bool | None = None  # a new order every epoch; None: when training
     workers: int | None = option(None, type=int, help="loader threads/processes per device (default: cores / "

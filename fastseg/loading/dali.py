@@ -24,10 +24,12 @@ from ..errors import FastsegError
 from .. import storage
 from ..format import IGNORE_INDEX, META_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT
 from ..processes import note_native_threads
-from . import recipe
+from ..pictures import image_shape, member_pixels
+from . import execute, recipe
 from .contract import EpochLoader, LoaderPlan
 from .draws import COLOUR, flips, roi, sample_draws
 from .members import SampleTable
+from .windows import inside, region, whole
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
 # held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
@@ -53,40 +55,53 @@ check_dali_version(nvidia.dali.__version__)
 __all__ = ["DALI_FLOOR", "DaliLoader", "SampleFeed", "build_pipeline", "check_dali_version", "segmentation_pipeline"]
 
 
-def _resize(image, mask, size, window=None):
+def _resize(image, mask, size, image_window: dict | None = None, mask_window: dict | None = None):
     """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
-    when shrinking, which is what Pillow's BILINEAR does in the torch loader. DALI's antialias=False would be 19%
-    faster on the CPU crop path (benchmarks/results/resample_davis_crop_cpu_*), but a model trained through one
-    backend and scored through the other then sees other pixels (0.035 mean difference, normalized, against 0.005:
+    when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize ROI)
+    where one is given. DALI's antialias=False would be 19% faster on the CPU crop path
+    (benchmarks/results/resample_davis_crop_cpu_*), but a model trained through one backend and scored through the
+    other then sees other pixels (0.035 mean difference, normalized, against 0.005:
     benchmarks/results/resample_check_davis*_cpu)."""
     # straight to float: faster than a uint8 result, and normalize reads it as is
     image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT,
-                      **(window or {}))
-    mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(window or {}))  # no new class values
+                      **(image_window or {}))
+    mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(mask_window or {}))  # no new classes
     return image, mask
 
 
-def _geometry(mask: np.ndarray, draws: np.ndarray, base, crop, cat_max_ratio):
-    """recipe.crop_geometry and the colour transform, for the GPU path: the mask's crop, the image's window, [M|t]."""
-    labels, window = recipe.crop_geometry(mask[..., 0], draws, base, crop, cat_max_ratio)
-    return labels[..., None], np.array(window, np.float32), recipe.colour_transform(draws[COLOUR])
+def _window_decoded(plan: LoaderPlan, gpu: bool, image, size, parameters):
+    """The region of each image that the feed chose (parameters[0:4]: top, left, bottom, right; windows.py), decoded
+    alone: region decoding on `mixed` (nvJPEG) or `cpu` (libjpeg-turbo), with the CPU's chroma upsampling on the
+    GPU too. A raw image (its region is the whole image) is only reshaped."""
+    if plan.stored.raw_image:
+        return _decode(plan, gpu, image, None, size)[0]
+    return fn.decoders.image_slice(image, start=fn.cast(parameters[0:2], dtype=types.INT32),
+                                   end=fn.cast(parameters[2:4], dtype=types.INT32), axis_names="HW",
+                                   device="mixed" if gpu else "cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
 
 
-def _recipe(plan: LoaderPlan, image, mask, draws):
-    """augment="mmseg" (recipe.py) on a GPU, by MMSegmentation's rule (cat_max_ratio tested on the resized mask), from
-    the sample's draws (draws.py, handed over by the feed): a small Python step finds the mask's crop, the image's
-    window and the colour transform, and DALI's GPU resize and coord_transform apply them. (On the CPU the feed runs
-    the recipe itself: recipe_in_feed.)"""
-    config = plan.config
-    mask, window, affine = fn.python_function(
-        mask, draws, num_outputs=3, output_layouts=["HWC", "", ""],
-        function=partial(_geometry, base=config.base_size, crop=config.size, cat_max_ratio=config.cat_max_ratio))
-    size = fn.cast(mask.shape()[0:2], dtype=types.FLOAT)
-    image = fn.resize(image, size=size, roi_start=window[0:2], roi_end=window[2:4], roi_relative=False,
-                      interp_type=types.INTERP_LINEAR, antialias=False)
-    if config.photometric:
+def _crop_on_device(plan: LoaderPlan, gpu: bool, image, mask, size, parameters):
+    """augment="crop" on a GPU: the image's region decoded there and resampled from the window inside it
+    (parameters[4:8], the edges swapped along a flipped axis, so resampling flips), the mask through the same
+    window of the whole mask (parameters[8:12], relative)."""
+    image = _window_decoded(plan, gpu, image, size, parameters)
+    mask = _decode(plan, gpu, None, mask, size)[1]
+    mask = mask.gpu() if gpu else mask
+    return _resize(image, mask, plan.size, dict(roi_start=parameters[4:6], roi_end=parameters[6:8], roi_relative=False),
+                   dict(roi_start=parameters[8:10], roi_end=parameters[10:12], roi_relative=True))
+
+
+def _recipe_on_device(plan: LoaderPlan, gpu: bool, image, mask, size, parameters):
+    """augment="mmseg" on a GPU (recipe.py): the feed has chosen the crop from the mask (the mask's crop arrives
+    decoded) and the image's window; the image's region is decoded there, resampled from the window (parameters
+    [4:8]) bilinearly without antialiasing (MMSegmentation's rule) and coloured by the [M | t] of parameters[8:20]."""
+    image = _window_decoded(plan, gpu, image, size, parameters)
+    image = fn.resize(image, size=fn.cast(mask.shape()[0:2], dtype=types.FLOAT), roi_start=parameters[4:6],
+                      roi_end=parameters[6:8], roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=False)
+    if plan.config.photometric:
+        affine = fn.reshape(parameters[8:20], shape=[3, 4])
         image = fn.coord_transform(image, M=affine[:, 0:3], T=affine[:, 3], dtype=types.UINT8)
-    return image, mask
+    return image, mask.gpu() if gpu else mask
 
 
 def _normalize_into(plan: LoaderPlan, image, mask, size):
@@ -122,12 +137,16 @@ def _for_scoring(plan: LoaderPlan, image, mask, sizes):
 PARAMETERS = {"flip": types.INT32, "crop": types.FLOAT, "mmseg": types.FLOAT, "scoring": types.INT64}
 
 
-def recipe_in_feed(plan: LoaderPlan) -> bool:
-    """The mmseg recipe on the CPU runs in the feed: each sample decoded and cropped there (recipe.transform, on the
-    feed's threads: libjpeg-turbo, zlib and OpenCV release the GIL), overlapping DALI's own work on the batches
-    before it, where a Python step inside the graph would stop DALI's executor while it runs. DALI then pads and
-    normalizes. On a GPU the graph decodes (mixed) and resamples there."""
-    return plan.config.mode == "mmseg" and plan.device.type != "cuda"
+EXECUTORS = {"crop": execute.crop, "mmseg": execute.mmseg}
+
+
+def executed_in_feed(plan: LoaderPlan) -> bool:
+    """The crop and mmseg recipes on the CPU run in the feed (execute.py, the torch loader's own steps): each sample
+    decoded in its window and resampled there, on the feed's threads (libjpeg-turbo, zlib, OpenCV and Pillow release
+    the GIL), overlapping DALI's own work on the batches before it; DALI then pads and normalizes. DALI's CPU
+    resize, warp and colour operators take 10-30x OpenCV's time for the same pixels (benchmarks/dali_stages.py). On a
+    GPU the graph decodes each region (mixed) and resamples there."""
+    return plan.config.mode in ("crop", "mmseg") and plan.device.type != "cuda"
 
 
 def uses_feed(plan: LoaderPlan) -> bool:
@@ -152,7 +171,7 @@ class SampleFeed(SampleTable):
         # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role);
         # the recipe on the loader's threads
         remote = any(storage.is_remote(path) for path in plan.shards)
-        threads = 16 if remote else max(1, plan.config.workers) if recipe_in_feed(plan) else 0
+        threads = 16 if remote else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
 
     def _members(self, number: int) -> list[np.ndarray]:
@@ -163,25 +182,41 @@ class SampleFeed(SampleTable):
                 for name in names]
 
     def parameters(self, number: int, epoch: int) -> np.ndarray:
-        """Sample `number`'s parameters in `epoch`, as its pipeline's operators take them."""
+        """Sample `number`'s parameters in `epoch`, as its pipeline's operators take them (flip, scoring; crop and
+        mmseg on a GPU: _window_row)."""
         config = self.plan.config
         if config.mode == "scoring":
             rows, cols = self.shape(number)
             return np.array([*config.scoring_size(rows, cols), rows, cols], np.int64)
-        draws = sample_draws(config, epoch, number)
-        if config.mode == "flip":
-            return np.array(flips(draws), np.int32)
-        return roi(draws) if config.mode == "crop" else draws
+        return np.array(flips(sample_draws(config, epoch, number)), np.int32)
 
     def _sample(self, number: int, epoch: int) -> list[np.ndarray]:
-        if recipe_in_feed(self.plan):  # the crop as the recipe makes it (at most `size`: the graph pads), its mask
-            c = self.plan.config
-            image, mask = recipe.transform(*self.pixels(number), sample_draws(c, epoch, number), c.base_size, c.size,
-                                           c.cat_max_ratio, c.photometric)
-            meta = [np.frombuffer(self.meta(number), np.uint8)] if c.return_keys else []
+        config = self.plan.config
+        if executed_in_feed(self.plan):  # the crop as the recipe makes it (mmseg: at most `size`; the graph pads)
+            image, mask = EXECUTORS[config.mode](self, number, sample_draws(config, epoch, number))
+            meta = [np.frombuffer(self.meta(number), np.uint8)] if config.return_keys else []
             return [image, mask[..., None], *meta]
         row = self._members(number)
-        return row + [self.parameters(number, epoch)] if self.plan.config.mode in PARAMETERS else row
+        if config.mode in ("crop", "mmseg"):
+            return self._window_row(row, number, sample_draws(config, epoch, number))
+        return row + [self.parameters(number, epoch)] if config.mode in PARAMETERS else row
+
+    def _window_row(self, row: list[np.ndarray], number: int, draws: np.ndarray) -> list[np.ndarray]:
+        """crop and mmseg on a GPU: the members, the mmseg mask's crop in place of the mask, and as parameters the
+        image's region to decode (windows.py), the window inside it, and the crop's mask window (relative) or the
+        mmseg colour transform."""
+        config, stored = self.plan.config, self.plan.stored
+        size = row[2].tobytes() if stored.size else None
+        rows, cols = image_shape(row[0].tobytes(), stored.raw_image and size)
+        if config.mode == "crop":
+            window = roi(draws) * np.array([rows, cols, rows, cols], np.float32)  # pixel edges, flips swapped
+            out, extra = config.size, roi(draws)
+        else:
+            mask = member_pixels(row[1].tobytes(), stored.raw_mask and size, 1)
+            labels, window = recipe.crop_geometry(mask, draws, config.base_size, config.size, config.cat_max_ratio)
+            row[1], out, extra = labels[..., None], labels.shape, recipe.colour_transform(draws[COLOUR]).ravel()
+        box = region(window, (rows, cols), out) if config.window_decode and not stored.raw_image else whole(rows, cols)
+        return row + [np.array([box.top, box.left, box.bottom, box.right, *inside(window, box), *extra], np.float32)]
 
     def __call__(self):
         epoch, position = divmod(self.batch, self.plan.batches)
@@ -209,13 +244,16 @@ def _read(plan: LoaderPlan, feed: SampleFeed | None):
     itself). A raw set's size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
-    if feed is not None and recipe_in_feed(plan):  # the recipe's crops, HWC, and with keys the meta
+    if feed is not None and executed_in_feed(plan):  # the recipe's crops, HWC, and with keys the meta
         count = 3 if plan.config.return_keys else 2
         return fn.external_source(source=feed, num_outputs=count, batch=True, dtype=[types.UINT8] * count,
                                   layout=["HWC", "HWC", ""][:count])
     if feed is not None:
         dtypes += [PARAMETERS[plan.config.mode]] if plan.config.mode in PARAMETERS else []
-        return fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes)
+        layouts = [""] * len(dtypes)
+        if plan.config.mode == "mmseg":  # the mask's crop, chosen and cut by the feed (SampleFeed._window_row)
+            layouts[1] = "HWC"
+        return fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes, layout=layouts)
     return fn.readers.webdataset(
         paths=plan.shards, index_paths=[str(p) for p in plan.indexes], ext=names, dtypes=dtypes,
         missing_component_behavior="error", shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
@@ -226,16 +264,18 @@ def _read(plan: LoaderPlan, feed: SampleFeed | None):
 def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
     """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. Raw
     members are only reshaped by their sample's size member: no decode, and on a GPU a raw image goes there as
-    it is."""
+    it is. Either may be None: not asked for."""
     stored = plan.stored
-    if stored.raw_image:
+    if image is not None and stored.raw_image:
         image = _reshaped(image, size, None if stored.grey else 3)
         if stored.grey:  # a grey image's one channel broadcast to three (an RGB image's three are kept)
             image = image * types.Constant(np.ones(3, np.uint8), device="cpu")
         image = image.gpu() if gpu else image
-    else:
+    elif image is not None:
         image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    mask = _reshaped(mask, size, 1) if stored.raw_mask else fn.decoders.image(mask, device="cpu", output_type=types.GRAY)
+    if mask is not None:
+        mask = (_reshaped(mask, size, 1) if stored.raw_mask else
+                fn.decoders.image(mask, device="cpu", output_type=types.GRAY))
     return image, mask
 
 
@@ -259,7 +299,7 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    if feed is not None and recipe_in_feed(plan):  # decoded and cropped by the feed already
+    if feed is not None and executed_in_feed(plan):  # decoded and cropped by the feed already
         if stop_after in ("decode", "augment"):
             return image, mask
         image, mask = _normalize_into(plan, image, mask, plan.config.size)
@@ -267,33 +307,29 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     size = rest.pop(0) if plan.stored.size else None
     meta = [rest.pop(0)] if plan.config.return_keys else []
     parameters = rest[0] if rest else None
-    image, mask = _decode(plan, gpu, image, mask, size)
-    if stop_after == "decode":
-        return image, mask.gpu() if gpu else mask
     mode = plan.config.mode
-    if mode == "scoring":
-        return (*_for_scoring(plan, image, mask, parameters), *meta)
-    if mode == "mmseg":
-        image, mask = _recipe(plan, image, mask, parameters)
-        mask = mask.gpu() if gpu else mask
-        if stop_after == "augment":
+    if mode in ("crop", "mmseg"):  # each image decoded in the region its crop keeps (the feed chose it)
+        steps = _crop_on_device if mode == "crop" else _recipe_on_device
+        image, mask = steps(plan, gpu, image, mask, size, parameters)
+        if stop_after in ("decode", "augment"):
             return image, mask
         image, mask = _normalize_into(plan, image, mask, plan.config.size)
         return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *meta)
+    image, mask = _decode(plan, gpu, image, mask, size)
+    if stop_after == "decode":
+        return image, mask.gpu() if gpu else mask
+    if mode == "scoring":
+        return (*_for_scoring(plan, image, mask, parameters), *meta)
     if gpu:
         mask = mask.gpu()
     mirror = 0
-    if mode == "crop":  # the window's edges are swapped along a flipped axis (draws.roi): resampling flips
-        image, mask = _resize(image, mask, plan.size, dict(roi_start=parameters[0:2], roi_end=parameters[2:4],
-                                                           roi_relative=True))
-    else:
-        if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
-            image, mask = _resize(image, mask, plan.size)
-        if mode == "flip":  # the image is mirrored inside crop_mirror_normalize, for free
-            mirror, vflip = parameters[0], parameters[1] if plan.config.vflip else 0
-            mask = fn.flip(mask, horizontal=mirror, vertical=vflip)
-            if plan.config.vflip:
-                image = fn.flip(image, horizontal=0, vertical=vflip)
+    if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
+        image, mask = _resize(image, mask, plan.size)
+    if mode == "flip":  # the image is mirrored inside crop_mirror_normalize, for free
+        mirror, vflip = parameters[0], parameters[1] if plan.config.vflip else 0
+        mask = fn.flip(mask, horizontal=mirror, vertical=vflip)
+        if plan.config.vflip:
+            image = fn.flip(image, horizontal=0, vertical=vflip)
     if stop_after == "augment":
         return image, mask
     mean, std = plan.mean_std

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 
 import numpy as np
+import simplejpeg
 
 from .. import storage
 from ..errors import FastsegError
 from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index
-from ..pictures import decode_image, member_pixels
+from ..pictures import decode_image, image_region, image_shape, member_pixels
 from .contract import LoaderPlan
+from .windows import region, whole
 
 __all__ = ["SampleTable", "decode_image", "member_pixels"]
 
@@ -57,12 +60,37 @@ class SampleTable:
     def pixels(self, number: int) -> tuple[np.ndarray, np.ndarray]:
         """Sample `number`'s image (H×W×3) and mask (H×W), uint8, by the set's storage; one that does not decode is a
         FastsegError naming the shard, the sample and the fix."""
+        return self.image(number), self.mask(number)
+
+    def image(self, number: int) -> np.ndarray:
+        with self._decoding(number) as (read, stored):
+            return member_pixels(read(stored.image_in(self.members[number][2])), stored.raw_image and self._size(read),
+                                 3)
+
+    def mask(self, number: int) -> np.ndarray:
+        with self._decoding(number) as (read, stored):
+            return member_pixels(read(stored.mask), stored.raw_mask and self._size(read), 1)
+
+    def image_window(self, number: int, window, out: tuple[int, int], only: bool = True):
+        """The pixels of sample `number`'s image that resampling `window` (pixel edges, windows.py) to `out` reads,
+        and the windows.Region they are; with `only` False, the whole image at full scale."""
+        with self._decoding(number) as (read, stored):
+            data, size = read(stored.image_in(self.members[number][2])), stored.raw_image and self._size(read)
+            shape = image_shape(data, size)
+            box = region(window, shape, out, reducible=simplejpeg.is_jpeg(data) and not size) if only else \
+                whole(*shape)
+            return image_region(data, size, box), box
+
+    def _size(self, read) -> bytes | None:
+        return read(self.plan.stored.size) if self.plan.stored.size else None
+
+    @contextmanager
+    def _decoding(self, number: int):
+        """(read: a member of sample `number` by name, the set's members): a sample that does not decode is a
+        FastsegError naming the shard, the sample and the fix."""
         path, key, members = self.members[number]
-        stored = self.plan.stored
         try:
-            size = self.read(path, members[stored.size]) if stored.size else None
-            image = member_pixels(self.read(path, members[stored.image_in(members)]), stored.raw_image and size, 3)
-            return image, member_pixels(self.read(path, members[stored.mask]), stored.raw_mask and size, 1)
+            yield (lambda ext: self.read(path, members[ext])), self.plan.stored
         except FastsegError:
             raise
         except Exception as err:  # Pillow raises several types for corrupt data

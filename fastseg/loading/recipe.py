@@ -26,10 +26,10 @@ import numpy as np
 
 from ..format import IGNORE_INDEX
 from .config import keep_ratio_size
-from .draws import COLOUR, CORNERS, CROP_TRIES, HFLIP, RATIO, VFLIP
+from .draws import CORNERS, CROP_TRIES, HFLIP, RATIO, VFLIP
 
 __all__ = ["acceptable", "colour_transform", "crop_geometry", "hsv_matrix", "photometric", "pick_crop",
-           "resample_window", "resized_size", "transform"]
+           "resample_window", "resized_size"]
 RGB_TO_YIQ = np.array([[0.299, 0.587, 0.114], [0.596, -0.274, -0.321], [0.211, -0.523, 0.311]])
 
 
@@ -93,15 +93,6 @@ def resample_window(image: np.ndarray, window, shape: tuple[int, int]) -> np.nda
     affine = np.array([[step_x, 0, left + 0.5 * step_x - 0.5], [0, step_y, top + 0.5 * step_y - 0.5]], np.float64)
     return cv2.warpAffine(image, affine, (cols, rows), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderMode=cv2.BORDER_REPLICATE)
-
-
-def transform(image: np.ndarray, mask: np.ndarray, draws: np.ndarray, base: tuple[int, int],
-              crop: tuple[int, int], cat_max_ratio: float, photometric_on: bool) -> tuple[np.ndarray, np.ndarray]:
-    """The whole recipe on one decoded pair (H×W×3 and H×W uint8): the crop of the image and of the mask, at most
-    `crop` in size (the caller pads)."""
-    labels, window = crop_geometry(mask, draws, base, crop, cat_max_ratio)
-    picture = resample_window(image, window, labels.shape)
-    return (photometric(picture, draws[COLOUR]) if photometric_on else picture), labels
 
 
 def hsv_matrix(hue_degrees: float, saturation: float) -> np.ndarray:

@@ -21,9 +21,9 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX
 from ..processes import quiet_when_orphaned, workers_starting
-from . import recipe
+from . import execute
 from .contract import EpochLoader, LoaderPlan, Normalize
-from .draws import crop_box, flips, sample_draws
+from .draws import flips, sample_draws
 from .members import SampleTable
 
 
@@ -34,39 +34,44 @@ class ShardSamples(SampleTable, Dataset):
     def __getitem__(self, item: tuple[int, int]):
         number, epoch = item
         key = self.members[number][1]
-        image, mask = self.pixels(number)  # one that does not decode: a FastsegError naming it
         config = self.plan.config
-        run = {"scoring": self._for_scoring, "mmseg": self._recipe}.get(config.mode, self._resized)
-        return run(image, mask, key, sample_draws(config, epoch, number))
+        draws = sample_draws(config, epoch, number)
+        if config.mode == "crop":  # decoded in the window it keeps (execute.py); one that does not decode is named
+            image, mask = execute.crop(self, number, draws)
+            return self._tensors(image, mask, key)
+        if config.mode == "mmseg":
+            return self._recipe(*execute.mmseg(self, number, draws), key)
+        image, mask = self.pixels(number)
+        return self._for_scoring(image, mask, key) if config.mode == "scoring" else self._resized(image, mask, key,
+                                                                                                  draws)
 
     def _resized(self, image: np.ndarray, mask: np.ndarray, key: str, draws: np.ndarray | None):
-        """none, flip and crop: the drawn window (or the whole image) resized to `size`, flipped as drawn."""
-        config = self.plan.config
-        height, width = config.size
-        box = crop_box(draws, image.shape[1], image.shape[0]) if config.augment == "crop" else None
-        flip_h, flip_v = flips(draws) if draws is not None else (False, False)
-        if box is not None or image.shape[:2] != (height, width):
-            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, box=box, reducing_gap=None))
-            mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST, box=box))
+        """none and flip: the whole image resized to `size` where it differs, flipped as drawn."""
+        height, width = self.plan.config.size
+        if image.shape[:2] != (height, width):
+            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=None))
+            mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
+        return self._tensors(image, mask, key, flips(draws) if draws is not None else (False, False))
+
+    def _tensors(self, image: np.ndarray, mask: np.ndarray, key: str, flip: tuple[bool, bool] = (False, False)):
         # torch, not numpy, flips: numpy's copy of a reversed H×W×3 view is several times slower. Channels first
         # is a view here; the collate's stack makes the one copy (else the main process takes an N×C×H×W view of
         # the H×W×C batch: no copy at all).
-        image, mask = torch.from_numpy(image), torch.from_numpy(mask)
+        config = self.plan.config
+        image, mask = torch.from_numpy(np.asarray(image)), torch.from_numpy(np.asarray(mask))
         if not config.channels_last:
             image = image.permute(2, 0, 1)
         rows, cols = (1, 2) if not config.channels_last else (0, 1)
-        if flip_h:
+        if flip[0]:
             image, mask = image.flip(cols), mask.flip(1)
-        if flip_v:
+        if flip[1]:
             image, mask = image.flip(rows), mask.flip(0)
         return image, mask, key
 
-    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str, draws: np.ndarray):
-        """augment="mmseg" (recipe.py): the crop padded to `size` with 0 (zeroed again after normalization) and
+    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str):
+        """augment="mmseg" (execute.mmseg): the crop padded to `size` with 0 (zeroed again after normalization) and
         ignore, and the crop's own (rows, columns)."""
         config = self.plan.config
-        image, mask = recipe.transform(image, mask, draws, config.base_size, config.size, config.cat_max_ratio,
-                                       config.photometric)
         height, width = mask.shape
         padded, labels = image, mask
         if (height, width) != config.size:  # a crop of an image resized below the crop size
@@ -78,7 +83,7 @@ class ShardSamples(SampleTable, Dataset):
         return (padded if config.channels_last else padded.permute(2, 0, 1)), torch.from_numpy(labels), key, \
             (height, width)
 
-    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str, _draws: None):
+    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str):
         """The image resized as scoring asks (LoaderConfig.scoring_size), the mask as it is, and (image rows, image
         columns, label rows, label columns)."""
         config = self.plan.config
