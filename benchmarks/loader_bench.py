@@ -19,6 +19,9 @@ repeated); the figure is the median round. The warm-up epoch is also reported on
 the loader's files (its own format, the shards, or the source files) dropped from the page cache first, timed from
 building the loader, worker start included.
 
+With --augment crop or mmseg, torch_full, dali_cpu_full and dali_gpu_full are fastseg's loaders decoding whole
+images (window_decode=False) where the plain names decode only the region each crop keeps.
+
 Peers (benchmarks/peers.py; `--peer-python` names their own environment): webdataset_r1/_r2, litdata_r1/_r2,
 mosaic_r1/_r2 on the CPU; on a GPU webdataset_gpu, litdata_gpu, mosaic_gpu (recipe 2, the batch moved and
 normalized on the GPU) beside dali_gpu and torch_gpu. Every figure also has its ratio to the best peer's.
@@ -50,6 +53,8 @@ from fastseg.storage import is_remote, join, location
 # name -> (backend, device); vanilla is the tutorial recipe (recipes.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda"),
+           # --augment crop or mmseg: the same loaders decoding whole images (window_decode=False), beside them
+           "torch_full": ("torch", "cpu"), "dali_cpu_full": ("dali", "cpu"), "dali_gpu_full": ("dali", "cuda"),
            # peers (benchmarks/peers.py), recipe 1 and recipe 2 each: webdataset's own pipeline over the same shards,
            # LitData and MosaicML Streaming over their own formats, written from the same source files
            "webdataset_r1": ("webdataset", "cpu"), "webdataset_r2": ("webdataset", "cpu"),
@@ -65,7 +70,8 @@ PEER_FORMATS = peers.FORMATS  # converted once per benchmark run, before any loa
 PEERS = ("webdataset", "albumentations", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
 COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
-          "dali_gpu": "#c44e52", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
+          "dali_gpu": "#c44e52", "torch_full": "#a1b3d8", "dali_cpu_full": "#a6d4b3",
+          "dali_gpu_full": "#e6a3a5", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
           "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd", "webdataset_gpu": "#dd8452",
           "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974", "albumentations_r1": "#e377c2",
           "albumentations_r2": "#7f7f7f"}
@@ -166,6 +172,8 @@ def child(args) -> None:
         recipe_options = {} if args.augment != "mmseg" else {
             "base_size": mmseg["base"], "ratio_range": mmseg["ratio_range"], "cat_max_ratio": mmseg["cat_max_ratio"],
             "photometric": mmseg["photometric"]}
+        if args.augment in ("crop", "mmseg"):  # decode each image's window alone, or (NAME_full) whole images
+            recipe_options["window_decode"] = not args.child.endswith("_full")
         loader = make_loader(args.shards, backend=backend, batch_size=args.batch_size, size=size, augment=args.augment,
                              device=device, workers=args.workers, **recipe_options)
     me = psutil.Process()
