@@ -1,13 +1,15 @@
 """Where the DALI CPU loader's time goes: the pipeline cut after each stage, and the conversion to torch.
 
-    python benchmarks/dali_stages.py --shards DIR [--size H W] [--augment flip|crop] [--threads 2] [--json PATH]
+    python benchmarks/dali_stages.py --shards DIR [--size H W] [--augment flip|crop|mmseg] [--threads 2] [--json PATH]
 
 Each stage is the loader's own pipeline cut after it (its public `stop_after` option: reader → decode → + augment
 (crop: the crop/flip resize; flip: the mask flip, and a resize only where the output size differs; mmseg: the
 window resize, flip and colour steps) → + normalize (the image to float32, mirrored in flip mode; masks still
 uint8), timed alone, then the whole pipeline (+ the int64 mask widening); then the loader's per-batch hand-off to
 torch tensors is timed on its own. Each stage's cost per sample is the difference of the wall times per sample
-(with every thread of the pipeline working), so the costs add up to the whole pipeline's.
+(with every thread of the pipeline working), so the costs add up to the whole pipeline's. With crop and mmseg the
+CPU feed does the decoding and resampling (fastseg.loading.execute): its steps (the crop chosen from the mask, the
+window's region decoded, resampled) are timed alone too, beside decoding whole frames.
 """
 from __future__ import annotations
 
@@ -29,6 +31,57 @@ def rate(run, batches: int, batch_size: int) -> float:
     for _ in range(batches):
         run()
     return batches * batch_size / (time.perf_counter() - start)
+
+
+def feed_steps(args, config) -> dict[str, float]:
+    """The feed's steps for crop or mmseg, cumulative, each timed over the split's samples on a pool of the loader's
+    threads: the mask and the crop's choice, + the window's region decoded, + resampling and colour (the feed's
+    whole work per sample), and beside them the whole frames decoded as a feed would without windows."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fastseg.loading import draws, execute, make_loader, recipe
+
+    table = make_loader(args.shards, backend="torch", batch_size=args.batch_size, size=config.size,
+                        augment=config.augment, workers=0, base_size=config.base_size,
+                        **({"photometric": config.photometric} if config.augment == "mmseg" else {})).dataset
+    samples = list(range(len(table)))
+    sample_draws = {n: draws.sample_draws(table.plan.config, 0, n) for n in samples}
+
+    def chosen(n):  # the mask and the window the crop keeps, with the output shape it is resampled to
+        mask = table.mask(n)
+        if config.augment == "mmseg":
+            labels, window = recipe.crop_geometry(mask, sample_draws[n], config.base_size, config.size,
+                                                  config.cat_max_ratio)
+            return window, labels.shape
+        x0, y0, x1, y1 = draws.crop_box(sample_draws[n], mask.shape[1], mask.shape[0])
+        return (y0, x0, y1, x1), config.size
+
+    def windowed(n):
+        window, out = chosen(n)
+        return table.image_window(n, window, out)
+
+    steps = {"mask, and the crop chosen from it": chosen, "+ the window's region decoded": windowed,
+             f"+ resampled{' and coloured' if config.augment == 'mmseg' else ''} (the feed's whole work)":
+                 lambda n: getattr(execute, config.augment)(table, n, sample_draws[n]),
+             "whole frames decoded instead (image and mask; no window)": table.pixels}
+    found = {}
+    with ThreadPoolExecutor(args.threads) as pool:
+        for name, step in steps.items():
+            list(pool.map(step, samples[:64]))  # warm: decoders made, pages cached
+            start = time.perf_counter()
+            list(pool.map(step, samples))
+            found[name] = round(len(samples) / (time.perf_counter() - start), 1)
+    return found
+
+
+def whole_frames(args) -> float:
+    """DALI's own pipeline cut after decoding whole frames (flip mode at the native size): the reference rate."""
+    from fastseg.loading import build_pipeline, make_loader
+
+    plan = make_loader(args.shards, backend="dali", batch_size=args.batch_size, augment="flip", device="cpu",
+                       workers=args.threads).plan
+    pipe = build_pipeline(plan, stop_after="decode")
+    return round(rate(pipe.run, args.batches, args.batch_size), 1)
 
 
 def main() -> int:
@@ -84,6 +137,9 @@ def main() -> int:
                   reverse=True)
     result["loader_thread_cores"] = [round(b, 3) for b in busy if b >= 0.005]
     result["loader_cores"] = round(sum(busy), 3)
+    if args.augment in ("crop", "mmseg"):  # on the CPU the feed decodes and resamples: its steps, timed alone
+        result["feed_steps_samples_per_s"] = feed_steps(args, loader.plan.config)
+        result["whole_frames_decode_samples_per_s"] = whole_frames(args)
     rates = result["stages_samples_per_s"]
     walls = [1000 / r for r in rates.values()]
     result["stage_ms_per_sample"] = {s: round(w - (walls[i - 1] if i else 0.0), 3) for i, (s, w) in
@@ -98,6 +154,17 @@ def main() -> int:
              "", f"Hand-off to torch tensors: {result['to_torch_ms_per_batch']:.2f} ms per batch of {args.batch_size}.",
              "", f"The whole loader kept {result['loader_cores']:.2f} cores busy, by thread (busiest first): "
              + ", ".join(f"{c:.2f}" for c in result["loader_thread_cores"]) + "."]
+    if "feed_steps_samples_per_s" in result:  # the feed's own steps first: where a feed mode's time goes
+        reference = result["whole_frames_decode_samples_per_s"]
+        result["loader_of_whole_frames_decode"] = round(result["loader_samples_per_s"] / reference, 3)
+        rows = ["On the CPU, crop and mmseg run in DALI's feed (fastseg.loading.execute, on the loader's threads), so "
+                "the pipeline cut after `read` below already holds the feed's whole work. The feed's steps, each "
+                f"timed alone on {args.threads} threads over the same samples (cumulative):", "",
+                "| feed steps | samples/s |", "|---|---:|"] + [
+            f"| {name} | {rate:.1f} |" for name, rate in result["feed_steps_samples_per_s"].items()] + [
+            "", f"Decoding whole frames alone (image and mask: DALI's pipeline cut after decode, flip mode, the same "
+                f"threads): {reference:.1f} samples/s; the whole loader runs at "
+                f"**{result['loader_of_whole_frames_decode']:.2f}** of it.", "", *rows]
     publish(rows, args.json, result, f"DALI CPU stages: {args.shards.name}, output {plan.size[0]}x{plan.size[1]}, "
             f"augment {args.augment}, {args.threads} threads")
     return 0

@@ -95,3 +95,21 @@ def test_raw_images_go_to_the_gpu_undecoded_and_load_as_on_the_cpu(tmp_path, sto
         assert a["image"].is_cuda and a["mask"].is_cuda and a["key"] == b["key"]
         assert torch.equal(a["mask"].cpu(), b["mask"])
         torch.testing.assert_close(a["image"].cpu(), b["image"], rtol=0, atol=1e-4)  # normalized on either side
+
+
+@pytest.mark.parametrize("augment", ["crop", "mmseg"])
+def test_mixed_region_decoding_gives_the_whole_decodes_and_the_cpus_batches(jpeg_shards, augment):
+    """nvJPEG decoding each crop's region alone (image_slice, mixed) against the same loader decoding whole frames on
+    the GPU, and against the torch loader on the CPU: the same keys, masks and (within decoder rounding) images."""
+    options = dict(batch_size=4, augment=augment, size=(32, 40) if augment == "crop" else (24, 24), return_keys=True,
+                   workers=2, seed=1, vflip=True)
+    windowed = list(make_loader(jpeg_shards, backend="dali", device="cuda", **options))
+    whole = list(make_loader(jpeg_shards, backend="dali", device="cuda", window_decode=False, **options))
+    cpu = list(make_loader(jpeg_shards, backend="torch", device="cpu", **options))
+    assert len(windowed) == len(whole) == len(cpu) == 3
+    for a, w, c in zip(windowed, whole, cpu):
+        assert a["key"] == w["key"] == c["key"] and a["image"].is_cuda
+        assert torch.equal(a["mask"], w["mask"])
+        assert float((a["mask"].cpu() == c["mask"]).float().mean()) > 0.99  # nearest neighbour at float edges
+        assert ((a["image"] - w["image"]).abs() * 50).mean() < 1  # the region is the whole decode, cut
+        assert ((a["image"].cpu() - c["image"]).abs() * 50).mean() < 3  # nvJPEG + DALI's resize vs the CPU's

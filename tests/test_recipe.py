@@ -148,11 +148,11 @@ def test_the_shared_rules():
     mask = np.zeros((10, 10), np.uint8)
     mask[:, 8:] = 1
     draws = np.array([[0.0, 0.0]] * 3 + [[0.0, 0.99]] + [[0.5, 0.5]] * 7)
-    assert recipe.pick_crop(mask, (4, 4), draws, 0.75) == (0, 6)
-    assert recipe.pick_crop(mask, (4, 4), draws, 1.0) == (0, 0)
-    assert recipe.pick_crop(np.zeros((10, 10), np.uint8), (4, 4), draws, 0.75) == (3, 3)
+    assert recipe.pick_crop(mask, (10, 10), (4, 4), draws, 0.75) == (0, 6)
+    assert recipe.pick_crop(mask, (10, 10), (4, 4), draws, 1.0) == (0, 0)
+    assert recipe.pick_crop(np.zeros((10, 10), np.uint8), (10, 10), (4, 4), draws, 0.75) == (3, 3)
     # a crop larger than the image: the corner is 0
-    assert recipe.pick_crop(mask, (16, 16), draws, 0.75) == (0, 0)
+    assert recipe.pick_crop(mask, (10, 10), (16, 16), draws, 0.75) == (0, 0)
     # the crop's window resampled alone is the whole image resized, then cut (OpenCV's own resize), flips included
     import cv2
 

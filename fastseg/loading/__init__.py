@@ -1,7 +1,8 @@
 """Shard sets → batches: one contract (contract.py) and one sample layer (members.py: a member's bytes and pixels;
-draws.py: every random parameter of a sample; recipe.py: what the mmseg recipe's draws mean) under two backends
-that only execute them, DALI and a torch DataLoader, with every option in one LoaderConfig (config.py)."""
-from . import draws, recipe
+draws.py: every random parameter of a sample; recipe.py: what the mmseg recipe's draws mean; windows.py: the region
+of an image a crop keeps; execute.py: crop and mmseg on the CPU) under two backends that only execute them, DALI and
+a torch DataLoader, with every option in one LoaderConfig (config.py)."""
+from . import draws, execute, recipe, windows
 from .checks import check_shards
 from .config import AUGMENTS, BACKENDS, LoaderConfig, native_size
 from .datamodule import SegDataModule
@@ -10,7 +11,8 @@ from .make import make_loader
 from .members import decode_image, member_pixels
 
 __all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "build_pipeline", "check_shards", "decode_image",
-           "draw_crop", "draws", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws"]
+           "draw_crop", "draws", "execute", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws",
+           "windows"]
 
 
 def __getattr__(name: str):
