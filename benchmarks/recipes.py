@@ -19,7 +19,7 @@ def mmseg_sample(image, mask, rng, size, base, ratio_range, cat_max_ratio, photo
     resized = recipe.resized_size(image.size[1], image.size[0], base, rng.uniform(*ratio_range))
     image = np.asarray(image.resize(resized[::-1], Image.BILINEAR, reducing_gap=None))
     mask = np.asarray(mask.resize(resized[::-1], Image.NEAREST))
-    top, left = recipe.pick_crop(mask, size, rng.uniform(size=(draws.DRAWS, 2)), cat_max_ratio)
+    top, left = exact_crop(mask, size, rng.uniform(size=(draws.DRAWS, 2)), cat_max_ratio)
     image, mask = image[top:top + size[0], left:left + size[1]], mask[top:top + size[0], left:left + size[1]]
     if rng.uniform() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
@@ -29,6 +29,21 @@ def mmseg_sample(image, mask, rng, size, base, ratio_range, cat_max_ratio, photo
     padded, labels = np.zeros((*size, 3), np.uint8), np.full(size, 255, np.uint8)
     padded[:rows, :cols], labels[:rows, :cols] = image, mask
     return padded, labels, (rows, cols)
+
+
+def exact_crop(mask: np.ndarray, size, corners, cat_max_ratio: float) -> tuple[int, int]:
+    """MMSegmentation's RandomCrop as it runs: every pixel of each candidate crop of the resized mask counted (fastseg
+    counts a 128×128 grid of them: recipe.pick_crop)."""
+    from fastseg.loading import draws, recipe
+
+    margin_rows, margin_cols = max(mask.shape[0] - size[0], 0), max(mask.shape[1] - size[1], 0)
+    found = [(min(int(u * (margin_rows + 1)), margin_rows), min(int(v * (margin_cols + 1)), margin_cols))
+             for u, v in corners]
+    if cat_max_ratio < 1:
+        for top, left in found[:draws.CROP_TRIES]:
+            if recipe.acceptable(mask[top:top + size[0], left:left + size[1]], cat_max_ratio):
+                return top, left
+    return found[0] if cat_max_ratio >= 1 else found[-1]
 
 
 def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", scale=(0.5, 1.0), mmseg=None):

@@ -183,3 +183,15 @@ def mmseg_random_crop(seg: np.ndarray, crop: tuple[int, int], cat_max_ratio: flo
             bbox = generate_crop_bbox()
     y1, y2, x1, x2 = bbox
     return seg[y1:y2, x1:x2]
+
+
+def test_opencv_enlarges_as_pillow_does():
+    """The crop recipe enlarges a window with OpenCV (execute.crop) and shrinks with Pillow's antialiased bilinear:
+    where nothing shrinks the two are one filter, up to OpenCV's fixed-point rounding."""
+    image = np.random.default_rng(3).integers(0, 256, (60, 80, 3)).astype(np.uint8)
+    for (top, left, bottom, right), out in (((5.3, 7.1, 45.2, 70.4), (64, 96)), ((0, 0, 60, 80), (60, 80)),
+                                            ((10.5, 0.0, 30.0, 17.25), (41, 33))):
+        opencv = recipe.resample_window(image, (top, left, bottom, right), out)
+        pillow = np.array(Image.fromarray(image).resize(out[::-1], Image.BILINEAR, box=(left, top, right, bottom),
+                                                        reducing_gap=None))
+        assert np.abs(opencv.astype(int) - pillow).max() <= 1
