@@ -202,44 +202,33 @@ class Manifest:
 
 @dataclass(frozen=True)
 class ShardSet:
-    """A shard set as read once at start-up and passed down from there: where it is, its manifest, and for a bucket
-    the size of every object under the prefix, from the one listing that found the manifest (so the loaders' checks
-    need no second one)."""
+    """A shard set as read once at start-up and passed down from there: where it is, its manifest, and the size of
+    every file or object in it, from the one listing that found the manifest (so the loaders' checks need no second
+    one)."""
 
-    root: str | Path  # a folder, or an s3:// prefix
+    root: str | Path  # a folder, or a prefix in an object store (storage.py)
     manifest: Manifest
     listed: dict[str, int] | None = None
 
 
 def open_set(shards: str | os.PathLike | ShardSet) -> ShardSet:
-    """Find and check `manifest.json` of a folder or an s3:// prefix; every reader starts here. On disk: one file
-    read. In a bucket: one listing and one GET."""
+    """Find and check `manifest.json` of a folder or a prefix in an object store; every reader starts here: one
+    listing and one read."""
     if isinstance(shards, ShardSet):
         return shards
-    if storage.is_remote(shards):
-        root = str(shards).rstrip("/")
-        listed = storage.sizes(root)  # a missing bucket is reported by the listing itself
-        if MANIFEST not in listed:
-            tars = [n for n in listed if n.endswith(".tar")]
-            if tars:
-                raise _unfinished(root, len(tars))
-            raise FastsegError(f"{root}: no {MANIFEST} under this prefix; not a fastseg shard set (make one with "
-                               f"fastseg-shard DATA {root})")
-        where = storage.join(root, MANIFEST)
-        return ShardSet(root, _parse_manifest(storage.read(where).decode(), where), listed)
-    root = Path(shards)
-    if not root.is_dir():
-        raise FastsegError(f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
-    path = root / MANIFEST
-    if not path.exists():
-        tars = sorted(root.glob("*.tar"))
+    root = storage.location(str(shards))
+    listed = storage.sizes(root, missing=f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
+    if MANIFEST not in listed:
+        tars = [n for n in listed if n.endswith(".tar")]
         if tars:
             raise _unfinished(root, len(tars))
-        raise FastsegError(f"{root}: no {MANIFEST}; this is not a fastseg shard set (make one with fastseg-shard)")
+        raise FastsegError(f"{root}: no {MANIFEST} here; not a fastseg shard set (make one with fastseg-shard DATA "
+                           f"{root})")
+    where = storage.join(root, MANIFEST)
     try:
-        return ShardSet(root, _parse_manifest(path.read_text(), str(path)))
-    except OSError as err:
-        raise FastsegError(f"{path}: unreadable manifest ({err}); shard the data again") from err
+        return ShardSet(root, _parse_manifest(storage.read(where).decode(), str(where)), listed)
+    except (OSError, UnicodeDecodeError) as err:
+        raise FastsegError(f"{where}: unreadable manifest ({err}); shard the data again") from err
 
 
 def load_manifest(shards: str | os.PathLike | ShardSet) -> Manifest:

@@ -2,7 +2,7 @@
 
 A plain `torch.utils.data.DataLoader` on Linux forks its workers, so scripts, notebooks and code read from stdin need
 no `if __name__ == "__main__":` guard; fastseg's workers do the same. Forking is unsafe only in a process that
-already runs threads outside Python's view (DALI's thread pool, CUDA's): a fork copies only the forking thread, so
+already runs threads outside Python's view (DALI's thread pool, CUDA's, obstore's runtime): a fork copies only the forking thread, so
 a lock that another thread held at that moment stays locked forever in the child, and the worker hangs. Such a
 process starts its workers from a forkserver instead, without re-running the user's script in them.
 """
@@ -20,7 +20,7 @@ _native_threads = False  # set once this process has built a DALI pipeline: its 
 
 
 def note_native_threads() -> None:
-    """Called by code that starts threads Python does not know about (DALI's pipelines)."""
+    """Called by code that starts threads Python does not know about (DALI's pipelines, obstore's runtime)."""
     global _native_threads
     _native_threads = True
 

@@ -1,14 +1,32 @@
-"""Where shard sets and checkpoints live: a local folder or an S3-compatible prefix (`s3://bucket/prefix`).
+"""Where shard sets live: a local folder, or a prefix in an object store: `s3://bucket/prefix` (AWS and S3-compatible
+services), `gs://bucket/prefix` (Google Cloud Storage), `az://container/prefix` (Azure Blob Storage), and
+`https://host/path` for reading a set published over HTTP. This is the only module that knows which one a location
+is; everything else lists, reads, writes and deletes through it.
+
+Object stores go through obstore, the Python face of the Rust `object_store` crate (what Apache Arrow, DataFusion
+and crates.io use): one client for S3, GCS and Azure, requests made outside the GIL from its own connection pools,
+so DALI's feed and the torch loader's workers read members concurrently from any store. Credentials are each
+store's usual chain, never copied anywhere by fastseg:
+- S3: the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE), the shared
+  config and credentials files, SSO, web identity (EKS), ECS and EC2 instance roles (through boto3's provider chain
+  where boto3 is installed, obstore's own otherwise); AWS_ENDPOINT_URL for S3-compatible services (MinIO, Ceph, R2).
+- GCS: GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT(_PATH/_KEY), gcloud's application-default
+  credentials, the metadata server (GCE, GKE workload identity); GOOGLE_BASE_URL for an emulator.
+- Azure: AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token, a service principal
+  (AZURE_CLIENT_ID/SECRET/TENANT_ID), managed or workload identity, the Azure CLI; AZURE_STORAGE_USE_EMULATOR=true
+  (and AZURITE_BLOB_STORAGE_URL) for Azurite.
+
+Reads of members are bounded: a request waits at most READ_TIMEOUT s (a member is one image or mask, so a stall is
+a fault, not a slow link), and a read that fails transiently (a stall, a reset or cut connection, a 5xx,
+throttling) is tried READ_ATTEMPTS times in all with jittered backoff, the body included, so a flaky network costs
+seconds and changes no byte; a missing object or a refused access is never retried and fails at once with one line
+naming the URL and the fix. Uploads get the store's own retries and a timeout sized for a shard's parts.
 
 Local work in progress sits beside its target as `.NAME.partial-PID` and is renamed into place only when complete.
 A killed writer leaves its partial path behind; the next writer to the same target sweeps those whose process is
 gone (never one that is still being written: its process is alive). A writer replacing a folder first moves the old
 one aside to `.NAME.old-PID`; if it was killed before the new one took its place, the sweep moves the old one back,
 so no kill point loses the last complete version.
-
-In a bucket, this is the only module that imports boto3. Credentials, region and endpoint come from the standard
-AWS settings (environment, ~/.aws/config and credentials, AWS_PROFILE, and AWS_ENDPOINT_URL for S3-compatible
-services such as MinIO or Ceph); fastseg never writes them anywhere. Every failure of the client becomes one FastsegError that names the URL and the fix.
 """
 from __future__ import annotations
 
@@ -18,11 +36,19 @@ import re
 import shutil
 import time
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
 from .errors import FastsegError
+from .processes import note_native_threads
 
-SCHEME = "s3://"
+SCHEMES = ("s3://", "gs://", "az://", "https://", "http://")
+WRITABLE = ("s3://", "gs://", "az://")
+READ_TIMEOUT = float(os.environ.get("FASTSEG_READ_TIMEOUT", os.environ.get("FASTSEG_S3_READ_TIMEOUT", "10")))
+READ_ATTEMPTS = 5
+WRITE_TIMEOUT = 600.0  # one request of an upload: a multipart part of 5 MiB, or a whole small file
+# the environment each store's client reads, kept for loader workers that a forkserver started earlier
+SETTINGS_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "AZURITE_")
 
 
 # --- local partial paths -------------------------------------------------------------------------------------
@@ -63,195 +89,374 @@ def sweep_stale(target: Path) -> list[str]:
     return done
 
 
-# --- s3:// ----------------------------------------------------------------------------------------------------
-
-
+# --- locations -------------------------------------------------------------------------------------------------
 def is_remote(location) -> bool:
-    return str(location).startswith(SCHEME)
+    return str(location).startswith(SCHEMES)
 
 
 def location(text: str):
-    """A command-line location: an s3:// URL stays a string (a Path would fold its '//'), anything else a Path."""
+    """A command-line location: a URL stays a string (a Path would fold its '//'), anything else a Path."""
     return text.rstrip("/") if is_remote(text) else Path(text)
 
 
-def join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
+def join(root, name: str):
+    """`name` inside the folder or prefix `root`."""
+    return f"{str(root).rstrip('/')}/{name}" if is_remote(root) else Path(root) / name
 
 
-def split_url(url: str) -> tuple[str, str]:
-    bucket, _, key = url[len(SCHEME):].partition("/")
+def split_url(url: str) -> tuple[str, str, str]:
+    """(scheme, bucket or container or host, key) of an object-store URL."""
+    scheme, _, rest = str(url).partition("://")
+    bucket, _, key = rest.partition("/")
     if not bucket:
-        raise FastsegError(f"{url}: no bucket in the URL; write s3://BUCKET/PREFIX")
-    return bucket, key
+        raise FastsegError(f"{url}: no bucket in the URL; write {scheme}://BUCKET/PREFIX")
+    return scheme, bucket, key
 
 
-_clients = {}  # (process, AWS settings) -> client
-# A request waits at most READ_TIMEOUT s for bytes (a member is one image or mask: a stall is a fault, not a slow
-# link; botocore's own default is 60 s); a member read that fails transiently (a stall, a reset or cut connection,
-# a 5xx, throttling) is retried READ_ATTEMPTS times in all, waiting 0.2, 0.4, 0.8, 1.6 s between (jittered), so a
-# flaky network costs seconds and changes no byte; a missing object or a refused access is never retried.
-READ_TIMEOUT = float(os.environ.get("FASTSEG_S3_READ_TIMEOUT", "10"))
-READ_ATTEMPTS = 5
-TRANSIENT_CODES = {"500", "502", "503", "504", "InternalError", "ServiceUnavailable", "SlowDown", "Throttling",
-                   "ThrottlingException", "RequestTimeout", "RequestLimitExceeded"}
+def check_writable(location) -> None:
+    if is_remote(location) and not str(location).startswith(WRITABLE):
+        raise FastsegError(f"{location}: sets are read from http(s):// URLs, not written there; write to a folder, "
+                           "s3://, gs:// or az://")
 
 
+# --- the stores ---------------------------------------------------------------------------------------------------
 def settings() -> dict[str, str]:
-    """The AWS_* environment (endpoint, profile, credentials) of this process, to hand to loader workers; kept in
-    memory only."""
-    return {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    """The object stores' environment of this process (endpoints, profiles, credentials), to hand to loader
+    workers; kept in memory only."""
+    return {k: v for k, v in os.environ.items() if k.startswith(SETTINGS_PREFIXES)}
 
 
-def use_settings(aws: dict[str, str]) -> None:
-    if aws and any(os.environ.get(k) != v for k, v in aws.items()):
-        os.environ.update(aws)
+def use_settings(environment: dict[str, str]) -> None:
+    if environment and any(os.environ.get(k) != v for k, v in environment.items()):
+        os.environ.update(environment)
 
 
-def client():
-    """One client per process (the torch loader's workers each make their own) and AWS settings (changed
-    credentials or endpoint get a new one), with short timeouts and few retries, so an unreachable endpoint is
-    reported in seconds rather than minutes."""
-    key = (os.getpid(), tuple(sorted(settings().items())))
-    if key not in _clients:
+_stores = {}  # (process, settings, scheme, bucket, purpose, timeout) -> store
+
+
+def store(url: str, purpose: str = "read"):
+    """The obstore store of a URL's bucket, one per process, settings and purpose ("read": member reads, no
+    retries of its own (read_range retries the body too) and a READ_TIMEOUT bound; "other": listings, small reads,
+    uploads and deletes, with the store's own retries and WRITE_TIMEOUT)."""
+    scheme, bucket, _ = split_url(url)
+    key = (os.getpid(), tuple(sorted(settings().items())), scheme, bucket, purpose, READ_TIMEOUT)
+    if key not in _stores:
         try:
-            import boto3
-            from botocore.config import Config
+            from obstore.store import from_url
         except ImportError as err:  # pragma: no cover - depends on the install
-            raise FastsegError("s3:// needs boto3: pip install boto3") from err
-        config = Config(connect_timeout=5, read_timeout=READ_TIMEOUT, retries={"max_attempts": 3, "mode": "standard"},
-                        max_pool_connections=32)
-        _clients.clear()  # one live client: the previous settings' is not needed again
-        _clients[key] = boto3.session.Session().client("s3", config=config)
-    return _clients[key]
+            raise FastsegError(f"{url}: object stores need obstore: pip install obstore") from err
+        reading = purpose == "read"
+        client = {"timeout": timedelta(seconds=READ_TIMEOUT if reading else WRITE_TIMEOUT),
+                  "connect_timeout": timedelta(seconds=5), "allow_http": _allow_http(scheme)}
+        retry = {"max_retries": 0 if reading else 3, "retry_timeout": timedelta(seconds=60)}
+        options = dict(client_options=client, retry_config=retry)
+        if scheme == "s3":
+            options.update(_s3_options())
+        with errors(url):
+            _stores[key] = from_url(f"{scheme}://{bucket}", **options)
+        note_native_threads()  # obstore's runtime threads: a fork from now on would copy none of them
+    return _stores[key]
 
 
-def endpoint() -> str:
-    return client().meta.endpoint_url
+def _allow_http(scheme: str) -> bool:
+    """Plain http only where the user chose it: an http:// URL or endpoint, or the Azure emulator."""
+    endpoints = (os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("AWS_ENDPOINT", ""),
+                 os.environ.get("GOOGLE_BASE_URL", ""))
+    return scheme == "http" or any(e.startswith("http://") for e in endpoints) or \
+        os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true")
 
 
-def _no_bucket(url: str) -> str:
-    return f"{url}: no bucket {split_url(url)[0]!r} at {endpoint()}; create it, or fix the URL or AWS_ENDPOINT_URL"
+def _s3_options() -> dict:
+    """boto3's credential chain (profiles, SSO, config files, roles) and region where boto3 is installed and the
+    environment holds no keys; obstore reads the environment and instance roles itself."""
+    if os.environ.get("AWS_ACCESS_KEY_ID"):
+        return {} if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") else {"region": "us-east-1"}
+    try:
+        import boto3
+        from obstore.auth.boto3 import Boto3CredentialProvider
+    except ImportError:
+        return {}
+    session = boto3.session.Session()
+    options = {"region": session.region_name or "us-east-1"}
+    if session.get_credentials() is not None:
+        options["credential_provider"] = Boto3CredentialProvider(session)
+    return options
+
+
+def endpoint(url: str) -> str:
+    scheme = split_url(url)[0]
+    return {"s3": os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", "gs": os.environ.get("GOOGLE_BASE_URL") or "GCS",
+            "az": os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000") if _allow_http("az") else
+            "Azure Blob Storage"}.get(scheme, url)
+
+
+def _fix(url: str) -> str:
+    """Where the credentials of a URL's store come from, for an error message."""
+    return {"s3": "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or the instance role",
+            "gs": "GOOGLE_APPLICATION_CREDENTIALS, gcloud auth application-default login, or the workload identity",
+            "az": "AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token, or the managed identity"
+            }.get(split_url(url)[0], "the URL")
 
 
 @contextmanager
-def s3_errors(url: str, missing: str | None = None):
-    """Turn the client's exceptions into one line naming `url` and the fix; `missing` is the message for a key that
-    is not there (None: say so plainly)."""
-    from botocore import exceptions as bx
+def errors(url: str, missing: str | None = None):
+    """Turn a store's exceptions into one line naming `url` and the fix; `missing` is the message for an object
+    that is not there (None: say so plainly)."""
+    from obstore import exceptions as ox
 
     try:
         yield
-    except bx.ClientError as err:
-        code = str(err.response.get("Error", {}).get("Code", ""))
-        if code == "NoSuchBucket":
-            raise FastsegError(_no_bucket(url)) from None
-        if code in ("NoSuchKey", "404", "NotFound"):
-            raise FastsegError(missing or f"{url}: not found in the bucket") from None
-        if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "403", "InvalidToken",
-                    "ExpiredToken"):
-            raise FastsegError(f"{url}: access denied ({code}); check the credentials (AWS_ACCESS_KEY_ID and "
-                               "AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and the bucket's permissions") from None
-        raise FastsegError(f"{url}: the S3 request failed ({code or err}); check the URL and the service") from None
-    except bx.NoCredentialsError:
-        raise FastsegError(f"{url}: no AWS credentials found; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, "
-                           "or AWS_PROFILE") from None
-    except (bx.EndpointConnectionError, bx.ConnectTimeoutError, bx.ReadTimeoutError) as err:
-        raise FastsegError(f"{url}: cannot reach the S3 endpoint {endpoint()} ({type(err).__name__}); check "
-                           "AWS_ENDPOINT_URL and the network") from None
-    except bx.BotoCoreError as err:
-        raise FastsegError(f"{url}: S3 client error ({err}); check the AWS settings") from None
+    except FastsegError:
+        raise
+    except (ox.NotFoundError, FileNotFoundError) as err:  # obstore raises the builtin for a missing object
+        if _no_bucket(err):
+            raise FastsegError(_no_bucket_message(url)) from None
+        raise FastsegError(missing or f"{url}: not found") from None
+    except (ox.PermissionDeniedError, ox.UnauthenticatedError, PermissionError) as err:
+        raise FastsegError(f"{url}: access denied ({_first_line(err)[:200]}); check the credentials ({_fix(url)}) "
+                           "and the bucket's permissions") from None
+    except ox.BaseError as err:
+        text = str(err)
+        if _no_bucket(err):
+            raise FastsegError(_no_bucket_message(url)) from None
+        if re.search(r"credential|InvalidAccessKeyId|SignatureDoesNotMatch|AccessDenied|AuthorizationFailure|"
+                     r"status code: 40[13]", text, re.IGNORECASE):
+            raise FastsegError(f"{url}: access denied ({_first_line(err)[:200]}); check the credentials "
+                               f"({_fix(url)}) and the bucket's permissions") from None
+        if re.search(r"error sending request|connect|timed out|dns error|Connection refused", text, re.IGNORECASE):
+            raise FastsegError(f"{url}: cannot reach {endpoint(url)} ({_first_line(err)[:200]}); check the endpoint "
+                               "setting and the network") from None
+        raise FastsegError(f"{url}: the request to {endpoint(url)} failed ({_first_line(err)[:300]}); check the URL, "
+                           "the endpoint and the network") from None
+    except (ValueError, OSError) as err:  # a URL or configuration obstore refuses
+        raise FastsegError(f"{url}: {err}; check the URL and the store's settings") from None
 
 
-def check_bucket(url: str) -> None:
-    bucket, _ = split_url(url)
-    with s3_errors(url, missing=_no_bucket(url)):  # head_bucket reports a missing bucket as a bare 404
-        client().head_bucket(Bucket=bucket)
+def _no_bucket(err: Exception) -> bool:
+    return bool(re.search(r"NoSuchBucket|ContainerNotFound|bucket does not exist|The specified bucket", str(err)))
 
 
-def read(url: str, missing: str | None = None) -> bytes:
-    bucket, key = split_url(url)
-    with s3_errors(url, missing):
-        return client().get_object(Bucket=bucket, Key=key)["Body"].read()
+def _no_bucket_message(url: str) -> str:
+    scheme, bucket, _ = split_url(url)
+    return f"{url}: no bucket {bucket!r} at {endpoint(url)}; create it, or fix the URL or the endpoint"
+
+
+def _first_line(err: Exception) -> str:
+    return " ".join(str(err).split())[:300]
+
+
+# --- reading ------------------------------------------------------------------------------------------------------
+def read(where, missing: str | None = None) -> bytes:
+    """A whole file or object."""
+    if not is_remote(where):
+        try:
+            return Path(where).read_bytes()
+        except FileNotFoundError:
+            raise FastsegError(missing or f"{where}: no such file") from None
+    import obstore
+
+    with errors(str(where), missing):
+        return bytes(obstore.get(store(where, "other"), split_url(where)[2]).bytes())
 
 
 def read_range(url: str, offset: int, size: int) -> bytes:
     """`size` bytes at `offset` of an object, retried where the failure is transient (READ_ATTEMPTS): the request
-    and the body's bytes alike, which botocore's own retries do not cover once the headers have come."""
-    bucket, key = split_url(url)
+    and the body's bytes alike."""
+    key = split_url(url)[2]
     for attempt in range(1, READ_ATTEMPTS + 1):
         try:
-            body = client().get_object(Bucket=bucket, Key=key, Range=f"bytes={offset}-{offset + size - 1}")["Body"]
-            data = body.read()
+            data = _get_range(store(url), key, offset, size)
             if len(data) != size:
                 raise ConnectionError(f"{len(data)} of {size} bytes arrived")
             return data
         except Exception as err:
             if not transient(err):
-                with s3_errors(url):
+                with errors(url):
                     raise
             if attempt == READ_ATTEMPTS:
                 raise FastsegError(f"{url}: reading {size} bytes at {offset} still failed after {READ_ATTEMPTS} "
-                                   f"attempts ({type(err).__name__}: {str(err)[:200]}); check the network and the "
-                                   f"endpoint {endpoint()}") from None
+                                   f"attempts ({type(err).__name__}: {_first_line(err)[:200]}); check the network "
+                                   f"and the endpoint {endpoint(url)}") from None
             time.sleep(0.2 * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _get_range(bucket_store, key: str, offset: int, size: int) -> bytes:
+    import obstore
+
+    return bytes(obstore.get_range(bucket_store, key, start=offset, length=size))
+
+
 def transient(err: Exception) -> bool:
-    """A failure worth one more try: a timeout, a connection reset or cut short, a server error or throttling."""
-    from botocore import exceptions as bx
+    """A failure worth one more try: a timeout, a connection reset or cut short, a server error or throttling; not
+    a missing object, a refused access or a bad request."""
+    from obstore import exceptions as ox
 
-    if isinstance(err, bx.ClientError):
-        error = err.response.get("Error", {})
-        status = err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
-        return str(error.get("Code", "")) in TRANSIENT_CODES or status >= 500
-    streaming = tuple(getattr(bx, name) for name in ("ResponseStreamingError", "IncompleteReadError")
-                      if hasattr(bx, name))
-    return isinstance(err, (bx.ReadTimeoutError, bx.ConnectTimeoutError, bx.ConnectionClosedError,
-                            bx.EndpointConnectionError, ConnectionError, TimeoutError, *streaming))
+    if isinstance(err, (ox.NotFoundError, ox.PermissionDeniedError, ox.UnauthenticatedError, ox.NotSupportedError,
+                        ox.InvalidPathError, ox.UnknownConfigurationKeyError, FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(err, (ConnectionError, TimeoutError)):
+        return True
+    text = str(err)
+    if _no_bucket(err) or re.search(r"status code: 4(0[0-9]|1[0-9])\b|InvalidAccessKeyId|SignatureDoesNotMatch",
+                                    text) and not re.search(r"\b(408|429)\b|SlowDown|Throttl|RequestTimeout", text):
+        return False
+    return isinstance(err, ox.BaseError)
 
 
-def read_span(path: str, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset` of a local file or an s3:// object."""
+def read_span(path, offset: int, size: int) -> bytes:
+    """`size` bytes at `offset` of a local file or an object."""
     if is_remote(path):
-        return read_range(path, offset, size)
+        return read_range(str(path), offset, size)
     with open(path, "rb") as f:
         f.seek(offset)
         return f.read(size)
 
 
-def sizes(root: str) -> dict[str, int]:
-    """Name -> size of the objects directly under the prefix `root` (no deeper folders), from one listing."""
-    bucket, prefix = split_url(root)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    found = {}
-    with s3_errors(root):
-        for page in client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix, Delimiter="/"):
-            found.update((item["Key"][len(prefix):], item["Size"]) for item in page.get("Contents", []))
-    return found
+def sizes(root, missing: str | None = None) -> dict[str, int]:
+    """Name -> size of the files directly in a folder, or the objects directly under a prefix (one listing). A
+    folder that is not there is a FastsegError (`missing`, or a plain one); a prefix with nothing under it is empty."""
+    if not is_remote(root):
+        folder = Path(root)
+        if not folder.is_dir():
+            raise FastsegError(missing or f"{folder}: no such folder")
+        return {p.name: p.stat().st_size for p in folder.iterdir() if p.is_file()}
+    import obstore
+
+    prefix = split_url(root)[2].rstrip("/")
+    with errors(str(root)):
+        listed = obstore.list_with_delimiter(store(root, "other"), prefix + "/" if prefix else None)
+    cut = len(prefix) + 1 if prefix else 0
+    return {item["path"][cut:]: item["size"] for item in listed["objects"]}
 
 
-def names(root: str) -> list[str]:
+class SpanReader:
+    """Reads byte spans of shards, wherever they are: a pread on a descriptor kept per shard on disk, a ranged GET
+    (read_range: bounded, retried) in a store. One per process or thread pool; it carries the stores' environment
+    of the process that made it, for workers that a forkserver started earlier."""
+
+    def __init__(self, paths):
+        self.environment = settings() if any(is_remote(p) for p in paths) else {}
+        self._files = {}
+
+    def __call__(self, path: str, offset: int, size: int) -> bytes:
+        if is_remote(path):  # one ranged GET per member: only this sample's bytes travel
+            use_settings(self.environment)
+            return read_range(path, offset, size)
+        if path not in self._files:  # one descriptor per shard per process
+            self._files[path] = os.open(path, os.O_RDONLY)
+        return os.pread(self._files[path], size, offset)
+
+
+def cached(where, path: Path) -> Path:
+    """A local file holding `where`: the file itself on disk; for an object, a copy at `path`, downloaded the first
+    time (written beside and renamed, so a cached copy is always whole)."""
+    if not is_remote(where):
+        return Path(where)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        download(str(where), path)
+    return path
+
+
+@contextmanager
+def local_copies(root, names_wanted: list[str]):
+    """A local folder holding the files `names_wanted` of `root`: the folder itself on disk; for a prefix, a
+    temporary folder they are downloaded into (those that are there), removed afterwards."""
+    if not is_remote(root):
+        yield Path(root)
+        return
+    import tempfile
+
+    present = sizes(root)
+    with tempfile.TemporaryDirectory(prefix="fastseg-") as tmp:
+        for name in names_wanted:
+            if name in present:
+                download(join(root, name), Path(tmp) / name)
+        yield Path(tmp)
+
+
+def names(root) -> list[str]:
     return sorted(sizes(root))
 
 
+def check_bucket(url: str) -> None:
+    """That the bucket (or container) of `url` is there and answers: one listing, failing within seconds."""
+    sizes(url)
+
+
+def ensure_folder(root) -> None:
+    """A place to write into: a folder made where it is missing; a bucket checked to be there and to answer (a
+    prefix needs no making)."""
+    check_writable(root)
+    if is_remote(root):
+        check_bucket(str(root))
+    else:
+        Path(root).mkdir(parents=True, exist_ok=True)
+
+
+# --- writing ------------------------------------------------------------------------------------------------------
 def upload(path: Path, url: str) -> None:
-    bucket, key = split_url(url)
-    with s3_errors(url):
-        client().upload_file(str(path), bucket, key)
+    """A local file to an object (multipart where it is large)."""
+    import obstore
+
+    check_writable(url)
+    with errors(url):
+        obstore.put(store(url, "other"), split_url(url)[2], Path(path))
 
 
 def download(url: str, path: Path) -> None:
-    bucket, key = split_url(url)
-    with s3_errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
-        client().download_file(bucket, key, str(path))
+    """An object to a local file, written beside and renamed (a download cut short leaves no file)."""
+    import obstore
+
+    tmp = partial_path(Path(path))
+    with errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
+        result = obstore.get(store(url, "other"), split_url(url)[2])
+        with open(tmp, "wb") as f:
+            for chunk in result:
+                f.write(chunk)
+    os.replace(tmp, path)
 
 
-def delete(root: str, names_to_delete: list[str]) -> None:
-    bucket, prefix = split_url(root)
-    prefix = prefix.rstrip("/") + "/" if prefix else ""
-    for start in range(0, len(names_to_delete), 1000):
-        batch = [{"Key": prefix + n} for n in names_to_delete[start:start + 1000]]
-        with s3_errors(root):
-            client().delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+def put_file(path: Path, where) -> None:
+    """A finished local file to `where` whole or not at all: on disk copied beside it and renamed, to a store
+    uploaded (an object appears only once its upload completes)."""
+    if is_remote(where):
+        upload(path, str(where))
+        return
+    target = Path(where)
+    tmp = partial_path(target)
+    shutil.copyfile(path, tmp)
+    os.replace(tmp, target)
+
+
+def write_bytes(where, data: bytes) -> None:
+    """Small data (a manifest, a record) to `where`, whole or not at all."""
+    if is_remote(where):
+        import obstore
+
+        check_writable(where)
+        with errors(str(where)):
+            obstore.put(store(where, "other"), split_url(where)[2], data)
+        return
+    target = Path(where)
+    tmp = partial_path(target)
+    tmp.write_bytes(data)
+    os.replace(tmp, target)
+
+
+def delete(root, names_to_delete: list[str]) -> None:
+    """Files in a folder, or objects under a prefix, by name; names already gone are fine."""
+    if not names_to_delete:
+        return
+    if not is_remote(root):
+        for name in names_to_delete:
+            Path(root, name).unlink(missing_ok=True)
+        return
+    import obstore
+
+    check_writable(root)
+    prefix = split_url(root)[2].rstrip("/")
+    keys = [f"{prefix}/{name}" if prefix else name for name in names_to_delete]
+    with errors(root):
+        obstore.delete(store(root, "other"), keys)

@@ -1,4 +1,4 @@
-"""fastseg-report SHARDS: report.html of any shard set (a folder or an s3:// prefix, one written elsewhere or in
+"""fastseg-report SHARDS: report.html of any shard set (a folder or an object-store prefix, one written elsewhere or in
 parts included): class shares, sizes, random samples with their masks, and the set's warnings."""
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from . import run_cli
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-report", description=__doc__)
-    p.add_argument("shards", type=location, help="a shard set: a folder or an s3:// prefix")
+    p.add_argument("shards", type=location, help="a shard set: a folder, or s3://, gs://, az:// or https:// prefix")
     p.add_argument("--out", type=Path, help="the page to write (default: SHARDS/report.html; for a bucket, "
                                             "./report.html)")
     p.add_argument("--samples", type=int, default=12, help="random samples shown per split (default %(default)s)")

@@ -18,9 +18,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="data folder: images/ + masks/, train/val/test splits, trainA/trainB, or Pascal VOC 2012, "
                         "Cityscapes, ADE20K, CamVid (SegNet), DRIVE, Carvana or Oxford-IIIT Pet as they ship")
     p.add_argument("out", type=location, nargs="?",
-                   help="output folder (or s3://bucket/prefix) for shards and manifest.json")
+                   help="output folder (or s3://, gs:// or az:// bucket/prefix) for shards and manifest.json")
     p.add_argument("--verify", type=location, metavar="OUT", help="re-check an existing shard set (folder or "
-                   "s3:// prefix) and exit")
+                   "object-store prefix) and exit")
     p.add_argument("--part", metavar="I/N",
                    help="write part I of N (counted from 0) of the set, on one of N machines; 'auto' reads a SLURM job "
                         "array's task id and count; then --merge OUT")
@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
     chosen = {f.name: getattr(args, f.name) for f in fields(ShardOptions) if "flag" in f.metadata}
     opts = ShardOptions(**chosen, part=parse_part(args.part) if args.part else None, progress=not args.quiet)
     if storage.is_remote(args.src or ""):
-        parser.error("SRC must be a local folder; only OUT may be an s3:// prefix")
+        parser.error("SRC must be a local folder; only OUT may be in an object store (s3://, gs://, az://)")
     shard(args.src or Path("."), args.out, opts)
     return 0
 

@@ -34,10 +34,10 @@ def batches_per_epoch(samples: int, world_size: int, batch_size: int) -> int:
 class LoaderPlan:
     """Everything a backend needs, resolved and checked once."""
 
-    root: str | Path  # a folder, or an s3:// prefix
+    root: str | Path  # a folder, or a prefix in an object store
     manifest: Manifest
     split: str
-    shards: list[str]  # paths, or s3:// URLs
+    shards: list[str]  # paths, or URLs
     indexes: list[Path]  # the DALI index of each shard, on local disk
     config: LoaderConfig  # every option decided for this split (LoaderConfig.for_split)
     rank: int

@@ -32,7 +32,7 @@ from .members import SampleTable
 from .windows import inside, region, whole
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
-# held, pipeline checkpoints of the webdataset reader, its s3:// paths and run(stream). Tested with 2.4.
+# held, pipeline checkpoints of the webdataset reader and run(stream). Tested with 2.4.
 DALI_FLOOR = (2, 4)
 try:
     import nvidia.dali
@@ -150,9 +150,15 @@ def executed_in_feed(plan: LoaderPlan) -> bool:
 
 
 def uses_feed(plan: LoaderPlan) -> bool:
-    """Whether the pipeline reads through the feed: whenever the order is shuffled or a sample has parameters;
-    DALI's own reader only for the plain manifest order (it streams s3:// shards itself)."""
-    return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS
+    """Whether the pipeline reads through the feed: whenever the order is shuffled, a sample has parameters, or the
+    set is in an object store (read through fastseg's storage: any store, bounded and retried reads); DALI's own
+    reader only for the plain manifest order on disk."""
+    return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS or streamed(plan)
+
+
+def streamed(plan: LoaderPlan) -> bool:
+    """Whether the set's shards are in an object store (their members then come by ranged reads, in parallel)."""
+    return any(storage.is_remote(path) for path in plan.shards)
 
 
 class SampleFeed(SampleTable):
@@ -170,8 +176,7 @@ class SampleFeed(SampleTable):
         self._epoch = self._padded = None
         # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role);
         # the recipe on the loader's threads
-        remote = any(storage.is_remote(path) for path in plan.shards)
-        threads = 16 if remote else max(1, plan.config.workers) if executed_in_feed(plan) else 0
+        threads = 16 if streamed(plan) else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
 
     def _members(self, number: int) -> list[np.ndarray]:
@@ -240,8 +245,8 @@ def member_names(plan: LoaderPlan) -> list[str]:
 
 def _read(plan: LoaderPlan, feed: SampleFeed | None):
     """The stored members of each sample (member_names), and where the feed has them its parameters: from the feed
-    when it is used (uses_feed), else from DALI's webdataset reader in manifest order (which streams s3:// shards
-    itself). A raw set's size member is int32."""
+    when it is used (uses_feed), else from DALI's webdataset reader in manifest order (a set on disk). A raw set's
+    size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
     if feed is not None and executed_in_feed(plan):  # the recipe's crops, HWC, and with keys the meta

@@ -25,11 +25,11 @@ def make_loader(shards: str | os.PathLike | ShardSet, config: LoaderConfig | Non
                 device=None, rank: int = 0, world_size: int = 1, **options):
     """An iterable over batches with len() = batches per epoch, reusable for any number of epochs.
 
-    shards: a folder, an s3:// prefix, or a ShardSet already opened (format.open_set), whose manifest is then not
-    read again. config: the loader options (LoaderConfig); keyword `options` replace its fields, so
-    `make_loader("shards/", batch_size=8, augment="crop")` needs no config at all. Options left None are decided
-    for the split: the output size from the manifest, flip augmentation and a new order every epoch for the train
-    split (none and the manifest order for the others).
+    shards: a folder, a prefix in an object store (s3://, gs://, az://, https://), or a ShardSet already opened
+    (format.open_set), whose manifest is then not read again. config: the loader options (LoaderConfig); keyword
+    `options` replace its fields, so `make_loader("shards/", batch_size=8, augment="crop")` needs no config at
+    all. Options left None are decided for the split: the output size from the manifest, flip augmentation and a
+    new order every epoch for the train split (none and the manifest order for the others).
     """
     config = LoaderConfig.build(config, **options)
     if not 0 <= rank < world_size:

@@ -5,7 +5,6 @@ it, and a sample DALI could not decode is found here, read as the torch loader r
 from __future__ import annotations
 
 import json
-import os
 from contextlib import contextmanager
 
 import numpy as np
@@ -29,22 +28,14 @@ class SampleTable:
             for sample in parse_index(index.read_text(), str(index)):
                 key = sample[0][3].partition(".")[0]
                 self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
-        self._files = {}
-        # the AWS settings of the process that made the loader: workers from a forkserver started earlier would
-        # otherwise read with whatever the environment held then
-        self.aws = storage.settings() if any(storage.is_remote(p) for p in plan.shards) else {}
+        self.read_span = storage.SpanReader(plan.shards)
 
     def __len__(self) -> int:
         return len(self.members)
 
     def read(self, path: str, span: tuple[int, int]) -> bytes:
-        """The bytes of one member, by offset: a pread on disk, a ranged GET in a bucket."""
-        if storage.is_remote(path):  # one ranged GET per member: only this sample's bytes travel
-            storage.use_settings(self.aws)
-            return storage.read_range(path, *span)
-        if path not in self._files:  # one descriptor per shard per process
-            self._files[path] = os.open(path, os.O_RDONLY)
-        return os.pread(self._files[path], span[1], span[0])
+        """The bytes of one member, by offset: a pread on disk, a ranged GET in a store."""
+        return self.read_span(path, *span)
 
     def shape(self, number: int) -> tuple[int, int]:
         """(rows, columns) of sample `number`'s image and mask, without decoding either: from its size member where

@@ -14,25 +14,27 @@ from ..format import REPORT, Manifest
 from .encode import storage_for
 from .options import ShardOptions
 from .parts import write_part
-from .publish import bucket_target, local_target, upload_set
+from .publish import bucket_target, local_target, publish_files
 from .sources import discover_classes, encoding_pool, in_shard_order, pairs_and_spec
 from .writer import write_set
 
 
 def shard(src: Path, out, opts: ShardOptions) -> Manifest | None:
-    """Shard SRC into OUT: a folder, or an s3:// prefix (written locally first, then uploaded, manifest last).
+    """Shard SRC into OUT: a folder, or a prefix in an object store (written locally first, then uploaded, manifest
+    last).
     With `opts.part`, only that part is written (its shards and record; no manifest: None is returned)."""
     if opts.part is not None:
         write_part(src, out, opts)
         return None
     start = time.perf_counter()
-    if storage.is_remote(out):
+    storage.check_writable(out)
+    if storage.is_remote(out):  # nothing can be renamed in an object store: uploaded, the manifest last
         root = str(out).rstrip("/")
         existing = bucket_target(root, opts.overwrite)  # before any work: an unreachable bucket fails in seconds
         with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:
             manifest = _write(src, Path(tmp), opts, root)
             _summary(manifest, f"{root} (uploading)", time.perf_counter() - start)
-            upload_set(Path(tmp), root, existing, opts.progress)
+            publish_files(Path(tmp), root, existing, opts.progress)
         print(f"uploaded to {root}, manifest last")
         return manifest
     with local_target(out, opts.overwrite) as tmp:

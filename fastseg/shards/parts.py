@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import tempfile
 from dataclasses import asdict
 from pathlib import Path
@@ -32,12 +31,11 @@ from ..format import (
     listing,
     part_record_name,
 )
-from ..storage import partial_path, sweep_stale
 from .encode import storage_for
 from .masks import MaskSpec
 from .options import ShardOptions
 from .pairs import Pair
-from .publish import upload_set
+from .publish import publish_files
 from .sources import encoding_pool, in_shard_order, pairs_and_spec
 from .writer import Stats, manifest_from, write_shards
 
@@ -79,7 +77,7 @@ def fingerprint(splits: dict[str, list[Pair]], spec: MaskSpec, opts: ShardOption
 
 
 def write_part(src: Path, out, opts: ShardOptions) -> dict:
-    """Write part I of N of the set under OUT (a folder or an s3:// prefix): its shards, then its record. A rerun
+    """Write part I of N of the set under OUT (a folder or an object-store prefix): its shards, then its record. A rerun
     replaces this part's files and no other's. Returns the record."""
     index, count = opts.part
     splits, spec = pairs_and_spec(src, opts)
@@ -101,10 +99,7 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
                                         part=opts.part)
         record.update(splits={split: asdict(info) for split, info in infos.items()}, stats=stats.to_record())
         (folder / part_record_name(index, count)).write_text(json.dumps(record) + "\n")
-        if storage.is_remote(out):
-            _publish_to_bucket(folder, str(out).rstrip("/"), index, count, opts.progress)
-        else:
-            _publish_to_folder(folder, Path(out), index, count)
+        _publish(folder, storage.location(str(out)), index, count, opts.progress)
     print(f"wrote part {index} of {count} to {out}; when all {count} are there: fastseg-shard --merge {out}")
     return record
 
@@ -124,52 +119,26 @@ def _check_target(names: list[str], where: str) -> None:
                            "choose another OUT for the parts")
 
 
-def _publish_to_folder(folder: Path, out: Path, index: int, count: int) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    for line in sweep_stale(out / f"part-{index:05d}"):
-        print(line)
-    _check_target([p.name for p in out.iterdir() if not p.name.startswith(".")], str(out))
-    (out / MANIFEST).unlink(missing_ok=True)  # the set is being rewritten: it must not look finished meanwhile
-    staging = partial_path(out / f"part-{index:05d}")  # on OUT's file system, so that each move is a rename
-    shutil.rmtree(staging, ignore_errors=True)
-    shutil.copytree(folder, staging)
-    try:
-        record = part_record_name(index, count)
-        new = {p.name for p in staging.iterdir()}
-        (out / record).unlink(missing_ok=True)  # until the new record is in, this part is not complete
-        for path in out.iterdir():
-            if _own(path.name, index) and path.name not in new:
-                path.unlink()  # this part's files from an earlier run (another N, or fewer shards)
-        for name in sorted(new - {record}):
-            os.replace(staging / name, out / name)
-        os.replace(staging / record, out / record)  # last: the part is complete
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish_to_bucket(folder: Path, root: str, index: int, count: int, progress: bool) -> None:
-    storage.check_bucket(root)
-    existing = storage.sizes(root)
-    _check_target(sorted(existing), root)
-    # the merged manifest and this part's own objects are replaced; no other part's are touched
+def _publish(folder: Path, out, index: int, count: int, progress: bool) -> None:
+    """This part's files into OUT (a folder or a prefix), its record last: the merged manifest and this part's own
+    earlier files are replaced, no other part's are touched."""
+    storage.ensure_folder(out)
+    # hidden names are files a killed run was still writing (storage.partial_path): never part of the set
+    existing = {name: size for name, size in storage.sizes(out).items() if not name.startswith(".")}
+    _check_target(sorted(existing), str(out))
     own = {name: size for name, size in existing.items() if _own(name, index) or name == MANIFEST}
-    upload_set(folder, root, own, progress, last=part_record_name(index, count))  # the record last: complete
+    publish_files(folder, out, own, progress, last=part_record_name(index, count))  # the record last: complete
 
 
 def merge(out) -> Manifest:
     """The one manifest of a set written in parts, from their records, written last. Refused, with the parts
     named, while any part is missing, was written with other options or sources, or does not match its record."""
-    remote = storage.is_remote(out)
-    root = str(out).rstrip("/") if remote else Path(out)
-    if remote:
-        sizes = storage.sizes(root)
-    elif not root.is_dir():
-        raise FastsegError(f"{root}: no such folder; write the parts first (fastseg-shard SRC {root} --part I/N)")
-    else:
-        sizes = {p.name: p.stat().st_size for p in root.iterdir() if p.is_file()}
+    root = storage.location(str(out))
+    sizes = storage.sizes(root, missing=f"{root}: no such folder; write the parts first (fastseg-shard SRC {root} "
+                                        "--part I/N)")
     records = []
     for name in sorted(n for n in sizes if PART_RECORD.match(n)):
-        text = storage.read(storage.join(root, name)).decode() if remote else (root / name).read_text()
+        text = storage.read(storage.join(root, name)).decode()
         try:
             records.append(json.loads(text))
         except json.JSONDecodeError as err:
@@ -187,7 +156,7 @@ def merge(out) -> Manifest:
         shards = [part[k] for k in range(max(map(len, per_part))) for part in per_part if k < len(part)]
         infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
     manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), _storage(records))
-    _write_manifest(manifest, root, remote)
+    storage.write_bytes(storage.join(root, MANIFEST), manifest.to_json().encode())  # whole or not at all
     print(f"merged {len(records)} part(s) into {root}: "
           f"{', '.join(f'{s} {i.samples} in {len(i.shards)} shard(s)' for s, i in manifest.splits.items())}; "
           f"{manifest.num_classes} classes")
@@ -230,15 +199,3 @@ def _check_shards(records: list[dict], split: str, sizes: dict[str, int], root) 
                 what = "missing" if found is None else f"{found} bytes, its record says {shard['bytes']}"
                 raise FastsegError(f"{storage.join(str(root), shard['name'])}: {what} (part {record['part']}); "
                                    f"rerun part {record['part']} and merge again")
-
-
-def _write_manifest(manifest: Manifest, root, remote: bool) -> None:
-    if remote:
-        with tempfile.TemporaryDirectory(prefix="fastseg-merge-") as tmp:
-            (Path(tmp) / MANIFEST).write_text(manifest.to_json())
-            storage.upload(Path(tmp) / MANIFEST, storage.join(root, MANIFEST))
-        return
-    target = root / MANIFEST
-    staging = partial_path(target)
-    staging.write_text(manifest.to_json())
-    os.replace(staging, target)

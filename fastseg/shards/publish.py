@@ -2,8 +2,9 @@
 
 On disk the set is written into a hidden sibling folder (`.OUT.partial-PID`) and renamed into place; replacing a
 set moves the old one aside first, and a kill between the two renames is undone by the next run's sweep
-(storage.sweep_stale). In a bucket the set is uploaded from a local folder, shards and indexes first, the manifest
-last. Either way an existing OUT is replaced only with --overwrite and only if it holds a shard set and nothing else.
+(storage.sweep_stale). In an object store, where nothing can be renamed, the set is uploaded from a local folder,
+shards and indexes first, the manifest last (publish_files, which also publishes a part of a set, anywhere).
+Either way an existing OUT is replaced only with --overwrite and only if it holds a shard set and nothing else.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ def local_target(out: Path, overwrite: bool) -> Iterator[Path]:
 
 
 def bucket_target(root: str, overwrite: bool) -> dict[str, int]:
-    """Check that a set may be written under an s3:// prefix; the objects there now (to replace), by size."""
+    """Check that a set may be written under a prefix of an object store; the objects there now (to replace), by
+    size."""
     storage.check_bucket(root)
     existing = storage.sizes(root)
     if existing:
@@ -47,18 +49,18 @@ def bucket_target(root: str, overwrite: bool) -> dict[str, int]:
     return existing
 
 
-def upload_set(folder: Path, root: str, existing: dict[str, int], progress: bool = True, *,
-               last: str = MANIFEST) -> None:
-    """Upload a finished folder under an s3:// prefix so that it never looks complete before it is: an old manifest
-    (and an old `last`: the manifest, or a part's record) goes first, the new `last` last; objects of `existing`
-    that the folder lacks are removed before it."""
+def publish_files(folder: Path, root, existing: dict[str, int], progress: bool = True, *,
+                  last: str = MANIFEST) -> None:
+    """Put a finished folder's files under `root` (a folder or a prefix) so that it never looks complete before it
+    is: an old manifest (and an old `last`: the manifest, or a part's record) goes first, each file arrives whole
+    (storage.put_file), the new `last` last; files of `existing` that the folder lacks are removed before it."""
     storage.delete(root, [name for name in dict.fromkeys((MANIFEST, last)) if name in existing])
     # the shards and indexes first, then what describes them (the report), the manifest (or `last`) last
     files = sorted((p for p in folder.iterdir() if p.name != last), key=lambda p: (p.name == REPORT, p.name))
-    for path in tqdm(files, unit="file", desc="uploading", disable=not progress):
-        storage.upload(path, storage.join(root, path.name))
+    for path in tqdm(files, unit="file", desc="uploading", disable=not progress or not storage.is_remote(root)):
+        storage.put_file(path, storage.join(root, path.name))
     storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST, last}))
-    storage.upload(folder / last, storage.join(root, last))
+    storage.put_file(folder / last, storage.join(root, last))
 
 
 def _prepare_out(out: Path, overwrite: bool) -> Path:

@@ -27,7 +27,7 @@ BAR_WIDTH = 220  # pixels of a bar at 100%
 
 
 def write_report(shards, out: Path | None = None, samples: int = 12, seed: int = 0, name: str | None = None) -> Path:
-    """The report of the set at `shards` (a folder, an s3:// prefix or an opened ShardSet), to `out` (default:
+    """The report of the set at `shards` (a folder, an object-store prefix or an opened ShardSet), to `out` (default:
     report.html in the set's folder; for a bucket, in the current folder); `samples` random samples per split;
     `name`: what the page calls the set (default: where it is)."""
     shard_set = open_set(shards)
@@ -124,14 +124,11 @@ def _thumbnail(data: bytes, size: bytes | None, rows_cols: tuple[int, int]) -> n
 
 
 def _shards_and_indexes(shard_set: ShardSet, split: str) -> list[tuple[str, Path]]:
-    """Each shard of the split (a path or a URL) with its index on local disk (a bucket's: fetched to the cache the
-    loaders use, which is why only that case needs the loading stage)."""
-    if storage.is_remote(shard_set.root):
-        from ..loading import check_shards
+    """Each shard of the split (a path or a URL) with its index on local disk (a store's: fetched to the cache the
+    loaders use), through the loaders' own start-up check."""
+    from ..loading import check_shards
 
-        return list(zip(*check_shards(shard_set, split, checksums=False)))
-    root = Path(shard_set.root)
-    return [(str(root / s.name), root / s.index) for s in shard_set.manifest.split(split).shards]
+    return list(zip(*check_shards(shard_set, split, checksums=False)))
 
 
 def _class_counts(manifest, drawn) -> tuple[dict, dict, str]:

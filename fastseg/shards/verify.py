@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -101,14 +100,8 @@ def verify(root, progress: bool = True) -> list[str]:
     names = sample_members(manifest.storage)
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
-    present = storage.sizes(str(root)) if storage.is_remote(root) else {}
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
-        if not storage.is_remote(root):
-            problems += _check_shard(root, shard, valid_ids, names)
-            continue
-        with tempfile.TemporaryDirectory(prefix="fastseg-verify-") as tmp:
-            for name in (shard.name, shard.index):
-                if name in present:
-                    storage.download(storage.join(str(root), name), Path(tmp) / name)
-            problems += [p.replace(tmp, str(root).rstrip("/")) for p in _check_shard(Path(tmp), shard, valid_ids, names)]
+        with storage.local_copies(root, [shard.name, shard.index]) as folder:  # a store's: downloaded one by one
+            problems += [p.replace(str(folder), str(root).rstrip("/")) for p in
+                         _check_shard(folder, shard, valid_ids, names)]
     return problems
