@@ -61,7 +61,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--val-split", default="val")
     loader = p.add_argument_group("loading (fastseg.loading.LoaderConfig)")
     configs.add_options(loader, LoaderConfig, ["backend", "batch_size", "size", "augment", "scale", "base_size",
-                                               "ratio_range", "cat_max_ratio", "photometric", "vflip", "workers",
+                                               "ratio_range", "cat_max_ratio", "photometric", "window_decode", "vflip",
+                                               "workers",
                                                "seed", "checksums", "return_keys", "channels_last"],
                         defaults={"channels_last": None})  # None: on for GPU, decided once the accelerator is
     optim = p.add_argument_group("optimizer and schedule (fastseg.training.OptimSettings)")
@@ -183,7 +184,8 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
         backend=args.loader, batch_size=args.batch_size, size=tuple(args.image_size) if args.image_size else None,
         augment=args.augment, base_size=tuple(args.base_size) if args.base_size else None,
         ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, photometric=args.photometric,
-        scale=tuple(args.scale), vflip=args.vflip, seed=args.seed, checksums=args.checksums,
+        scale=tuple(args.scale), window_decode=args.window_decode, vflip=args.vflip, seed=args.seed,
+        checksums=args.checksums,
         return_keys=args.log_batch_keys,
         workers=default_workers(args.devices) if args.workers is None else args.workers,
         channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
