@@ -29,13 +29,36 @@ class SampleTable:
                 key = sample[0][3].partition(".")[0]
                 self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
         self.read_span = storage.SpanReader(plan.shards)
+        self.streamed = any(storage.is_remote(p) for p in plan.shards)
+        self._fetched: dict[tuple[str, tuple[int, int]], bytes] = {}
+        self._pool = None
 
     def __len__(self) -> int:
         return len(self.members)
 
+    def __getstate__(self) -> dict:  # a worker process gets the table without this process's threads
+        return {**self.__dict__, "_pool": None, "_fetched": {}}
+
     def read(self, path: str, span: tuple[int, int]) -> bytes:
-        """The bytes of one member, by offset: a pread on disk, a ranged GET in a store."""
-        return self.read_span(path, *span)
+        """The bytes of one member, by offset: fetched ahead (fetch), a pread on disk, or a ranged GET in a store."""
+        data = self._fetched.get((path, span))
+        return data if data is not None else self.read_span(path, *span)
+
+    def fetch(self, numbers: list[int]) -> None:
+        """From a store, the members that samples `numbers` decode (image, mask, size), read all at once on a pool of
+        threads, for read() to hand out: a batch's requests in flight together instead of one after another. On
+        disk, nothing (a pread is faster than a thread hand-off). What the batch before fetched is let go."""
+        if not self.streamed:
+            return
+        self._fetched.clear()
+        stored = self.plan.stored
+        wanted = [(path, members[ext]) for path, _, members in (self.members[n] for n in numbers)
+                  for ext in (stored.image_in(members), stored.mask, stored.size) if ext in members]
+        if self._pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(16, thread_name_prefix="fastseg-fetch")
+        self._fetched.update(zip(wanted, self._pool.map(lambda item: self.read_span(item[0], *item[1]), wanted)))
 
     def shape(self, number: int) -> tuple[int, int]:
         """(rows, columns) of sample `number`'s image and mask, without decoding either: from its size member where

@@ -31,6 +31,11 @@ class ShardSamples(SampleTable, Dataset):
     """Sample i of the split (manifest order) in epoch e, decoded and its draws executed: a uint8 CHW (or HWC) image
     and an HW mask, its key, and where the recipe or scoring pads, the sizes."""
 
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        """A batch's samples (the DataLoader's batched fetch): from a store, their members are read together first."""
+        self.fetch([number for number, _ in items])
+        return [self[item] for item in items]
+
     def __getitem__(self, item: tuple[int, int]):
         number, epoch = item
         key = self.members[number][1]

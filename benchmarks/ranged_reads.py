@@ -1,0 +1,111 @@
+"""Ranged-read throughput of the object-store clients fastseg could use, side by side against one local S3 server
+(moto) with the same 16 reader threads: obstore (what fastseg/storage.py uses), fsspec's s3fs, and boto3.
+
+    python benchmarks/ranged_reads.py [--reads 600] [--threads 16] [--size 65536] [--json PATH]
+
+s3fs is read where it imports (it pins its own botocore, so the committed run took it from a side folder:
+`pip install --target /tmp/s3fs_pkgs s3fs boto3`, then `PYTHONPATH=/tmp/s3fs_pkgs python benchmarks/ranged_reads.py`).
+
+Each client reads the same seeded list of --size-byte ranges of one 16 MiB object, with --threads threads, after a
+warm-up of 32 reads; the figure is reads/s (median of 3 rounds). The server shares the machine's cores: this ranks
+the clients' own cost per request, not a cloud's bandwidth.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import psutil
+from harness import host, publish
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--reads", type=int, default=600)
+    p.add_argument("--threads", type=int, default=16)
+    p.add_argument("--size", type=int, default=65536)
+    p.add_argument("--json", type=Path)
+    args = p.parse_args()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
+                      AWS_ENDPOINT_URL=endpoint)
+    time.sleep(2)
+    try:
+        import boto3
+
+        client = boto3.client("s3")
+        client.create_bucket(Bucket="reads")
+        client.put_object(Bucket="reads", Key="blob", Body=os.urandom(16 << 20))
+        rng = random.Random(0)
+        offsets = [rng.randrange(0, (16 << 20) - args.size) for _ in range(args.reads)]
+        readers = {"obstore": obstore_reader(), "s3fs (fsspec)": s3fs_reader(endpoint), "boto3": boto3_reader()}
+        me = psutil.Process()
+        result = {"reads": args.reads, "threads": args.threads, "size": args.size, "reads_per_s": {},
+                  "client_cpu_ms_per_read": {}, "host": host(),
+                  "command": " ".join(["python", *sys.argv])}
+        for name, read in readers.items():
+            if read is None:
+                continue
+            with ThreadPoolExecutor(args.threads) as pool:
+                list(pool.map(lambda o: read(o, args.size), offsets[:32]))
+                rates, cpu = [], []
+                for _ in range(3):
+                    start, used = time.perf_counter(), me.cpu_times()
+                    sizes = list(pool.map(lambda o: len(read(o, args.size)), offsets))
+                    rates.append(args.reads / (time.perf_counter() - start))
+                    after = me.cpu_times()
+                    cpu.append(1000 * (after.user + after.system - used.user - used.system) / args.reads)
+                    assert set(sizes) == {args.size}
+            result["reads_per_s"][name] = round(statistics.median(rates), 1)
+            result["client_cpu_ms_per_read"][name] = round(statistics.median(cpu), 3)
+    finally:
+        server.kill()
+    best = result["reads_per_s"]["obstore"]
+    rows = ["| client | ranged reads/s | × obstore | the client's CPU ms per read |", "|---|---:|---:|---:|"] + [
+        f"| {name} | {rate:.1f} | {rate / best:.2f}× | {result['client_cpu_ms_per_read'][name]:.3f} |"
+        for name, rate in result["reads_per_s"].items()] + [
+        "", f"{args.reads} reads of {args.size} bytes, {args.threads} threads, one local moto server (in its own "
+        "process: the rate is the server's; the CPU is the reading process's own, server excluded)."]
+    publish(rows, args.json, result, "Ranged reads by client, CPU, local S3 server")
+    return 0
+
+
+def obstore_reader():
+    from fastseg import storage
+
+    return lambda offset, size: storage.read_range("s3://reads/blob", offset, size)
+
+
+def s3fs_reader(endpoint: str):
+    try:
+        import s3fs
+    except ImportError:
+        return None
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": endpoint})
+    return lambda offset, size: fs.cat_file("reads/blob", start=offset, end=offset + size)
+
+
+def boto3_reader():
+    import boto3
+    from botocore.config import Config
+
+    client = boto3.client("s3", config=Config(max_pool_connections=32))
+    return lambda offset, size: client.get_object(Bucket="reads", Key="blob",
+                                                  Range=f"bytes={offset}-{offset + size - 1}")["Body"].read()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
