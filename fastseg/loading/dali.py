@@ -230,6 +230,7 @@ class SampleFeed(SampleTable):
         if epoch != self._epoch:
             self._epoch, self._padded = epoch, self.plan.padded_samples(epoch)
         chosen = self._padded[position * size:(position + 1) * size]
+        self.fetch(chosen)  # from a store: the batch's members requested together (SampleTable.fetch)
         rows = (list(self._pool.map(partial(self._sample, epoch=epoch), chosen)) if self._pool else
                 [self._sample(number, epoch) for number in chosen])
         return tuple(list(column) for column in zip(*rows))
