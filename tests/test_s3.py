@@ -194,6 +194,21 @@ def test_train_one_epoch_from_the_bucket(bucket_set, tmp_path):
     assert run_cli("fastseg-predict", predict_main, ["--checkpoint", str(out / "checkpoints/last.ckpt"), "--shards",
                                                      url, "--split", "val", "--out", str(tmp_path / "eval"), "--workers", "1"]) == 0
     assert json.loads((tmp_path / "eval/metrics.json").read_text())["val_pixels"] == 4 * 32 * 48
+    # a checkpoint kept in the bucket: fetched once into the cache, the same scores
+    from fastseg import storage
+
+    storage.upload(out / "checkpoints/last.ckpt", "s3://sets/runs/last.ckpt")
+    os.environ["FASTSEG_CACHE"] = str(tmp_path / "cache")
+    try:
+        assert run_cli("fastseg-predict", predict_main, ["--checkpoint", "s3://sets/runs/last.ckpt", "--shards", url,
+                                                         "--split", "val", "--out", str(tmp_path / "eval2"),
+                                                         "--workers", "1"]) == 0
+    finally:
+        del os.environ["FASTSEG_CACHE"]
+    assert json.loads((tmp_path / "eval2/metrics.json").read_text())["val_miou"] == \
+        json.loads((tmp_path / "eval/metrics.json").read_text())["val_miou"]
+    # a run is written to a folder: --out in a store is refused, naming the way
+    assert run_cli("fastseg-train", train_main, ["--shards", url, "--out", "s3://sets/runs/a", "--epochs", "1"]) == 1
 
 
 def test_an_upload_cut_short_never_looks_complete(server, data, tmp_path, monkeypatch, capsys):

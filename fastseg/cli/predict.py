@@ -20,7 +20,8 @@ from .evaluation import add_evaluation_arguments, scoring_from
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-predict", description=__doc__)
-    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--checkpoint", type=location, required=True,
+                   help="a fastseg-train checkpoint: a file, or an object in a store (s3://, gs://, az://, https://)")
     p.add_argument("--input", type=Path, help="an image, or a folder of images")
     p.add_argument("--out", type=Path, required=True, help="where masks (or metrics.json) go")
     p.add_argument("--overlay", action="store_true", help="also write the mask blended over each image")
@@ -34,9 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_module(path: Path, device: str):
+def load_module(path, device: str):
+    from ..training.checkpoints import local_checkpoint
     from ..training.module import load_segmodule
 
+    path = local_checkpoint(path)
     if not path.is_file():
         raise FastsegError(f"{path}: no such checkpoint (fastseg-train writes OUT/checkpoints/best.ckpt)")
     try:

@@ -17,7 +17,8 @@ import torch
 from ..errors import FastsegError
 from ..format import Manifest, ShardSet, open_set
 from ..loading.config import LoaderConfig, default_workers
-from ..storage import location
+from ..storage import is_remote, location
+from ..training.checkpoints import local_checkpoint
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
 from ..training.optim import OptimSettings
 from ..training.scoring import Scoring
@@ -29,7 +30,8 @@ from .evaluation import add_evaluation_arguments, scoring_from
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fastseg-train", description=__doc__)
     p.add_argument("--shards", type=location, required=True, help="a shard set made by fastseg-shard")
-    p.add_argument("--out", type=Path, default=Path("runs/fastseg"), help="checkpoints, logs, metrics (default runs/fastseg)")
+    p.add_argument("--out", type=location, default=Path("runs/fastseg"),
+                   help="a local or mounted folder for checkpoints, logs, metrics (default runs/fastseg)")
     p.add_argument("--epochs", type=int, help="training epochs (default 20; or count the run in --max-steps)")
     p.add_argument("--max-steps", type=int, metavar="N",
                    help="train for N optimizer steps instead of epochs, as MMSegmentation's configs count (80k, 160k)")
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-every", type=int, default=50, help="log the training loss every N steps (default 50)")
     p.add_argument("--checkpoint-every", type=int, metavar="N",
                    help="also write last.ckpt every N training steps, for an exact resume from mid-epoch")
-    p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there, else a new run) or a checkpoint path")
+    p.add_argument("--resume", help="'auto' (OUT/checkpoints/last.ckpt if there, else a new run), a checkpoint path, "
+                   "or a checkpoint in a store (s3://, gs://, az://, https://)")
     p.add_argument("--overwrite", action="store_true",
                    help="start a new run in an --out that holds a previous one (its checkpoints, logs, previews and "
                         "metrics are removed first; other files are left alone)")
@@ -146,6 +149,10 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
     from ..training.checkpoints import datamodule_state
     from ..training.model import check_size
 
+    if is_remote(args.out):
+        raise FastsegError(f"--out {args.out}: a run is written to a local or mounted folder (checkpoints are renamed "
+                           "into place, logs appended); train into a folder, then copy it to the store, or mount the "
+                           "bucket (s3fs, gcsfuse, blobfuse2)")
     shard_set = open_set(args.shards)
     manifest = shard_set.manifest
     for split, flag in ((args.split, "--split"), (args.val_split, "--val-split")):
@@ -198,8 +205,10 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
     if resume == "auto":
         last = args.out / "checkpoints" / "last.ckpt"
         resume = str(last) if last.exists() else None
-    elif resume and not Path(resume).exists():
-        raise FastsegError(f"--resume {resume}: no such checkpoint")
+    elif resume:  # a path, or a checkpoint in a store, fetched once into the cache
+        resume = str(local_checkpoint(location(resume)))
+        if not Path(resume).exists():
+            raise FastsegError(f"--resume {args.resume}: no such checkpoint")
     if resume:
         state = datamodule_state(Path(resume))
         if state:

@@ -2,12 +2,14 @@
 leaves the previous checkpoint intact; and the loader position a checkpoint holds, read before a resume starts."""
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 
 import torch
 from lightning_fabric.plugins import TorchCheckpointIO
 
+from .. import storage
 from ..errors import FastsegError
 from ..storage import partial_path, sweep_stale
 
@@ -41,3 +43,13 @@ def read_checkpoint(path: Path) -> dict:
 def datamodule_state(path: Path) -> dict:
     """The SegDataModule state saved in a checkpoint ({} if it has none)."""
     return read_checkpoint(path).get("SegDataModule", {})
+
+
+def local_checkpoint(where) -> Path:
+    """A checkpoint on local disk: a path as it is; an object in a store (s3://, gs://, az://, https://) downloaded
+    once into the cache ($FASTSEG_CACHE, else ~/.cache/fastseg), by its URL, and read from there."""
+    if not storage.is_remote(where):
+        return Path(where)
+    cache = Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "checkpoints"
+    name = hashlib.sha256(str(where).encode()).hexdigest()[:16] + "-" + str(where).rpartition("/")[2]
+    return storage.cached(str(where), cache / name)
