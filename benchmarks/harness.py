@@ -94,7 +94,20 @@ def host() -> dict:
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "versions": versions}
+    return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "versions": versions, "commit": commit()}
+
+
+def commit() -> str | None:
+    """The code a figure measured: the checkout's commit, "+changes" where its tracked files differ from it."""
+    root = Path(__file__).parents[1]
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
+                              check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return head + ("+changes" if dirty else "")
 
 
 def decode_rate(pairs, rounds: int = 3, min_seconds: float = 2.0) -> dict:
@@ -129,5 +142,7 @@ def publish(rows: list[str], path, result: dict, title: str) -> str:
     path.write_text(json.dumps(result, indent=2) + "\n")
     h = result["host"]
     where = f"{h['cores']} cores of {h['cpu']}" + (f", GPU {h['gpu']}" if h.get("gpu") else " (no GPU)")
-    path.with_suffix(".md").write_text(f"# {title}\n\nRun on {where}.\n\n{table}\n\nCommand: `{result['command']}`\n")
+    code = f", code at {h['commit']}" if h.get("commit") else ""
+    path.with_suffix(".md").write_text(f"# {title}\n\nRun on {where}{code}.\n\n{table}\n\n"
+                                       f"Command: `{result['command']}`\n")
     return table

@@ -159,11 +159,11 @@ def store(url: str, purpose: str = "read"):
 
 
 def _allow_http(scheme: str) -> bool:
-    """Plain http only where the user chose it: an http:// URL or endpoint, or the Azure emulator."""
-    endpoints = (os.environ.get("AWS_ENDPOINT_URL", ""), os.environ.get("AWS_ENDPOINT", ""),
-                 os.environ.get("GOOGLE_BASE_URL", ""))
-    return scheme == "http" or any(e.startswith("http://") for e in endpoints) or \
-        os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true")
+    """Plain http only where the user chose it: an http:// URL, an http:// endpoint of that store's, or Azurite."""
+    if scheme == "az":
+        return os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true")
+    endpoints = {"s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"), "gs": ("GOOGLE_BASE_URL",)}
+    return scheme == "http" or any(os.environ.get(name, "").startswith("http://") for name in endpoints.get(scheme, ()))
 
 
 def _s3_options() -> dict:
@@ -298,8 +298,9 @@ def transient(err: Exception) -> bool:
     if isinstance(err, (ConnectionError, TimeoutError)):
         return True
     text = str(err)
-    if _no_bucket(err) or re.search(r"status code: 4(0[0-9]|1[0-9])\b|InvalidAccessKeyId|SignatureDoesNotMatch",
-                                    text) and not re.search(r"\b(408|429)\b|SlowDown|Throttl|RequestTimeout", text):
+    refused = re.search(r"status code: 4\d\d\b|InvalidAccessKeyId|SignatureDoesNotMatch", text)
+    throttled = re.search(r"\b(408|429)\b|SlowDown|Throttl|RequestTimeout", text)
+    if _no_bucket(err) or (refused and not throttled):
         return False
     return isinstance(err, ox.BaseError)
 

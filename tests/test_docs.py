@@ -33,3 +33,10 @@ def test_the_readme_is_a_front_door_whose_links_resolve():
     assert links and all((ROOT / target).exists() for target in links), [t for t in links if not (ROOT / t).exists()]
     for results in re.findall(r"\((benchmarks/results/[^)]+\.md)\)", text):  # every headline figure from its file
         assert (ROOT / results).read_text().strip()
+
+
+def test_the_headline_figures_are_what_the_results_files_render():
+    """The README's headline table and docs/current.md are rendered from benchmarks/results/ alone, never typed."""
+    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/suite.py"), "--render", "--check"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -174,9 +174,8 @@ class SampleFeed(SampleTable):
         self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
-        # a bucket's members in parallel, whatever the credentials come from (environment, profile, instance role);
-        # the recipe on the loader's threads
-        threads = 16 if streamed(plan) else max(1, plan.config.workers) if executed_in_feed(plan) else 0
+        # a store's samples in parallel, whatever the credentials come from; the recipes on the loader's threads
+        threads = 16 if self.streamed else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
 
     def _members(self, number: int) -> list[np.ndarray]:

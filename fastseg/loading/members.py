@@ -31,13 +31,13 @@ class SampleTable:
         self.read_span = storage.SpanReader(plan.shards)
         self.streamed = any(storage.is_remote(p) for p in plan.shards)
         self._fetched: dict[tuple[str, tuple[int, int]], bytes] = {}
-        self._pool = None
+        self._fetching = None  # the thread pool of fetch(), made on first use
 
     def __len__(self) -> int:
         return len(self.members)
 
     def __getstate__(self) -> dict:  # a worker process gets the table without this process's threads
-        return {**self.__dict__, "_pool": None, "_fetched": {}}
+        return {**self.__dict__, "_fetching": None, "_fetched": {}}
 
     def read(self, path: str, span: tuple[int, int]) -> bytes:
         """The bytes of one member, by offset: fetched ahead (fetch), a pread on disk, or a ranged GET in a store."""
@@ -54,11 +54,11 @@ class SampleTable:
         stored = self.plan.stored
         wanted = [(path, members[ext]) for path, _, members in (self.members[n] for n in numbers)
                   for ext in (stored.image_in(members), stored.mask, stored.size) if ext in members]
-        if self._pool is None:
+        if self._fetching is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(16, thread_name_prefix="fastseg-fetch")
-        self._fetched.update(zip(wanted, self._pool.map(lambda item: self.read_span(item[0], *item[1]), wanted)))
+            self._fetching = ThreadPoolExecutor(16, thread_name_prefix="fastseg-fetch")
+        self._fetched.update(zip(wanted, self._fetching.map(lambda item: self.read_span(item[0], *item[1]), wanted)))
 
     def shape(self, number: int) -> tuple[int, int]:
         """(rows, columns) of sample `number`'s image and mask, without decoding either: from its size member where
