@@ -98,12 +98,14 @@ def host() -> dict:
 
 
 def commit() -> str | None:
-    """The code a figure measured: the checkout's commit, "+changes" where its tracked files differ from it."""
+    """The code a figure measured: the checkout's commit, "+changes" where its tracked code differs from it."""
     root = Path(__file__).parents[1]
     try:
         head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True,
                               check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+        # results files and the pages rendered from them change as a suite runs: only code counts
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".",
+                                ":!benchmarks/results", ":!README.md", ":!docs"], cwd=root,
                                capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
