@@ -305,15 +305,6 @@ def transient(err: Exception) -> bool:
     return isinstance(err, ox.BaseError)
 
 
-def read_span(path, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset` of a local file or an object."""
-    if is_remote(path):
-        return read_range(str(path), offset, size)
-    with open(path, "rb") as f:
-        f.seek(offset)
-        return f.read(size)
-
-
 def sizes(root, missing: str | None = None) -> dict[str, int]:
     """Name -> size of the files directly in a folder, or the objects directly under a prefix (one listing). A
     folder that is not there is a FastsegError (`missing`, or a plain one); a prefix with nothing under it is empty."""
@@ -361,15 +352,14 @@ def cached(where, path: Path) -> Path:
 
 
 @contextmanager
-def local_copies(root, names_wanted: list[str]):
+def local_copies(root, names_wanted: list[str], present: dict[str, int]):
     """A local folder holding the files `names_wanted` of `root`: the folder itself on disk; for a prefix, a
-    temporary folder they are downloaded into (those that are there), removed afterwards."""
+    temporary folder those of them `present` (root's listing) lists are downloaded into, removed afterwards."""
     if not is_remote(root):
         yield Path(root)
         return
     import tempfile
 
-    present = sizes(root)
     with tempfile.TemporaryDirectory(prefix="fastseg-") as tmp:
         for name in names_wanted:
             if name in present:

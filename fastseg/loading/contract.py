@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import storage
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX, Manifest, SampleMembers, sample_members
 from .config import LoaderConfig
@@ -61,6 +62,11 @@ class LoaderPlan:
     def stored(self) -> SampleMembers:
         """The members each sample holds, by the set's storage: raw ones are reshaped, never decoded."""
         return sample_members(self.manifest.storage)
+
+    @property
+    def streamed(self) -> bool:
+        """Whether the shards are in an object store: their members then come by ranged reads, best in parallel."""
+        return any(storage.is_remote(path) for path in self.shards)
 
     @property
     def native(self) -> bool:

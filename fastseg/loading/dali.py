@@ -21,7 +21,6 @@ import numpy as np
 import torch
 
 from ..errors import FastsegError
-from .. import storage
 from ..format import IGNORE_INDEX, META_EXT, RAW_SIZE_DTYPE, RAW_SIZE_EXT
 from ..processes import note_native_threads
 from ..pictures import image_shape, member_pixels
@@ -153,12 +152,7 @@ def uses_feed(plan: LoaderPlan) -> bool:
     """Whether the pipeline reads through the feed: whenever the order is shuffled, a sample has parameters, or the
     set is in an object store (read through fastseg's storage: any store, bounded and retried reads); DALI's own
     reader only for the plain manifest order on disk."""
-    return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS or streamed(plan)
-
-
-def streamed(plan: LoaderPlan) -> bool:
-    """Whether the set's shards are in an object store (their members then come by ranged reads, in parallel)."""
-    return any(storage.is_remote(path) for path in plan.shards)
+    return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS or plan.streamed
 
 
 class SampleFeed(SampleTable):
@@ -175,7 +169,7 @@ class SampleFeed(SampleTable):
         self.batch = start
         self._epoch = self._padded = None
         # a store's samples in parallel, whatever the credentials come from; the recipes on the loader's threads
-        threads = 16 if self.streamed else max(1, plan.config.workers) if executed_in_feed(plan) else 0
+        threads = 16 if plan.streamed else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
 
     def _members(self, number: int) -> list[np.ndarray]:

@@ -29,7 +29,6 @@ class SampleTable:
                 key = sample[0][3].partition(".")[0]
                 self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
         self.read_span = storage.SpanReader(plan.shards)
-        self.streamed = any(storage.is_remote(p) for p in plan.shards)
         self._fetched: dict[tuple[str, tuple[int, int]], bytes] = {}
         self._fetching = None  # the thread pool of fetch(), made on first use
 
@@ -48,7 +47,7 @@ class SampleTable:
         """From a store, the members that samples `numbers` decode (image, mask, size), read all at once on a pool of
         threads, for read() to hand out: a batch's requests in flight together instead of one after another. On
         disk, nothing (a pread is faster than a thread hand-off). What the batch before fetched is let go."""
-        if not self.streamed:
+        if not self.plan.streamed:
             return
         self._fetched.clear()
         stored = self.plan.stored

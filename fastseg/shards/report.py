@@ -96,13 +96,14 @@ def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tup
         for sample in parse_index(Path(index).read_text(), str(index)):
             where.append((shard, sample[0][3].partition(".")[0], {ext: (o, n) for ext, o, n, _ in sample}))
     colors = [c.color for c in manifest.classes]
+    read = storage.SpanReader([shard for shard, _, _ in where])
     rows = []
     for shard, key, members in (where[n] for n in sorted(random.Random(seed).sample(range(len(where)),
                                                                                     min(count, len(where))))):
-        size = storage.read_span(shard, *members[stored.size]) if stored.size else None
-        mask = member_pixels(storage.read_span(shard, *members[stored.mask]), stored.raw_mask and size, 1)
+        size = read(shard, *members[stored.size]) if stored.size else None
+        mask = member_pixels(read(shard, *members[stored.mask]), stored.raw_mask and size, 1)
         rows_cols = (THUMB_WIDTH * mask.shape[0] // mask.shape[1], THUMB_WIDTH)
-        image = _thumbnail(storage.read_span(shard, *members[stored.image_in(members)]), stored.raw_image and size,
+        image = _thumbnail(read(shard, *members[stored.image_in(members)]), stored.raw_image and size,
                            rows_cols)
         small = np.asarray(Image.fromarray(mask).resize(rows_cols[::-1], Image.NEAREST))
         picture = Image.fromarray(np.concatenate([image, colorize(small, colors)], axis=1))

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, SampleMembers, listing, load_manifest,
+from ..format import (IGNORE_INDEX, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, SampleMembers, listing, open_set,
                       parse_index, raw_pixels, sample_members, shard_problems)
 
 
@@ -95,13 +95,14 @@ def _check_shard(root: Path, shard, valid_ids: set[int], names: SampleMembers) -
 def verify(root, progress: bool = True) -> list[str]:
     """Every problem found (empty when the set is sound). A set in a bucket is read shard by shard into a
     temporary folder and checked the same way."""
-    manifest = load_manifest(root)
+    shard_set = open_set(root)  # one listing: which files are there, for every shard below
+    manifest = shard_set.manifest
     valid_ids = {c.id for c in manifest.classes} | {IGNORE_INDEX}
     names = sample_members(manifest.storage)
     shards = [shard for split in manifest.splits.values() for shard in split.shards]
     problems = []
     for shard in tqdm(shards, unit="shard", desc="verifying", disable=not progress):
-        with storage.local_copies(root, [shard.name, shard.index]) as folder:  # a store's: downloaded one by one
+        with storage.local_copies(root, [shard.name, shard.index], shard_set.listed) as folder:  # a store's: downloaded one by one
             problems += [p.replace(str(folder), str(root).rstrip("/")) for p in
                          _check_shard(folder, shard, valid_ids, names)]
     return problems
