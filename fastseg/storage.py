@@ -340,14 +340,14 @@ class SpanReader:
         return os.pread(self._files[path], size, offset)
 
 
-def cached(where, path: Path) -> Path:
+def cached(where, path: Path, missing: str | None = None) -> Path:
     """A local file holding `where`: the file itself on disk; for an object, a copy at `path`, downloaded the first
     time (written beside and renamed, so a cached copy is always whole)."""
     if not is_remote(where):
         return Path(where)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        download(str(where), path)
+        download(str(where), path, missing)
     return path
 
 
@@ -396,12 +396,13 @@ def upload(path: Path, url: str) -> None:
         obstore.put(store(url, "other"), split_url(url)[2], Path(path))
 
 
-def download(url: str, path: Path) -> None:
-    """An object to a local file, written beside and renamed (a download cut short leaves no file)."""
+def download(url: str, path: Path, missing: str | None = None) -> None:
+    """An object to a local file, written beside and renamed (a download cut short leaves no file); `missing`: the
+    message where the object is not there (by default: a file of a shard set)."""
     import obstore
 
     tmp = partial_path(Path(path))
-    with errors(url, f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
+    with errors(url, missing or f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
         result = obstore.get(store(url, "other"), split_url(url)[2])
         with open(tmp, "wb") as f:
             for chunk in result:

@@ -207,6 +207,10 @@ def test_train_one_epoch_from_the_bucket(bucket_set, tmp_path):
         del os.environ["FASTSEG_CACHE"]
     assert json.loads((tmp_path / "eval2/metrics.json").read_text())["val_miou"] == \
         json.loads((tmp_path / "eval/metrics.json").read_text())["val_miou"]
+    from fastseg.training.checkpoints import local_checkpoint
+
+    with pytest.raises(FastsegError, match="s3://sets/runs/none.ckpt: no such checkpoint in the store"):
+        local_checkpoint("s3://sets/runs/none.ckpt")
     # a run is written to a folder: --out in a store is refused, naming the way
     assert run_cli("fastseg-train", train_main, ["--shards", url, "--out", "s3://sets/runs/a", "--epochs", "1"]) == 1
 

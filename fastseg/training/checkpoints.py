@@ -52,4 +52,4 @@ def local_checkpoint(where) -> Path:
         return Path(where)
     cache = Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "checkpoints"
     name = hashlib.sha256(str(where).encode()).hexdigest()[:16] + "-" + str(where).rpartition("/")[2]
-    return storage.cached(str(where), cache / name)
+    return storage.cached(str(where), cache / name, missing=f"{where}: no such checkpoint in the store")
