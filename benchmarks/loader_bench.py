@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 import peers
+from charts import MAX_BARS, loader_chart
 from harness import decode_rate, host, publish, run_child
 from peers import WebdatasetEpochs, convert_peers, webdataset_loader
 from recipes import default_dataset, train_pairs, vanilla_loader
@@ -69,12 +70,6 @@ LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("t
 PEER_FORMATS = peers.FORMATS  # converted once per benchmark run, before any loader runs
 PEERS = ("webdataset", "albumentations", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]
-COLORS = {"vanilla": "#999999", "torch": "#4c72b0", "torch_gpu": "#8172b2", "dali_cpu": "#55a868",
-          "dali_gpu": "#c44e52", "torch_full": "#a1b3d8", "dali_cpu_full": "#a6d4b3",
-          "dali_gpu_full": "#e6a3a5", "webdataset_r1": "#dd8452", "webdataset_r2": "#937860", "litdata_r1": "#da8bc3",
-          "litdata_r2": "#8c613c", "mosaic_r1": "#ccb974", "mosaic_r2": "#64b5cd", "webdataset_gpu": "#dd8452",
-          "litdata_gpu": "#da8bc3", "mosaic_gpu": "#ccb974", "albumentations_r1": "#e377c2",
-          "albumentations_r2": "#7f7f7f"}
 
 
 RESAMPLING = ("crop, or an output size other than the native one: bilinear, antialiased when shrinking, in every "
@@ -252,56 +247,11 @@ def report(result: dict, json_path: Path | None) -> None:
              f"{result['min_seconds']} s after a warm-up epoch")
     publish(lines, json_path, result, title)
     if json_path:
-        chart(result, json_path.with_suffix(".png"))
-
-
-def variant(name: str) -> tuple[object, str]:
-    """(line style, bar hatch) of a loader's variant: from a bucket "(s3)", or on a set of another storage
-    "[STORE]"; the plain loader is solid."""
-    if name.endswith("(s3)"):
-        return "--", "//"
-    store = name[name.find("["):] if name.endswith("]") else ""
-    return {"": ("-", ""), "[raw]": ("-.", "xx"), "[auto]": (":", ".."), "[fast-png]": ((0, (5, 1)), "\\\\"),
-            "[source]": ((0, (1, 3)), "++")}.get(store, ((0, (3, 1, 1, 1, 1, 1)), "oo"))
-
-
-def chart(result: dict, path: Path) -> None:
-    """Samples/s against workers/threads, one line per loader (bars where only one worker count ran)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8.0 if len(result["runs"]) > 1 else 6.5, 3.8), dpi=120)
-    workers = [run["workers"] for run in result["runs"]]
-    names = list(dict.fromkeys(n for run in result["runs"] for n, r in run["loaders"].items() if "samples_per_s" in r))
-    color = {n: COLORS[n.split(" ")[0]] for n in names}  # "NAME (s3)": the loader's colour, dashed or hatched
-    if len(workers) > 1:
-        for name in names:
-            points = [(run["workers"], run["loaders"][name]["samples_per_s"]) for run in result["runs"]
-                      if "samples_per_s" in run["loaders"].get(name, {})]
-            ax.plot(*zip(*points), marker="o", label=name, color=color[name], linestyle=variant(name)[0])
-        ax.plot(workers, [run["decode_limit_samples_per_s"] for run in result["runs"]], linestyle="--",
-                color="black", linewidth=1, label="decode-bound limit")
-        ax.set_xscale("log", base=2)
-        ax.set_xticks(workers, [str(w) for w in workers])
-        ax.set_xlabel("workers / threads")
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    else:
-        run = result["runs"][0]
-        rates = [run["loaders"][n]["samples_per_s"] for n in names]
-        bars = ax.bar(names, rates, color=[color[n] for n in names],
-                      hatch=[variant(n)[1] for n in names])
-        ax.axhline(run["decode_limit_samples_per_s"], color="black", linestyle="--", linewidth=1)
-        ax.text(len(names) - 0.5, run["decode_limit_samples_per_s"], " decode-bound limit", va="bottom",
-                ha="right", fontsize=8)
-        for bar, rate in zip(bars, rates):
-            ax.text(bar.get_x() + bar.get_width() / 2, rate, f"{rate:.0f}", ha="center", va="bottom", fontsize=9)
-    ax.set_ylabel("samples / s")
-    ax.set_title(f"{Path(result['dataset']).name}: {result['device_kind']}, {result['host']['cores']} cores, "
-                 f"augment {result['augment']}, batch {result['batch_size']}", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path)
+        if max(len(run["loaders"]) for run in result["runs"]) <= MAX_BARS:
+            loader_chart(result, json_path.with_suffix(".png"), f"{Path(result['dataset']).name}, "
+                         f"{result['device_kind']}, augment {result['augment']}, batch {result['batch_size']}")
+        else:
+            print(f"no chart: more than {MAX_BARS} loaders in one run (a chart compares at most {MAX_BARS})")
 
 
 def measure_loader(name: str, workers: int, args, limit: float, mb: float, shards=None, peer_dir=None) -> dict:

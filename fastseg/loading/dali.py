@@ -58,9 +58,9 @@ def _resize(image, mask, size, image_window: dict | None = None, mask_window: di
     """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
     when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize ROI)
     where one is given. DALI's antialias=False would be 19% faster on the CPU crop path
-    (benchmarks/results/resample_davis_crop_cpu_*), but a model trained through one backend and scored through the
-    other then sees other pixels (0.035 mean difference, normalized, against 0.005:
-    benchmarks/results/resample_check_davis*_cpu)."""
+    (benchmarks/results/archive/resample_davis_crop_cpu_*), but a model trained through one backend and scored
+    through the other then sees other pixels (0.035 mean difference, normalized, against 0.005:
+    benchmarks/results/archive/resample_check_davis*_cpu)."""
     # straight to float: faster than a uint8 result, and normalize reads it as is
     image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT,
                       **(image_window or {}))

@@ -4,8 +4,8 @@ feed on the CPU both run, so a sample's pixels do not depend on the backend.
 Each step reads the mask first (its size is the image's, by the set's contract), turns the sample's draws into the
 window of the source image it keeps, and decodes only that window's region (windows.py; `window_decode` off: the
 whole image). OpenCV and Pillow then resample it: on the CPU they are many times faster than DALI's resize, warp
-and colour operators (benchmarks/results/dali_stages_*), and like the decoders they release the GIL, so DALI's feed
-threads run them in parallel.
+and colour operators (a 512² window, one CPU core: OpenCV's warp 0.28 ms against DALI's warp_affine 9.0 ms), and
+like the decoders they release the GIL, so DALI's feed threads run them in parallel.
 """
 from __future__ import annotations
 
