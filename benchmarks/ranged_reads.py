@@ -3,8 +3,8 @@
 
     python benchmarks/ranged_reads.py [--reads 600] [--threads 16] [--size 65536] [--json PATH]
 
-s3fs is read where it imports (it pins its own botocore, so the committed run took it from a side folder:
-`pip install --target /tmp/s3fs_pkgs s3fs boto3`, then `PYTHONPATH=/tmp/s3fs_pkgs python benchmarks/ranged_reads.py`).
+s3fs is read where it imports (it pins its own botocore, so `python benchmarks/suite.py --only ranged_reads` installs
+it into a side folder, .side-packages/ranged_reads, and puts that on this script's PYTHONPATH alone).
 
 Each client reads the same seeded list of --size-byte ranges of one 16 MiB object, with --threads threads, after a
 warm-up of 32 reads; the figure is reads/s (median of 3 rounds). The server shares the machine's cores: this ranks

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +35,7 @@ FIGURES = ROOT / "docs" / "figures"
 SHARED = ROOT.parent / "shared" / "data"
 DAVIS, CAMVID = SHARED / "davis2016_subset", SHARED / "camvid"
 PEER_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
+SIDE = ROOT / ".side-packages"
 README, PAGE = ROOT / "README.md", ROOT / "docs" / "performance.md"
 START, END = "<!-- headline:start (benchmarks/suite.py --render) -->", "<!-- headline:end -->"
 KIT = "../shared/tools/device-kit"
@@ -53,6 +55,8 @@ class Benchmark:
     chart: str | None = None  # which of charts.py's charts draws it
     baseline: str = "vanilla"  # the chart's ratios: a loader's name, or best:PEER
     measured: str | None = None  # the commit, for files written before results recorded it
+    side: tuple[str, ...] = ()  # packages that cannot share fastseg's environment: pip-installed once into SIDE,
+    # on the benchmark's PYTHONPATH only
 
 
 BENCHMARKS = (
@@ -108,8 +112,8 @@ BENCHMARKS = (
     Benchmark("ranged_reads", "ranged_reads_cpu", "Ranged reads by client",
               "Why fastseg reads stores through obstore: 600 ranged reads of 64 KiB on 16 threads from one local "
               "moto server; the rate is the server's, the CPU per read is the reading process's own. s3fs comes from "
-              "a side folder (`PYTHONPATH`): it pins its own botocore.",
-              ("ranged_reads.py",), chart="ranged_reads", baseline="obstore"),
+              "a side folder (`.side-packages/`, on its `PYTHONPATH` only): it pins its own botocore.",
+              ("ranged_reads.py",), chart="ranged_reads", baseline="obstore", side=("s3fs", "boto3")),
     Benchmark("gpu_flip", "loader_davis10_flip_gpu", "GPU: DALI's mixed decoding against the tutorial DataLoader",
               "DAVIS ×10 at the native size, batch 16, 4 and 16 workers/threads, one GPU (the device kit's `loader` "
               "step).", chart="loader", measured="c0099b7"),
@@ -316,6 +320,19 @@ def sets(tmp: Path, needed: set[str]) -> dict[str, str]:
     return found
 
 
+def environment(bench: Benchmark) -> dict[str, str]:
+    """The benchmark's environment: this one, with its side packages (installed on first use) on PYTHONPATH."""
+    env = dict(os.environ)
+    if bench.side:
+        folder = SIDE / bench.name
+        if not folder.exists():
+            print(f"installing {' '.join(bench.side)} into {folder.relative_to(ROOT)} (once)", flush=True)
+            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--target", str(folder), *bench.side],
+                           check=True)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, (str(folder), env.get("PYTHONPATH"))))
+    return env
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CPU subset that needs no extra install (under 20 "
@@ -350,7 +367,8 @@ def main() -> int:
             argv = [a.format(**where) for a in bench.argv] + ["--json", f"benchmarks/results/{bench.stem}.json"]
             print(f"== [{number}/{len(chosen)}] {bench.name}: python benchmarks/{' '.join(argv)}", flush=True)
             start = time.monotonic()
-            done = subprocess.run([sys.executable, f"benchmarks/{argv[0]}", *argv[1:]], cwd=ROOT)
+            done = subprocess.run([sys.executable, f"benchmarks/{argv[0]}", *argv[1:]], cwd=ROOT,
+                                  env=environment(bench))
             print(f"== {bench.name}: {'done' if not done.returncode else 'FAILED'} in {time.monotonic() - start:.0f} s",
                   flush=True)
             if done.returncode:
