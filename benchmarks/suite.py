@@ -40,7 +40,7 @@ README, PAGE = ROOT / "README.md", ROOT / "docs" / "performance.md"
 START, END = "<!-- headline:start (benchmarks/suite.py --render) -->", "<!-- headline:end -->"
 KIT = "../shared/tools/device-kit"
 RECIPE = ("--augment", "mmseg", "--size", "512", "512", "--base-size", "480", "854", "--ratio-range", "0.5", "2.0")
-PEERS8 = ("vanilla", "torch", "dali_cpu", "webdataset_r2", "litdata_r1", "litdata_r2", "mosaic_r1", "mosaic_r2")
+PEERS = ("vanilla", "torch", "dali_cpu", "litdata_r1", "litdata_r2", "mosaic_r1", "mosaic_r2")
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ class Benchmark:
     title: str
     about: str  # what it measures and why: prose with no figure in it (the figures come from the file)
     argv: tuple[str, ...] = ()  # the script and its arguments; {davis}, {davis10}, {shards}, {shards10}, {camvid},
-    # {camvid_shards}, {peer_python} filled in; empty: run elsewhere (the GPU kit)
+    # {shards_val}, {camvid_shards}, {peer_python} filled in; empty: run elsewhere (the GPU kit)
     quick: bool = True  # in --quick's subset
     chart: str | None = None  # which of charts.py's charts draws it
     baseline: str = "vanilla"  # the chart's ratios: a loader's name, or best:PEER
@@ -67,14 +67,16 @@ BENCHMARKS = (
               "recipe 2 hands uint8 over and normalizes the batch. Needs the peers' environment "
               "(`bash benchmarks/peers_setup.sh`).",
               ("loader_bench.py", "--data", "{davis10}", "--shards", "{shards10}", "--augment", "flip", "--workers",
-               "2", "--loaders", *PEERS8, "--peer-python", "{peer_python}"), quick=False, chart="loader",
+               "2", "--loaders", *PEERS[:3], "webdataset_r2", *PEERS[3:], "--peer-python", "{peer_python}"),
+              quick=False, chart="loader",
               baseline="best:litdata"),
     Benchmark("peers_png", "peers_camvid_flip_cpu", "PNG sets: fastseg against the same peers",
               "CamVid's 367 training pairs (480×360 PNG images), flip, 2 workers. fastseg-shard stores a PNG set's "
               "images as raw pixels by default (`--store auto`; they are decoded once, when sharding), so its "
-              "loaders skip the decode; LitData stores raw pixels too.",
+              "loaders skip the decode; LitData stores raw pixels too. (webdataset's own pipeline decodes files, "
+              "so it is compared on the JPEG set only.)",
               ("loader_bench.py", "--data", "{camvid}/train", "--shards", "{camvid_shards}", "--augment", "flip",
-               "--workers", "2", "--loaders", *PEERS8, "--peer-python", "{peer_python}"), quick=False,
+               "--workers", "2", "--loaders", *PEERS, "--peer-python", "{peer_python}"), quick=False,
               chart="loader", baseline="best:litdata"),
     Benchmark("mmseg", "loader_davis10_mmseg_window_cpu", "MMSegmentation's recipe against albumentations",
               "The recipe people train with (MMSegmentation's random resize with ratio 0.5–2.0, crop 512×512 with "
@@ -104,7 +106,7 @@ BENCHMARKS = (
               "UNet width 16 at 256×256, batch 8, 2 workers: a plain PyTorch loop with each loader, and "
               "fastseg-train itself, read from its own meter. On 2 CPU cores the model is the bottleneck; the figure "
               "to read is the data stall (the share of the step spent waiting for the batch).",
-              ("train_bench.py", "--shards", "{shards}", "--data", "{davis}", "--workers", "2"), chart="train"),
+              ("train_bench.py", "--shards", "{shards_val}", "--data", "{davis}", "--workers", "2"), chart="train"),
     Benchmark("stores", "stores_davis_cpu", "Both loaders from local store servers, clean and with faults",
               "S3 (moto) and Azure Blob (Azurite) servers on this machine, each read through a proxy that passes "
               "everything or fails 5% of the ranged reads; every epoch gives the disk's batches.",
@@ -300,7 +302,8 @@ def sets(tmp: Path, needed: set[str]) -> dict[str, str]:
 
     davis10 = tmp / "davis10"
     found = {"davis": str(DAVIS), "davis10": str(davis10), "camvid": str(CAMVID), "shards": str(tmp / "shards"),
-             "shards10": str(tmp / "shards10"), "camvid_shards": str(tmp / "camvid_shards"),
+             "shards10": str(tmp / "shards10"), "shards_val": str(tmp / "shards_val"),
+             "camvid_shards": str(tmp / "camvid_shards"),
              "peer_python": str(PEER_PYTHON)}
     if needed & {"davis10", "shards10"}:
         for part in ("images", "masks"):
@@ -311,6 +314,7 @@ def sets(tmp: Path, needed: set[str]) -> dict[str, str]:
                 (davis10 / "masks" / f"r{copy}_{image.stem}.png").symlink_to(DAVIS / "masks" / f"{image.stem}.png")
     made = {"shards": [str(DAVIS), found["shards"], "--val-fraction", "0"],
             "shards10": [str(davis10), found["shards10"], "--val-fraction", "0"],
+            "shards_val": [str(DAVIS), found["shards_val"]],  # a validation split carved out, for training
             "camvid_shards": [str(CAMVID), found["camvid_shards"], "--classes", str(ROOT / "tools/classes/camvid.json"),
                               "--ignore-value", "11"]}
     for name, argv in made.items():
@@ -360,7 +364,8 @@ def main() -> int:
                          "(or leave them out: --quick)")
     failed = []
     with tempfile.TemporaryDirectory(prefix="fastseg-suite-") as tmp:
-        needed = {field for b in chosen for a in b.argv for field in ("davis10", "shards10", "shards", "camvid_shards")
+        needed = {field for b in chosen for a in b.argv for field in ("davis10", "shards10", "shards", "shards_val",
+                                                                        "camvid_shards")
                   if "{" + field + "}" in a}
         where = sets(Path(tmp), needed)
         for number, bench in enumerate(chosen, 1):

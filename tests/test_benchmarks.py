@@ -288,3 +288,28 @@ def test_the_commits_benchmark_alternates_two_checkouts(tmp_path):
     assert all(r["samples_per_s"]["torch"] > 0 for r in found["runs"])
     assert "after ÷ before" in out.with_suffix(".md").read_text()
     assert worktrees() == before  # the checkouts are removed again
+
+
+def test_charts_compare_at_most_eight_bars_with_their_ratios_in_two_colour_families(tmp_path):
+    """The performance page's charts (benchmarks/charts.py): each bar labelled with its value and its ratio to the
+    baseline (the best recipe of a named peer, per panel), fastseg blue and peers orange, a sweep as panels, and a
+    ninth bar refused rather than squeezed in."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("charts", ROOT / "benchmarks/charts.py")
+    charts = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(charts)
+    rates = {"vanilla": 50.0, "dali_cpu": 300.0, "litdata_r1": 60.0, "litdata_r2": 120.0}
+    result = {"runs": [{"workers": w, "decode_limit_samples_per_s": 400.0 * w,
+                        "loaders": {k: {"samples_per_s": v * w} for k, v in rates.items()}} for w in (1, 2)]}
+    alt = charts.loader_chart(result, tmp_path / "c.png", "test", baseline="best:litdata")
+    assert (tmp_path / "c.png").stat().st_size > 5000
+    panels = alt.split(" | ")
+    assert len(panels) == 2 and panels[1].startswith("2 workers")
+    assert "dali_cpu 600 samples/s (2.50×)" in panels[1] and "litdata_r2 240 samples/s (1.00×)" in panels[1]
+    blue, orange = (int(charts.colour(n)[1:3], 16) < int(charts.colour(n)[5:7], 16) for n in ("dali_cpu", "mosaic_r2"))
+    assert blue and not orange and charts.colour("vanilla") == charts.BASELINE
+    assert charts.colour("litdata_r1") != charts.colour("litdata_r2")  # a peer's two recipes, two shades
+    nine = [("vanilla", 1.0)] + [(f"torch{i}", float(i + 2)) for i in range(8)]
+    with pytest.raises(ValueError, match="at most 8"):
+        charts.panels(None, "too many", [("2 workers", nine)], "samples/s", "vanilla")
