@@ -5,7 +5,6 @@ a torch DataLoader, with every option in one LoaderConfig (config.py)."""
 from . import draws, execute, recipe, windows
 from .checks import check_shards
 from .config import AUGMENTS, BACKENDS, LoaderConfig, native_size
-from .datamodule import SegDataModule
 from .draws import draw_crop, sample_draws
 from .make import make_loader
 from .members import decode_image, member_pixels
@@ -16,10 +15,15 @@ __all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "build_pipel
 
 
 def __getattr__(name: str):
-    """The DALI pipeline (loading.dali) is imported when first asked for, so that the torch backend works without
-    DALI installed."""
+    """Imported when first asked for: the DALI pipeline (loading.dali), so that the torch backend works without DALI
+    installed, and SegDataModule, so that what only reads sets (fastseg-shard's report) does not import Lightning
+    (seconds of a command's start)."""
     if name == "build_pipeline":
         from .dali import build_pipeline
 
         return build_pipeline
+    if name == "SegDataModule":
+        from .datamodule import SegDataModule
+
+        return SegDataModule
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
