@@ -73,7 +73,8 @@ def panels(path: Path | None, title: str, groups: list[tuple[str, list[tuple[str
             ax.text(value + top * 0.01, y, label_of(value, unit, base, decimals), va="center", fontsize=8)
         if limit:
             ax.axvline(limit, color="black", linestyle="--", linewidth=1)
-            ax.text(limit, len(labels) - 0.5, "decode-bound limit ", fontsize=7, va="top", ha="right")
+            ax.set_ylim(-0.6, len(labels) + 0.1)  # a free row above the bars for the line's label
+            ax.text(limit, len(labels) - 0.4, " decode-bound limit", fontsize=7, va="bottom", ha="left")
         ax.set_xlim(0, top * 1.32)
         ax.set_title(name, fontsize=9)
         ax.tick_params(labelsize=8)
