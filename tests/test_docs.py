@@ -138,8 +138,7 @@ def run_block(page: str, block: str, cwd: Path) -> None:
 def test_the_docs_commands_run_as_written(tmp_path):
     """Every block not marked is run as written (with the flags a block's `the tests add` comment names), on small
     sets under the names it uses: the README's main job first (shard, train, predict), then each other block in a
-    folder of its own that sees the
-    inputs and that run's shards/ and runs/ (isbi/ is those shards too)."""
+    folder of its own that sees the inputs and that run's shards/ and runs/ (isbi/ is those shards too)."""
     blocks = [(page, block) for page, block in bash_blocks(as_run=True) if not block.startswith("# not run")]
     main = next(i for i, (page, block) in enumerate(blocks) if page == "README.md" and "fastseg-train" in block)
     base = sandbox(tmp_path)
