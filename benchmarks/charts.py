@@ -10,6 +10,7 @@ Each function returns the chart's alt text: the values it plots, in words. The p
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 MAX_BARS = 8
@@ -38,19 +39,23 @@ def lighter(hex_colour: str, by: float = 0.35) -> str:
     return "#" + "".join(f"{round(c + (255 - c) * by):02x}" for c in rgb)
 
 
+Baseline = str | Callable[[dict[str, float]], str | None] | None  # a bar's name, or one chosen per panel
+
+
 def panels(path: Path | None, title: str, groups: list[tuple[str, list[tuple[str, float]]]], unit: str,
-           baseline: str | None, limit: float | None = None, lower_is_better: bool = False,
+           baseline: Baseline, limit: float | None = None, lower_is_better: bool = False,
            decimals: int = 0) -> str:
     """One small panel a group (a worker count, a store), horizontal bars in the order given, each labelled
-    "value unit  ratio×" against the group's `baseline` bar (None: no ratio). `limit`: a dashed line (the
-    decode-bound limit) where one applies. Returns the alt text; with no path, draws nothing."""
-    groups = [(name, bars) for name, bars in groups if bars]
+    "value unit  ratio×" against the group's baseline bar: `baseline` names it, or picks it from the panel's bars
+    (None: no ratio). `limit`: a dashed line (the decode-bound limit) where one applies. Returns the alt text; with
+    no path, draws nothing."""
     for name, bars in groups:
         if len(bars) > MAX_BARS:
             raise ValueError(f"{title}: {len(bars)} bars in panel {name!r}; a chart shows at most {MAX_BARS}")
+    named = [(name, bars, baseline(dict(bars)) if callable(baseline) else baseline) for name, bars in groups if bars]
+    groups = [(name, bars, dict(bars).get(chosen) if chosen else None) for name, bars, chosen in named]
     alt = []
-    for name, bars in groups:
-        base = dict(bars).get(baseline) if baseline else None
+    for name, bars, base in groups:
         alt.append(f"{name}: " + "; ".join(f"{label} " + label_of(value, unit, base, decimals).replace("  ", " (")
                                             + (")" if base else "") for label, value in bars))
     if path is None:
@@ -60,14 +65,13 @@ def panels(path: Path | None, title: str, groups: list[tuple[str, list[tuple[str
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    tallest = max(len(bars) for _, bars in groups)
+    tallest = max(len(bars) for _, bars, _ in groups)
     fig, axes = plt.subplots(1, len(groups), figsize=(4.6 * len(groups) + 1.4, 0.42 * tallest + 1.5), dpi=110,
                              squeeze=False, sharex=True)
-    for ax, (name, bars) in zip(axes[0], groups):
+    for ax, (name, bars, base) in zip(axes[0], groups):
         labels = [label for label, _ in bars][::-1]
         values = [value for _, value in bars][::-1]
         ax.barh(labels, values, color=[colour(label) for label in labels], height=0.7)
-        base = dict(bars).get(baseline) if baseline else None
         top = max(values + ([limit] if limit else []))
         for y, value in enumerate(values):
             ax.text(value + top * 0.01, y, label_of(value, unit, base, decimals), va="center", fontsize=8)
@@ -81,7 +85,8 @@ def panels(path: Path | None, title: str, groups: list[tuple[str, list[tuple[str
         ax.set_xlabel(unit + (" (lower is better)" if lower_is_better else ""), fontsize=8)
         for side in ("top", "right"):
             ax.spines[side].set_visible(False)
-    fig.suptitle(title + (f" (ratios to {baseline})" if baseline else ""), fontsize=10)
+    chosen = ", ".join(dict.fromkeys(name for _, _, name in named if name))
+    fig.suptitle(title + (f" (ratios to {chosen})" if chosen else ""), fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, metadata={"Software": None})
@@ -101,6 +106,11 @@ def loader_runs(result: dict) -> list[dict]:
              "decode_limit_samples_per_s": result.get("decode_limit_samples_per_s")}]
 
 
+def loader_rates(run: dict) -> dict[str, float]:
+    """samples/s by loader in one of loader_bench's runs (a loader that failed has none)."""
+    return {name: r["samples_per_s"] for name, r in run["loaders"].items() if "samples_per_s" in r}
+
+
 def best_peer(rates: dict[str, float], peer: str) -> str | None:
     """The name of `peer`'s fastest recipe among the rates (albumentations_r1 or _r2, say)."""
     named = {name: rate for name, rate in rates.items() if name.split("_")[0] == peer}
@@ -110,28 +120,29 @@ def best_peer(rates: dict[str, float], peer: str) -> str | None:
 def loader_chart(result: dict, path: Path | None, title: str, baseline: str = "vanilla") -> str:
     """loader_bench: samples/s by loader, a panel a worker count. `baseline` is a loader's name, or `best:PEER`
     (the faster of that peer's recipes in each panel)."""
-    groups, limits, base = [], [], None
-    for run in loader_runs(result):
-        rates = {n: r["samples_per_s"] for n, r in run["loaders"].items() if "samples_per_s" in r}
-        base = best_peer(rates, baseline.split(":", 1)[1]) if baseline.startswith("best:") else baseline
-        groups.append((f"{run['workers']} workers/threads", list(rates.items())))
-        limits.append(run.get("decode_limit_samples_per_s"))
-    limit = limits[0] if len(set(limits)) == 1 else None
-    return panels(path, title, groups, "samples/s", base, limit=limit)
+    runs = loader_runs(result)
+    groups = [(f"{run['workers']} workers/threads", list(loader_rates(run).items())) for run in runs]
+    limits = {run.get("decode_limit_samples_per_s") for run in runs}
+    peer = baseline.removeprefix("best:")
+    chosen = (lambda rates: best_peer(rates, peer)) if peer != baseline else baseline
+    return panels(path, title, groups, "samples/s", chosen, limit=limits.pop() if len(limits) == 1 else None)
+
+
+def train_rates(result: dict) -> dict[str, list[tuple[str, float]]]:
+    """train_bench's images/s by path (the plain loop, fastseg-train), then by loader, at the run's batch size (files
+    from before paths existed timed the plain loop alone)."""
+    if "runs" not in result:
+        return {"plain": [(n, r["images_per_s"]) for n, r in result["loaders"].items() if r.get("images_per_s")]}
+    paths: dict[str, list[tuple[str, float]]] = {}
+    for run in result["runs"]:
+        if run.get("images_per_s") and run.get("batch_size") == result["batch_size"]:
+            paths.setdefault(run["path"], []).append((run["loader"], run["images_per_s"]))
+    return paths
 
 
 def train_chart(result: dict, path: Path | None, title: str) -> str:
-    """train_bench: images/s by loader, a panel a path (the plain loop, fastseg-train)."""
-    if "runs" in result:
-        paths: dict[str, list[tuple[str, float]]] = {}
-        for run in result["runs"]:
-            if run.get("images_per_s") and run.get("batch_size") == result["batch_size"]:
-                paths.setdefault(run["path"], []).append((run["loader"], run["images_per_s"]))
-        groups = list(paths.items())
-    else:
-        groups = [("plain loop", [(n, r["images_per_s"]) for n, r in result["loaders"].items()
-                                  if r.get("images_per_s")])]
-    return panels(path, title, groups, "images/s", "vanilla", decimals=1)
+    """train_bench: images/s by loader, a panel a path."""
+    return panels(path, title, list(train_rates(result).items()), "images/s", "vanilla", decimals=1)
 
 
 def stores_chart(result: dict, path: Path | None, title: str) -> str:
