@@ -330,6 +330,26 @@ def environment(bench: Benchmark) -> dict[str, str]:
     return env
 
 
+def run(bench: Benchmark, where: dict[str, str]) -> bool:
+    """Run one benchmark into its results files; where it fails, they are put back as they were (a script may write
+    part of a run as it goes, as train_bench does for a time-boxed GPU run)."""
+    argv = [a.format(**where) for a in bench.argv] + ["--json", f"benchmarks/results/{bench.stem}.json"]
+    print(f"python benchmarks/{' '.join(argv)}", flush=True)
+    files = [RESULTS / f"{bench.stem}{suffix}" for suffix in (".json", ".md")]
+    before = {f: f.read_bytes() if f.exists() else None for f in files}
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, f"benchmarks/{argv[0]}", *argv[1:]], cwd=ROOT, env=environment(bench))
+    print(f"== {bench.name}: {'done' if not done.returncode else 'FAILED'} in {time.monotonic() - start:.0f} s",
+          flush=True)
+    if done.returncode:
+        for f, data in before.items():
+            if data is None:
+                f.unlink(missing_ok=True)
+            else:
+                f.write_bytes(data)
+    return not done.returncode
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="the CPU subset that needs no extra install (under 20 "
@@ -360,14 +380,8 @@ def main() -> int:
         needed = {field for b in chosen for a in b.argv for field in re.findall(r"\{(\w+)\}", a)}
         where = sets(Path(tmp), needed)
         for number, bench in enumerate(chosen, 1):
-            argv = [a.format(**where) for a in bench.argv] + ["--json", f"benchmarks/results/{bench.stem}.json"]
-            print(f"== [{number}/{len(chosen)}] {bench.name}: python benchmarks/{' '.join(argv)}", flush=True)
-            start = time.monotonic()
-            done = subprocess.run([sys.executable, f"benchmarks/{argv[0]}", *argv[1:]], cwd=ROOT,
-                                  env=environment(bench))
-            print(f"== {bench.name}: {'done' if not done.returncode else 'FAILED'} in {time.monotonic() - start:.0f} s",
-                  flush=True)
-            if done.returncode:
+            print(f"== [{number}/{len(chosen)}] {bench.name}", flush=True)
+            if not run(bench, where):
                 failed.append(bench.name)
     rendered = render(check=False)
     if failed:
