@@ -84,9 +84,9 @@ def main() -> int:
 
 
 def obstore_reader():
-    from fastseg import storage
+    from fastseg import fetching
 
-    return lambda offset, size: storage.read_range("s3://reads/blob", offset, size)
+    return lambda offset, size: fetching.read_range("s3://reads/blob", offset, size)
 
 
 def s3fs_reader(endpoint: str):

@@ -86,21 +86,17 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
 def train_pairs(shards) -> list[tuple[str, str]]:
     """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
     bucket: read by offset through the index either way)."""
-    from fastseg import storage
+    from fastseg.fetching import SpanReader
     from fastseg.format import META_EXT, open_set, parse_index
     from fastseg.loading import check_shards
 
     pairs = []
-    for path, index in zip(*check_shards(open_set(shards), "train", checksums=False)):
+    paths, indexes = check_shards(open_set(shards), "train", checksums=False)
+    read = SpanReader(paths)
+    for path, index in zip(paths, indexes):
         for sample in parse_index(index.read_text(), str(index)):
             _, offset, size, _ = next(m for m in sample if m[0] == META_EXT)
-            if storage.is_remote(path):
-                meta = json.loads(storage.read_range(path, offset, size))
-            else:
-                with open(path, "rb") as tar:
-                    tar.seek(offset)
-                    meta = json.loads(tar.read(size))
-            pairs.append((meta["image"], meta["mask"]))
+            pairs.append(tuple(json.loads(read(path, offset, size))[side] for side in ("image", "mask")))
     return pairs
 
 

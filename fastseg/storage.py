@@ -16,11 +16,11 @@ store's usual chain, never copied anywhere by fastseg:
   (AZURE_CLIENT_ID/SECRET/TENANT_ID), managed or workload identity, the Azure CLI; AZURE_STORAGE_USE_EMULATOR=true
   (and AZURITE_BLOB_STORAGE_URL) for Azurite.
 
-Reads of members are bounded: a request waits at most READ_TIMEOUT s (a member is one image or mask, so a stall is
-a fault, not a slow link), and a read that fails transiently (a stall, a reset or cut connection, a 5xx,
-throttling) is tried READ_ATTEMPTS times in all with jittered backoff, the body included, so a flaky network costs
-seconds and changes no byte; a missing object or a refused access is never retried and fails at once with one line
-naming the URL and the fix. Uploads get the store's own retries and a timeout sized for a shard's parts.
+Ranged reads (members, and the parts of shards that the loaders cache) are made by fetching.py: bounded by a stall
+timeout, hedged when late, retried when the failure is transient (`transient` here says which), so a flaky network
+costs little and changes no byte; a missing object or a refused access is never retried and fails at once with one
+line naming the URL and the fix (`errors`). The store's own client timeout (READ_TIMEOUT) stays the outer bound.
+Uploads get the store's own retries and a timeout sized for a shard's parts.
 
 Local work in progress sits beside its target as `.NAME.partial-PID` and is renamed into place only when complete.
 A killed writer leaves its partial path behind; the next writer to the same target sweeps those whose process is
@@ -31,10 +31,8 @@ so no kill point loses the last complete version.
 from __future__ import annotations
 
 import os
-import random
 import re
 import shutil
-import time
 from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -45,7 +43,6 @@ from .processes import note_native_threads
 SCHEMES = ("s3://", "gs://", "az://", "https://", "http://")
 WRITABLE = ("s3://", "gs://", "az://")
 READ_TIMEOUT = float(os.environ.get("FASTSEG_READ_TIMEOUT", os.environ.get("FASTSEG_S3_READ_TIMEOUT", "10")))
-READ_ATTEMPTS = 5
 WRITE_TIMEOUT = 600.0  # one request of an upload: a multipart part of 5 MiB, or a whole small file
 # the environment each store's client reads, kept for loader workers that a forkserver started earlier
 SETTINGS_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "AZURITE_")
@@ -135,8 +132,8 @@ _stores = {}  # (process, settings, scheme, bucket, purpose, timeout) -> store
 
 
 def store(url: str, purpose: str = "read"):
-    """The obstore store of a URL's bucket, one per process, settings and purpose ("read": member reads, no
-    retries of its own (read_range retries the body too) and a READ_TIMEOUT bound; "other": listings, small reads,
+    """The obstore store of a URL's bucket, one per process, settings and purpose ("read": ranged reads, no
+    retries of its own (fetching.py retries and hedges them, the body too) and a READ_TIMEOUT bound; "other": listings, small reads,
     uploads and deletes, with the store's own retries and WRITE_TIMEOUT)."""
     scheme, bucket, _ = split_url(url)
     key = (os.getpid(), tuple(sorted(settings().items())), scheme, bucket, purpose, READ_TIMEOUT)
@@ -259,34 +256,6 @@ def read(where, missing: str | None = None) -> bytes:
         return bytes(obstore.get(store(where, "other"), split_url(where)[2]).bytes())
 
 
-def read_range(url: str, offset: int, size: int) -> bytes:
-    """`size` bytes at `offset` of an object, retried where the failure is transient (READ_ATTEMPTS): the request
-    and the body's bytes alike."""
-    key = split_url(url)[2]
-    for attempt in range(1, READ_ATTEMPTS + 1):
-        try:
-            data = _get_range(store(url), key, offset, size)
-            if len(data) != size:
-                raise ConnectionError(f"{len(data)} of {size} bytes arrived")
-            return data
-        except Exception as err:
-            if not transient(err):
-                with errors(url):
-                    raise
-            if attempt == READ_ATTEMPTS:
-                raise FastsegError(f"{url}: reading {size} bytes at {offset} still failed after {READ_ATTEMPTS} "
-                                   f"attempts ({type(err).__name__}: {_first_line(err)[:200]}); check the network "
-                                   f"and the endpoint {endpoint(url)}") from None
-            time.sleep(0.2 * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _get_range(bucket_store, key: str, offset: int, size: int) -> bytes:
-    import obstore
-
-    return bytes(obstore.get_range(bucket_store, key, start=offset, length=size))
-
-
 def transient(err: Exception) -> bool:
     """A failure worth one more try: a timeout, a connection reset or cut short, a server error or throttling; not
     a missing object, a refused access or a bad request."""
@@ -320,24 +289,6 @@ def sizes(root, missing: str | None = None) -> dict[str, int]:
         listed = obstore.list_with_delimiter(store(root, "other"), prefix + "/" if prefix else None)
     cut = len(prefix) + 1 if prefix else 0
     return {item["path"][cut:]: item["size"] for item in listed["objects"]}
-
-
-class SpanReader:
-    """Reads byte spans of shards, wherever they are: a pread on a descriptor kept per shard on disk, a ranged GET
-    (read_range: bounded, retried) in a store. One per process or thread pool; it carries the stores' environment
-    of the process that made it, for workers that a forkserver started earlier."""
-
-    def __init__(self, paths):
-        self.environment = settings() if any(is_remote(p) for p in paths) else {}
-        self._files = {}
-
-    def __call__(self, path: str, offset: int, size: int) -> bytes:
-        if is_remote(path):  # one ranged GET per member: only this sample's bytes travel
-            use_settings(self.environment)
-            return read_range(path, offset, size)
-        if path not in self._files:  # one descriptor per shard per process
-            self._files[path] = os.open(path, os.O_RDONLY)
-        return os.pread(self._files[path], size, offset)
 
 
 def cached(where, path: Path, missing: str | None = None) -> Path:

@@ -74,6 +74,26 @@ def make_dataset(root: Path, count: int = 6, size=(40, 32), image_ext: str = "jp
     return root
 
 
+def samples_by_key(batches) -> dict:
+    """key -> (image, mask) of the real samples of batches (padding left out): for comparing the samples of two
+    epochs whose orders differ (a set in a store is read shard-windowed in its first epoch: loading/order.py)."""
+    return {key: (image, mask) for b in batches
+            for key, image, mask in list(zip(b["key"], b["image"], b["mask"]))[:b["real"]]}
+
+
+def assert_same_samples(batches, others) -> None:
+    ours, theirs = samples_by_key(batches), samples_by_key(others)
+    assert sorted(ours) == sorted(theirs)
+    for key, (image, mask) in ours.items():
+        assert torch_equal(mask, theirs[key][1]) and torch_equal(image, theirs[key][0]), key
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+
+    return torch.equal(a, b)
+
+
 def corrupt_one_image(shards: Path, copy: Path) -> str:
     """A copy of a shard set with one sample's image (or, where images are stored raw, its mask PNG) first bytes
     zeroed and the manifest's sha256 fixed up, so that the start-up checks pass and only decoding can find it;

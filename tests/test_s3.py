@@ -19,7 +19,7 @@ from fastseg.cli.train import main as train_main
 from fastseg.errors import FastsegError
 from fastseg.loading import make_loader
 
-from .conftest import make_dataset
+from .conftest import assert_same_samples, make_dataset, samples_by_key
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from faults import FaultyProxy  # noqa: E402  (benchmarks/faults.py: the stores' benchmark injects faults with it)
@@ -153,14 +153,32 @@ def test_overwrite_refuses_a_prefix_that_is_not_a_shard_set(server, data, capsys
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_both_loaders_read_the_bucket_as_they_read_the_disk(bucket_set, backend):
+def test_both_loaders_read_the_bucket_as_they_read_the_disk(bucket_set, backend, tmp_path):
+    """The same samples and pixels; the validation split in the same order. The shuffled train split's first epoch
+    from a bucket is a permutation of shards mixed within a window (loading/order.py), so it is compared by key."""
     url, disk = bucket_set
     for split in ("train", "val"):
         remote_batches, disk_batches = (list(make_loader(s, split=split, backend=backend, batch_size=3, augment="none",
-                                                         return_keys=True, workers=1)) for s in (url, disk))
-        assert [b["key"] for b in remote_batches] == [b["key"] for b in disk_batches]
-        for a, b in zip(remote_batches, disk_batches):
-            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+                                                         return_keys=True, workers=1, cache=tmp_path))
+                                        for s in (url, disk))
+        if split == "val":
+            assert [b["key"] for b in remote_batches] == [b["key"] for b in disk_batches]
+        assert_same_samples(remote_batches, disk_batches)
+        assert len(samples_by_key(remote_batches)) == (10 if split == "train" else 4)
+
+
+def test_from_a_bucket_both_loaders_give_the_same_batches_in_every_epoch(bucket_set, tmp_path):
+    """Windowed first epoch, full permutations after it (the split fits the cache): the same keys, masks and
+    images through DALI and the torch loader, epoch after epoch."""
+    url, _ = bucket_set
+    options = dict(backend="dali", batch_size=3, augment="flip", return_keys=True, workers=1, seed=4, cache=tmp_path)
+    epochs = {name: [list(loader) for _ in range(3)] for name, loader in
+              (("dali", make_loader(url, **options)), ("torch", make_loader(url, **{**options, "backend": "torch"})))}
+    for dali_epoch, torch_epoch in zip(epochs["dali"], epochs["torch"]):
+        assert [b["key"] for b in dali_epoch] == [b["key"] for b in torch_epoch]
+        for a, b in zip(dali_epoch, torch_epoch):
+            assert torch.equal(a["mask"], b["mask"]) and torch.allclose(a["image"], b["image"], atol=1e-5)
+    assert len({str([b["key"] for b in epoch]) for epoch in epochs["dali"]}) == 3  # a new order every epoch
 
 
 @pytest.mark.parametrize("backend", ["dali", "torch"])
@@ -355,10 +373,9 @@ def test_a_raw_set_in_a_bucket_loads_as_on_disk(server, tmp_path, backend, store
                                                      "--workers", "1", "--quiet"]) == 0
     for split in ("train", "val"):
         remote, disk = (list(make_loader(s, split=split, backend=backend, batch_size=3, augment="none",
-                                         return_keys=True, workers=1, seed=2)) for s in (url, tmp_path / "disk"))
-        assert [b["key"] for b in remote] == [b["key"] for b in disk]
-        for a, b in zip(remote, disk):
-            assert torch.equal(a["mask"], b["mask"]) and torch.equal(a["image"], b["image"])
+                                         return_keys=True, workers=1, seed=2, cache=tmp_path / "cache"))
+                        for s in (url, tmp_path / "disk"))
+        assert_same_samples(remote, disk)
 
 
 def test_a_member_read_survives_transient_faults_and_fails_fast_on_a_missing_object(monkeypatch):
@@ -367,54 +384,86 @@ def test_a_member_read_survives_transient_faults_and_fails_fast_on_a_missing_obj
     bounded attempts."""
     from obstore import exceptions as ox
 
-    from fastseg import storage
+    from fastseg import fetching
 
     script = []
 
-    def get_range(_store, _key, offset, size):
+    async def get_range(_url, _offset, _size):
         step = script.pop(0)
         if isinstance(step, BaseException):
             raise step
         return step
 
-    monkeypatch.setattr(storage, "_get_range", get_range)
-    monkeypatch.setattr(storage, "store", lambda url, purpose="read": None)
     waits = []
-    monkeypatch.setattr(storage.time, "sleep", waits.append)
+
+    async def pause(seconds):
+        waits.append(seconds)
+
+    monkeypatch.setattr(fetching, "get_range", get_range)
+    monkeypatch.setattr(fetching, "pause", pause)
     script[:] = [ox.GenericError("Server returned non-2xx status code: 503 Service Unavailable: SlowDown"),
                  TimeoutError("operation timed out"), ConnectionResetError("connection reset by peer"), b"abcd"]
-    assert storage.read_range("s3://b/k", 10, 4) == b"abcd" and not script
+    assert fetching.read_range("s3://b/k", 10, 4) == b"abcd" and not script
     assert len(waits) == 3 and waits == sorted(waits) and max(waits) <= 0.8  # backoff, bounded
     script[:] = [b"ab", b"abcd"]  # cut short: read again
-    assert storage.read_range("s3://b/k", 10, 4) == b"abcd"
+    assert fetching.read_range("s3://b/k", 10, 4) == b"abcd"
     waits.clear()
     script[:] = [FileNotFoundError("Object at location k not found")]  # what obstore raises for a missing object
     with pytest.raises(FastsegError, match="s3://b/k: not found"):
-        storage.read_range("s3://b/k", 10, 4)
+        fetching.read_range("s3://b/k", 10, 4)
     script[:] = [ox.PermissionDeniedError("403 AccessDenied")]
     with pytest.raises(FastsegError, match="s3://b/k: access denied"):
-        storage.read_range("s3://b/k", 10, 4)
+        fetching.read_range("s3://b/k", 10, 4)
     assert not waits  # never retried
     script[:] = [ox.GenericError("Server returned non-2xx status code: 500 Internal Server Error")] * \
-        storage.READ_ATTEMPTS
+        fetching.READ_ATTEMPTS
     with pytest.raises(FastsegError, match=r"s3://b/k: reading 4 bytes at 10 still failed after 5 attempts"):
-        storage.read_range("s3://b/k", 10, 4)
+        fetching.read_range("s3://b/k", 10, 4)
 
 
+def test_a_late_read_is_asked_again_and_the_first_answer_wins(monkeypatch):
+    """A request that stalls past the deadline the latency seen so far sets is sent again beside it; the second
+    answers first and is the one returned, long before the stalled one would have timed out."""
+    import asyncio
+
+    from fastseg import fetching
+
+    calls = []
+
+    async def get_range(_url, offset, size):
+        calls.append(offset)
+        if offset == 999 and calls.count(999) == 1:  # the first request for this range stalls
+            await asyncio.sleep(30)
+        await asyncio.sleep(0.01)
+        return b"x" * size
+
+    monkeypatch.setattr(fetching, "get_range", get_range)
+    for offset in range(10):  # answers of 10 ms: the deadline becomes max(50 ms, 2 x p95)
+        assert fetching.read_range("s3://b/k", offset, 4) == b"xxxx"
+    hedged, start = fetching.reader().hedges, time.monotonic()
+    assert fetching.read_range("s3://b/k", 999, 4) == b"xxxx"
+    assert time.monotonic() - start < 0.5 and fetching.reader().hedges == hedged + 1 and calls.count(999) == 2
+
+
+@pytest.mark.parametrize("cache", ["cache", "none"])
 @pytest.mark.parametrize("backend", ["dali", "torch"])
-def test_an_epoch_with_five_percent_transient_faults_gives_the_clean_epochs_batches(bucket_set, backend, monkeypatch):
+def test_an_epoch_with_transient_faults_gives_the_clean_epochs_batches(bucket_set, backend, cache, monkeypatch,
+                                                                       tmp_path):
+    """Through the shard cache (a GET a shard: a quarter of them failing, so that some do) and by ranged reads
+    (a GET a sample: 5% failing), four tries of the epoch, each with an empty cache: the clean epoch's batches."""
     from fastseg import storage
 
     url, _ = bucket_set
     options = dict(split="train", backend=backend, batch_size=3, augment="flip", seed=5, shuffle=True,
                    return_keys=True, workers=0 if backend == "torch" else 1, checksums=False)
-    clean = list(make_loader(url, **options))
-    proxy = FaultyProxy(os.environ["AWS_ENDPOINT_URL"], share=0.05, seed=1, stall=1.5)
+    place = (lambda name: tmp_path / name) if cache == "cache" else (lambda name: "none")
+    clean = list(make_loader(url, cache=place("clean"), **options))
+    proxy = FaultyProxy(os.environ["AWS_ENDPOINT_URL"], share=0.25 if cache == "cache" else 0.05, seed=1, stall=1.5)
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
-        monkeypatch.setattr(storage, "READ_TIMEOUT", 0.5)  # a stall costs half a second, not an SDK's 60
+        monkeypatch.setattr(storage, "READ_TIMEOUT", 3.0)  # the outer bound; stalls end at fetching's ~1 s
         start = time.time()
-        faulty = [batch for _ in range(4) for batch in make_loader(url, **options)]  # four tries of the epoch
+        faulty = [batch for i in range(4) for batch in make_loader(url, cache=place(f"try{i}"), **options)]
         seconds = time.time() - start
     finally:
         proxy.close()
@@ -423,4 +472,4 @@ def test_an_epoch_with_five_percent_transient_faults_gives_the_clean_epochs_batc
     for copy in range(4):  # each loader made again: the same first epoch, whatever failed on the way
         for a, b in zip(clean, faulty[copy * len(clean):(copy + 1) * len(clean)]):
             assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
-    assert seconds < 60, seconds  # stalls retried after half a second each, not a minute
+    assert seconds < 60, seconds  # stalls hedged or retried after about a second each, not a minute

@@ -3,12 +3,12 @@ local disk, with `checksums`, its sha256), and the index of every shard is on lo
 cached, by shard sha256)."""
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from .. import storage
 from ..errors import FastsegError
 from ..format import ShardSet, shard_problems
+from .cache import cache_root
 
 
 def check_shards(shard_set: ShardSet, split: str, checksums: bool = True) -> tuple[list[str], list[Path]]:
@@ -39,4 +39,4 @@ def check_shards(shard_set: ShardSet, split: str, checksums: bool = True) -> tup
 
 def index_cache() -> Path:
     """Where the index files of sets in object stores are kept (small: one line per sample), by shard sha256."""
-    return Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "indexes"
+    return cache_root() / "indexes"

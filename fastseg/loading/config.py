@@ -14,6 +14,7 @@ from dataclasses import dataclass, fields, replace
 from ..errors import FastsegError
 from ..format import Manifest
 from ..settings import option
+from .cache import parse_size
 
 # none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
 # native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
@@ -54,6 +55,12 @@ class LoaderConfig:
     workers: int | None = option(None, type=int, help="loader threads/processes per device (default: cores / "
                                                       "devices; 0: the torch loader loads in the main process)")
     seed: int = option(0, type=int, help="every draw of every sample, and the training order")
+    cache: str | None = option(None, help="a set in an object store: the folder its shards are cached in, shared by "
+                                          "the runs of this machine (default $FASTSEG_CACHE, else "
+                                          "$XDG_CACHE_HOME/fastseg, else ~/.cache/fastseg); none: no cache, every "
+                                          "sample read by a ranged GET")
+    cache_limit: str | None = option(None, help="the most the shard cache holds, e.g. 16MiB or 200GiB (default: "
+                                                "half the disk's free space)")
     checksums: bool = option(True, action=argparse.BooleanOptionalAction,
                              help="the sha256 of every local shard at start-up")
     return_keys: bool = option(False, flag="--log-batch-keys", action="store_true",
@@ -91,6 +98,8 @@ class LoaderConfig:
             raise FastsegError(f"cat_max_ratio is a share in (0, 1] (1 turns it off), not {self.cat_max_ratio!r}")
         if self.base_size is not None:
             object.__setattr__(self, "base_size", _size(self.base_size))
+        if self.cache_limit is not None:
+            parse_size(self.cache_limit)
         if self.keep_ratio and not self.original_labels:
             raise FastsegError("keep_ratio resizes validation images for scoring at the labels' resolution; it needs "
                                "original_labels=True")
@@ -111,6 +120,11 @@ class LoaderConfig:
     def scoring_size(self, rows: int, cols: int) -> tuple[int, int]:
         """original_labels: the (height, width) a rows × cols image is resized to, `size` or its aspect-kept fit."""
         return keep_ratio_size(rows, cols, self.size) if self.keep_ratio else self.size
+
+    @property
+    def caching(self) -> bool:
+        """Whether a set in an object store is read through the shard cache (cache.py) or by ranged GETs."""
+        return self.cache is None or str(self.cache).lower() != "none"
 
     @classmethod
     def default(cls, name: str):

@@ -2,7 +2,8 @@
 epoch/position bookkeeping that makes a loader resumable.
 
 Epoch semantics: when training (shuffle), each epoch is a new permutation of the whole split, cut into `world_size`
-contiguous slices, rank r reading slice r; otherwise, as DALI's webdataset reader reads, the split in manifest
+contiguous slices, rank r reading slice r (for a set streamed from a store into the shard cache, the first epoch
+and every epoch of a split larger than the cache are a permutation of shards mixed within a window: order.py); otherwise, as DALI's webdataset reader reads, the split in manifest
 order is cut into slices and in epoch e rank r reads slice (r + e) % world_size. Every
 rank pads its epoch to ceil(longest slice / batch) batches by repeating its last sample, so all ranks run the same
 number of steps; padded samples get an all-ignore mask, so they never count in a loss or metric. Batches are
@@ -23,7 +24,9 @@ import torch
 from .. import storage
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX, Manifest, SampleMembers, sample_members
+from .cache import ShardCache
 from .config import LoaderConfig
+from .order import shard_window_order
 
 
 def batches_per_epoch(samples: int, world_size: int, batch_size: int) -> int:
@@ -44,6 +47,7 @@ class LoaderPlan:
     rank: int
     world_size: int
     device: torch.device
+    cache: ShardCache | None = None  # a set in a store: the shard cache it streams into (None: ranged reads)
 
     @property
     def batch_size(self) -> int:
@@ -65,8 +69,24 @@ class LoaderPlan:
 
     @property
     def streamed(self) -> bool:
-        """Whether the shards are in an object store: their members then come by ranged reads, best in parallel."""
+        """Whether the shards are in an object store (read through the shard cache, or by ranged reads)."""
         return any(storage.is_remote(path) for path in self.shards)
+
+    @property
+    def ranged(self) -> bool:
+        """Whether members come by ranged reads from a store (no cache): best many in flight at once."""
+        return self.streamed and self.cache is None
+
+    @cached_property
+    def shard_samples(self) -> list[int]:
+        return [shard.samples for shard in self.manifest.split(self.split).shards]
+
+    def windowed(self, epoch: int) -> bool:
+        """Whether a shuffled epoch is a permutation of shards mixed within a window (order.py) rather than of the
+        whole split: for a set streamed into the cache, in the first epoch (nothing need be local yet) and in every
+        epoch where the split is larger than the cache's limit."""
+        split_bytes = sum(shard.bytes for shard in self.manifest.split(self.split).shards)
+        return self.cache is not None and (epoch == 0 or split_bytes > self.cache.limit)
 
     @property
     def native(self) -> bool:
@@ -88,12 +108,15 @@ class LoaderPlan:
 
     def epoch_samples(self, epoch: int) -> list[int]:
         """The split's sample numbers this rank reads in `epoch`, in order. Shuffled: a new permutation of the whole
-        split every epoch (seeded by seed and epoch, the same on every rank), cut into the rank slices, so that
-        ranks stay disjoint and complete and every sample can meet any other. Otherwise the manifest order."""
+        split every epoch (seeded by seed and epoch, the same on every rank; windowed where `windowed`), cut into
+        the rank slices, so that ranks stay disjoint and complete and every sample can meet any other. Otherwise the
+        manifest order."""
         if not self.config.shuffle:
             return list(self.epoch_slice(epoch))
         own = self.rank_slice(self.rank)
-        return np.random.default_rng((self.config.seed, epoch)).permutation(self.samples)[own.start:own.stop].tolist()
+        rng = np.random.default_rng((self.config.seed, epoch))
+        order = shard_window_order(rng, self.shard_samples) if self.windowed(epoch) else rng.permutation(self.samples)
+        return order[own.start:own.stop].tolist()
 
     def padded_samples(self, epoch: int) -> list[int]:
         """epoch_samples padded to whole batches by repeating the last sample: what both backends load, in order."""

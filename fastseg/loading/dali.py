@@ -28,6 +28,7 @@ from . import execute, recipe
 from .contract import EpochLoader, LoaderPlan
 from .draws import COLOUR, flips, roi, sample_draws
 from .members import SampleTable
+from .stream import ShardStream
 from .windows import inside, region, whole
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
@@ -150,8 +151,8 @@ def executed_in_feed(plan: LoaderPlan) -> bool:
 
 def uses_feed(plan: LoaderPlan) -> bool:
     """Whether the pipeline reads through the feed: whenever the order is shuffled, a sample has parameters, or the
-    set is in an object store (read through fastseg's storage: any store, bounded and retried reads); DALI's own
-    reader only for the plain manifest order on disk."""
+    set is in an object store (its shard cache, or ranged reads: hedged and retried); DALI's own reader only for
+    the plain manifest order on disk."""
     return bool(plan.config.shuffle) or plan.config.mode in PARAMETERS or plan.streamed
 
 
@@ -168,9 +169,10 @@ class SampleFeed(SampleTable):
         self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
-        # a store's samples in parallel, whatever the credentials come from; the recipes on the loader's threads
-        threads = 16 if plan.streamed else max(1, plan.config.workers) if executed_in_feed(plan) else 0
+        # ranged reads from a store: each sample as its GET arrives; the recipes on the loader's threads
+        threads = 16 if plan.ranged else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
+        self.stream = ShardStream(plan, plan.cache) if plan.cache else None  # whole shards, fetched ahead
 
     def _members(self, number: int) -> list[np.ndarray]:
         path, _, members = self.members[number]
@@ -223,7 +225,10 @@ class SampleFeed(SampleTable):
         if epoch != self._epoch:
             self._epoch, self._padded = epoch, self.plan.padded_samples(epoch)
         chosen = self._padded[position * size:(position + 1) * size]
-        self.fetch(chosen)  # from a store: the batch's members requested together (SampleTable.fetch)
+        if self.stream:
+            self.stream.ready(epoch, position)
+        # without a cache: this batch's samples and the next's requested together (SampleTable.fetch)
+        self.fetch(chosen, self._padded[(position + 1) * size:(position + 2) * size])
         rows = (list(self._pool.map(partial(self._sample, epoch=epoch), chosen)) if self._pool else
                 [self._sample(number, epoch) for number in chosen])
         return tuple(list(column) for column in zip(*rows))

@@ -7,11 +7,13 @@ backend.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 
 import torch
 
 from ..errors import FastsegError
 from ..format import ShardSet, open_set
+from .cache import ShardCache, cache_root, parse_size
 from .checks import check_shards
 from .config import LoaderConfig
 from .contract import LoaderPlan
@@ -44,6 +46,9 @@ def make_loader(shards: str | os.PathLike | ShardSet, config: LoaderConfig | Non
     plan = LoaderPlan(root=shard_set.root, manifest=manifest, split=split, shards=paths, indexes=indexes,
                       config=config.for_split(manifest, split, training=split == "train"), rank=rank,
                       world_size=world_size, device=device)
+    if plan.streamed and config.caching:  # whole shards streamed into this machine's cache (cache.py, stream.py)
+        limit = parse_size(config.cache_limit) if config.cache_limit is not None else None
+        plan = replace(plan, cache=ShardCache(cache_root(config.cache), limit))
     if plan.samples < world_size:
         raise FastsegError(f"the {split} split has {plan.samples} samples, fewer than the {world_size} ranks")
     if config.backend == "dali":

@@ -1,7 +1,8 @@
 """The sample layer's members: where every sample of a split lies in its shards (read from the DALI index files,
-no tar scan), one member's bytes by offset (a pread on disk, a ranged GET in a bucket), and a member's pixels (a raw
-view, or a decode). The torch loader's workers and the DALI pipeline's feed both read samples in any order through
-it, and a sample DALI could not decode is found here, read as the torch loader reads it."""
+no tar scan), one member's bytes by offset (a pread on disk or in the shard cache; without a cache, from a ranged GET
+in a bucket), and a member's pixels (a raw view, or a decode). The torch loader's workers and the DALI pipeline's
+feed both read samples in any order through it, and a sample DALI could not decode is found here, read as the torch
+loader reads it."""
 from __future__ import annotations
 
 import json
@@ -10,7 +11,7 @@ from contextlib import contextmanager
 import numpy as np
 import simplejpeg
 
-from .. import storage
+from .. import fetching
 from ..errors import FastsegError
 from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index
 from ..pictures import decode_image, image_region, image_shape, member_pixels
@@ -21,43 +22,56 @@ __all__ = ["SampleTable", "decode_image", "member_pixels"]
 
 
 class SampleTable:
+    """Every sample of a plan's split, in manifest order: where its members lie, their bytes and their pixels."""
+
     def __init__(self, plan: LoaderPlan):
         self.plan = plan
+        # where the shards are read: in the shard cache once fetched there (stream.py), else where the set lives
+        shards = plan.manifest.split(plan.split).shards
+        reads = [str(plan.cache.path(shard)) for shard in shards] if plan.cache else plan.shards
+        self.origin = dict(zip(reads, plan.shards))  # for messages: the shard as the set names it
         self.members = []  # per sample: (shard path, key, {ext: (offset, size)}); the key is in the member names
-        for path, index in zip(plan.shards, plan.indexes):
+        for path, index in zip(reads, plan.indexes):
             for sample in parse_index(index.read_text(), str(index)):
                 key = sample[0][3].partition(".")[0]
                 self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
-        self.read_span = storage.SpanReader(plan.shards)
-        self._fetched: dict[tuple[str, tuple[int, int]], bytes] = {}
-        self._fetching = None  # the thread pool of fetch(), made on first use
+        self.read_span = fetching.SpanReader(reads, keep_open=plan.cache is None)
+        self._fetched: dict[tuple[str, tuple[int, int]], tuple] = {}  # member -> (Future of a span, its offset)
 
     def __len__(self) -> int:
         return len(self.members)
 
-    def __getstate__(self) -> dict:  # a worker process gets the table without this process's threads
-        return {**self.__dict__, "_fetching": None, "_fetched": {}}
+    def __getstate__(self) -> dict:  # a worker process gets the table without this process's requests
+        return {**self.__dict__, "_fetched": {}}
 
     def read(self, path: str, span: tuple[int, int]) -> bytes:
-        """The bytes of one member, by offset: fetched ahead (fetch), a pread on disk, or a ranged GET in a store."""
-        data = self._fetched.get((path, span))
-        return data if data is not None else self.read_span(path, *span)
+        """The bytes of one member, by offset: fetched ahead (fetch), a pread on disk (or in the shard cache), or a
+        ranged GET in a store."""
+        fetched = self._fetched.get((path, span))
+        if fetched is None:
+            return self.read_span(path, *span)
+        future, start = fetched
+        return bytes(memoryview(future.result())[span[0] - start:span[0] - start + span[1]])
 
-    def fetch(self, numbers: list[int]) -> None:
-        """From a store, the members that samples `numbers` decode (image, mask, size), read all at once on a pool of
-        threads, for read() to hand out: a batch's requests in flight together instead of one after another. On
-        disk, nothing (a pread is faster than a thread hand-off). What the batch before fetched is let go."""
-        if not self.plan.streamed:
+    def fetch(self, numbers: list[int], ahead: list[int] = ()) -> None:
+        """Read by ranged GETs (a store, no cache): each of samples `numbers` (and `ahead`, the next batch's) by one
+        GET spanning its members, which lie next to each other in the tar, all in flight at once and each hedged
+        and retried (fetching.py), for read() to hand out as each arrives, in any order. Otherwise nothing (a pread
+        needs no fetching). What earlier batches fetched is let go."""
+        if not self.plan.ranged:
             return
-        self._fetched.clear()
-        stored = self.plan.stored
-        wanted = [(path, members[ext]) for path, _, members in (self.members[n] for n in numbers)
-                  for ext in (stored.image_in(members), stored.mask, stored.size) if ext in members]
-        if self._fetching is None:
-            from concurrent.futures import ThreadPoolExecutor
-
-            self._fetching = ThreadPoolExecutor(16, thread_name_prefix="fastseg-fetch")
-        self._fetched.update(zip(wanted, self._fetching.map(lambda item: self.read_span(item[0], *item[1]), wanted)))
+        fetched = {}
+        for number in [*numbers, *ahead]:
+            path, _, members = self.members[number]
+            spans = list(members.values())
+            if (path, spans[0]) in self._fetched:  # in flight already (fetched ahead)
+                fetched.update({(path, span): self._fetched[(path, spans[0])] for span in spans})
+                continue
+            start = min(offset for offset, _ in spans)
+            end = max(offset + size for offset, size in spans)
+            future = fetching.read_range_ahead(path, start, end - start)
+            fetched.update({(path, span): (future, start) for span in spans})
+        self._fetched = fetched
 
     def shape(self, number: int) -> tuple[int, int]:
         """(rows, columns) of sample `number`'s image and mask, without decoding either: from its size member where
@@ -107,8 +121,8 @@ class SampleTable:
         except FastsegError:
             raise
         except Exception as err:  # Pillow raises several types for corrupt data
-            raise FastsegError(f"{path}: sample {key} does not decode ({str(err).split(' <')[0]}); check the set with "
-                               f"fastseg-shard --verify {self.plan.root}") from err
+            raise FastsegError(f"{self.origin[path]}: sample {key} does not decode ({str(err).split(' <')[0]}); "
+                               f"check the set with fastseg-shard --verify {self.plan.root}") from err
 
     def meta(self, number: int) -> bytes:
         """Sample `number`'s meta member (its key and source files, as JSON bytes)."""
@@ -129,5 +143,5 @@ class SampleTable:
                     size = self.read(shard, members[stored.size]) if raw else None
                     member_pixels(self.read(shard, members[ext]), size, channels)
                 except Exception as err:  # Pillow raises several types for corrupt data
-                    return shard, key, f"{key}.{ext}: {str(err).split(' <')[0]}"
+                    return self.origin[shard], key, f"{key}.{ext}: {str(err).split(' <')[0]}"
         return None

@@ -25,6 +25,7 @@ from . import execute
 from .contract import EpochLoader, LoaderPlan, Normalize
 from .draws import flips, sample_draws
 from .members import SampleTable
+from .stream import ShardStream
 
 
 class ShardSamples(SampleTable, Dataset):
@@ -129,17 +130,21 @@ def zero_padding(images: torch.Tensor, sizes) -> None:
 
 class RankEpochSampler(Sampler):
     """This rank's samples for one epoch, padded to whole batches (LoaderPlan.padded_samples), each with the epoch
-    its draws are made for; from batch `start` on."""
+    its draws are made for; from batch `start` on. For a set streamed into the shard cache, a batch is handed to the
+    workers once its shards are local (ShardStream.ready), those of the batches handed out before it kept."""
 
-    def __init__(self, plan: LoaderPlan):
-        self.plan, self.epoch, self.start = plan, 0, 0
+    def __init__(self, plan: LoaderPlan, stream: ShardStream | None = None):
+        self.plan, self.epoch, self.start, self.stream = plan, 0, 0, stream
 
     def __len__(self) -> int:
         return (self.plan.batches - self.start) * self.plan.batch_size
 
     def __iter__(self):
-        indices = self.plan.padded_samples(self.epoch)[self.start * self.plan.batch_size:]
-        return iter((i, self.epoch) for i in indices)
+        size, indices = self.plan.batch_size, self.plan.padded_samples(self.epoch)
+        for batch in range(self.start, self.plan.batches):
+            if self.stream:
+                self.stream.ready(self.epoch, batch)
+            yield from ((i, self.epoch) for i in indices[batch * size:(batch + 1) * size])
 
 
 class HostBuffers:
@@ -175,12 +180,15 @@ class TorchLoader(EpochLoader):
 
     def __init__(self, plan: LoaderPlan):
         super().__init__(plan)
-        self.order = RankEpochSampler(plan)
         cuda = plan.device.type == "cuda"
         workers = plan.config.workers
+        prefetch = 4 if workers else None
+        # the batches the DataLoader hands its workers ahead keep their shards
+        stream = ShardStream(plan, plan.cache, lag=workers * prefetch + 1 if workers else 0) if plan.cache else None
+        self.order = RankEpochSampler(plan, stream)
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
-            pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=4 if workers else None,
+            pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=prefetch,
             worker_init_fn=quiet_when_orphaned,
             collate_fn=partial(collate_padded, channels_last=plan.config.channels_last)
             if plan.config.original_labels else None,

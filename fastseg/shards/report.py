@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from .. import storage
+from .. import fetching
 from ..format import REPORT, ShardSet, open_set, parse_index, sample_members
 from ..pictures import colorize, member_pixels
 
@@ -96,7 +96,7 @@ def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tup
         for sample in parse_index(Path(index).read_text(), str(index)):
             where.append((shard, sample[0][3].partition(".")[0], {ext: (o, n) for ext, o, n, _ in sample}))
     colors = [c.color for c in manifest.classes]
-    read = storage.SpanReader([shard for shard, _, _ in where])
+    read = fetching.SpanReader([shard for shard, _, _ in where])
     rows = []
     for shard, key, members in (where[n] for n in sorted(random.Random(seed).sample(range(len(where)),
                                                                                     min(count, len(where))))):

@@ -11,6 +11,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from .. import storage
 from ..errors import FastsegError
+from ..loading.cache import cache_root
 from ..storage import partial_path, sweep_stale
 
 
@@ -47,9 +48,10 @@ def datamodule_state(path: Path) -> dict:
 
 def local_checkpoint(where) -> Path:
     """A checkpoint on local disk: a path as it is; an object in a store (s3://, gs://, az://, https://) downloaded
-    once into the cache ($FASTSEG_CACHE, else ~/.cache/fastseg), by its URL, and read from there."""
+    once into the cache (loading.cache.cache_root: $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else
+    ~/.cache/fastseg), by its URL, and read from there."""
     if not storage.is_remote(where):
         return Path(where)
-    cache = Path(os.environ.get("FASTSEG_CACHE", Path.home() / ".cache" / "fastseg")) / "checkpoints"
+    cache = cache_root() / "checkpoints"
     name = hashlib.sha256(str(where).encode()).hexdigest()[:16] + "-" + str(where).rpartition("/")[2]
     return storage.cached(str(where), cache / name, missing=f"{where}: no such checkpoint in the store")
