@@ -1,6 +1,7 @@
-"""Transient faults on the way to an object store, injected for tests and benchmarks: an HTTP proxy on 127.0.0.1
-in front of a store's local server (moto for S3, Azurite for Azure) that fails a seeded share of the ranged GETs
-(member reads) and passes everything else through."""
+"""Transient faults and a cloud's latency on the way to an object store, injected for tests and benchmarks: an HTTP
+proxy on 127.0.0.1 in front of a store's local server (moto for S3, Azurite for Azure) that holds every request for
+a fixed latency (a cloud's time to first byte, which a local server does not have), fails a seeded share of the
+ranged GETs (member reads and shard parts) and passes everything else through, counting the GETs."""
 from __future__ import annotations
 
 import socket
@@ -11,9 +12,10 @@ class FaultyProxy:
     """An HTTP proxy on 127.0.0.1 in front of a store's server that fails a seeded share of the ranged GETs (member
     reads): answered 503 SlowDown, the connection reset before the answer, or the answer's headers and half its
     body sent and then a stall past the client's read timeout and a cut (an SDK's own retries end at the headers).
-    Everything else is passed through. Bounded: it stops with its close()."""
+    Everything else is passed through, every request after `latency` s. `gets` counts the GET requests (listings,
+    whole objects and ranges). Bounded: it stops with its close()."""
 
-    def __init__(self, upstream: str, share: float, seed: int, stall: float):
+    def __init__(self, upstream: str, share: float, seed: int, stall: float, latency: float = 0.0):
         import http.client
         import http.server
         import random
@@ -21,7 +23,7 @@ class FaultyProxy:
         from urllib.parse import urlparse
 
         target, proxy = urlparse(upstream), self
-        self.faults, self.requests = [], 0
+        self.faults, self.requests, self.gets = [], 0, 0
         rng, lock = random.Random(seed), threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -31,8 +33,11 @@ class FaultyProxy:
                 pass
 
             def _forward(self):
+                if latency:
+                    time.sleep(latency)
                 with lock:
                     proxy.requests += 1
+                    proxy.gets += self.command == "GET"
                     fault = rng.choice(("503", "reset", "stall")) if (
                         self.command == "GET" and "Range" in self.headers and rng.random() < share) else None
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))

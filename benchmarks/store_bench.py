@@ -1,25 +1,28 @@
-"""Both loaders reading a set from each object store's local server, beside the same set on disk, clean and with a
-share of member reads failing transiently.
+"""Both loaders reading a set from each object store's local server through a proxy that adds a cloud's latency to
+every request, beside the same set on disk: epochs 1, 2 and 3 timed one by one (the first, cold, included), clean
+and with a share of the ranged GETs failing, through the shard cache and by ranged reads (`cache none`), with the
+GETs each epoch made; and once with a cache limit below the split, the cache folder's size sampled all along.
 
-    python benchmarks/store_bench.py --data DIR [--workers 2] [--faults 0.05] [--epochs 3] [--json PATH]
+    python benchmarks/store_bench.py --data DIR [--copies 3] [--per-shard 60] [--latency 0.03] [--faults 0.05]
+                                     [--json PATH]
 
 The servers are started here: moto's S3 server, and Azurite (Azure Blob Storage) where it is installed (.ci/run
-puts it in .ci/node). DATA is sharded to disk and to each store with fastseg-shard. Each store is read through
-benchmarks/faults.py's proxy: once passing everything (clean, so the proxy's own cost is in both figures) and
-once failing --faults of the ranged GETs (503, a reset, a stall past the read timeout then a cut). The figures are
-samples/s of whole shuffled epochs after a warm-up epoch (median), for the torch loader and DALI on the CPU, and the
-ratios: store/disk and faulty/clean. The servers share this machine's cores with the loaders: the store figures are
-those of a local server, not of a cloud bucket.
+puts it in .ci/node). DATA (linked --copies times, for a set of a few shards) is sharded to disk and to each store
+with fastseg-shard. Each store is read through benchmarks/faults.py's proxy: `--latency` s before every request
+(a cloud's time to first byte), and in the faulty runs --faults of the ranged GETs failing (503, a reset, or half
+the body and a stall of 3 s, then a cut: a third each). Every figure is samples/s of one whole shuffled epoch
+(torch loader and DALI on the CPU, batch 8, flip), the first timed from the loader's making, each run with an
+empty cache. The servers share this machine's cores with the loaders.
 """
 from __future__ import annotations
 
 import argparse
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -28,6 +31,9 @@ from harness import host, publish
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+# the runs of each store and loader: (label, share of ranged GETs failing, loader options)
+RUNS = (("clean", 0.0, {}), ("faulty", None, {}), ("ranged", 0.0, {"cache": "none"}),
+        ("ranged_faulty", None, {"cache": "none"}))
 
 
 def free_port() -> int:
@@ -78,81 +84,171 @@ def azure_server() -> tuple[subprocess.Popen, dict[str, str], str] | None:
     return proc, {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": url}, "AZURITE_BLOB_STORAGE_URL"
 
 
-def rate(shards, backend: str, workers: int, epochs: int) -> float:
-    """Median samples/s of `epochs` whole shuffled epochs after a warm-up one."""
+class FolderSize:
+    """The largest size the files directly in a folder reached, sampled every 10 ms while it runs."""
+
+    def __init__(self, folder: Path):
+        self.folder, self.peak, self._stop = folder, 0, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self):
+        while not self._stop.is_set():
+            if self.folder.is_dir():
+                size = 0
+                for entry in os.scandir(self.folder):
+                    try:
+                        size += entry.stat().st_size if entry.is_file() else 0
+                    except FileNotFoundError:  # evicted while listed
+                        pass
+                self.peak = max(self.peak, size)
+            self._stop.wait(0.01)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
+def epochs(shards, backend: str, workers: int, count: int, proxy: FaultyProxy | None = None, **options) -> dict:
+    """samples/s and GETs of each of `count` shuffled epochs, the first included and timed from the loader's making
+    (its listing, manifest and indexes, and the first shards), and the keys of the first."""
     from fastseg.loading import make_loader
 
+    before, start = proxy.gets if proxy else 0, time.perf_counter()
     loader = make_loader(shards, backend=backend, batch_size=8, augment="flip", shuffle=True, workers=workers,
-                         checksums=False)
-    for _ in loader:
-        pass
-    rates = []
-    for _ in range(epochs):
-        start, samples = time.perf_counter(), 0
+                         checksums=False, return_keys=True, **options)
+    rates, gets, keys = [], [], []
+    for epoch in range(count):
+        if epoch:
+            before, start = proxy.gets if proxy else 0, time.perf_counter()
+        samples = 0
         for batch in loader:
             samples += batch["real"]
-        rates.append(samples / (time.perf_counter() - start))
-    return statistics.median(rates)
+            if epoch == 0:
+                keys += batch["key"][:batch["real"]]
+        rates.append(round(samples / (time.perf_counter() - start), 1))
+        gets.append(proxy.gets - before if proxy else 0)
+    return {"rates": rates, "gets": gets, "keys": keys}
 
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--copies", type=int, default=3, help="DATA linked this many times (a set of a few shards)")
+    p.add_argument("--per-shard", type=int, default=60, help="samples a shard (fastseg-shard --max-count)")
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--faults", type=float, default=0.05, help="the share of member reads that fail transiently")
+    p.add_argument("--latency", type=float, default=0.03, help="s added to every request (a cloud's first byte)")
+    p.add_argument("--faults", type=float, default=0.05, help="the share of ranged GETs failing in faulty runs")
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--part-size", default="1MiB", help="the parts a shard is fetched in (FASTSEG_PART_SIZE): "
+                                                       "fastseg's 8 MiB would fetch these small shards in one GET")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    from fastseg import storage
+    os.environ["FASTSEG_PART_SIZE"] = args.part_size
     from fastseg.cli import run_cli
     from fastseg.cli.shard import main as shard_main
+    from fastseg.format import open_set
 
     servers = {"s3": s3_server()}
     azure = azure_server()
     if azure:
         servers["az"] = azure
-    result = {"data": str(args.data), "workers": args.workers, "faults": args.faults, "stores": {}, "host": host(),
+    result = {"data": str(args.data), "copies": args.copies, "part_size": args.part_size, "workers": args.workers,
+              "latency_s": args.latency,
+              "faults": args.faults, "epochs": args.epochs, "stores": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
-    rows = ["| store | loader | disk samples/s | store clean | store / disk | with faults | faulty / clean | "
-            "faults / requests |", "|---|---|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="fastseg-stores-") as tmp:
+            data = Path(tmp) / "data"
+            for kind in ("images", "masks"):
+                (data / kind).mkdir(parents=True)
+                for copy in range(args.copies):
+                    for path in sorted((args.data / kind).iterdir()):
+                        (data / kind / f"c{copy}_{path.name}").symlink_to(path.resolve())
             disk = Path(tmp) / "shards"
-            run_cli("fastseg-shard", shard_main, [str(args.data), str(disk), "--val-fraction", "0", "--quiet"])
-            on_disk = {name: rate(disk, backend, args.workers, args.epochs) for name, backend in LOADERS.items()}
+            shard_args = ["--val-fraction", "0", "--max-count", str(args.per_shard), "--quiet"]
+            run_cli("fastseg-shard", shard_main, [str(data), str(disk), *shard_args])
+            split = open_set(disk).manifest.split("train")
+            result["set"] = {"samples": split.samples, "shards": len(split.shards),
+                             "shard_mb": [round(s.bytes / 1e6, 1) for s in split.shards]}
+            # below the split, above what the order and the DataLoader's batches handed out ahead need at once
+            limit = 4 * max(s.bytes for s in split.shards)
+            if limit >= sum(s.bytes for s in split.shards):
+                raise SystemExit(f"{split.samples} samples in {len(split.shards)} shards: too few shards for a cache "
+                                 "limit below the split; raise --copies or lower --per-shard")
+            on_disk = {name: epochs(disk, backend, args.workers, args.epochs) for name, backend in LOADERS.items()}
+            print("disk:", {name: run["rates"] for name, run in on_disk.items()}, flush=True)
             for scheme, (_, environment, endpoint_key) in servers.items():
                 os.environ.update(environment)
                 url = f"{scheme}://sets/bench"
-                run_cli("fastseg-shard", shard_main, [str(args.data), url, "--val-fraction", "0", "--quiet"])
+                run_cli("fastseg-shard", shard_main, [str(data), url, *shard_args])
                 figures = result["stores"][scheme] = {}
                 for name, backend in LOADERS.items():
-                    found = {}
-                    for label, share in (("clean", 0.0), ("faulty", args.faults)):
-                        proxy = FaultyProxy(environment[endpoint_key], share=share, seed=1, stall=1.0)
+                    found = figures[name] = {"disk": dict(on_disk[name])}
+                    runs = [*RUNS, ("limited", 0.0, {"cache_limit": str(limit)})]
+                    for label, share, options in runs:
+                        cache = Path(tmp) / f"cache-{scheme}-{name}-{label}"
+                        options = {"cache": str(cache), **options}
+                        proxy = FaultyProxy(environment[endpoint_key], share=args.faults if share is None else share,
+                                            seed=1, stall=3.0, latency=args.latency)
                         os.environ[endpoint_key] = proxy.url
-                        storage.READ_TIMEOUT = 0.5  # a stall costs half a second (10 s by default)
                         try:
-                            found[label] = rate(url, backend, args.workers, args.epochs)
+                            with FolderSize(cache / "shards") as size:
+                                found[label] = epochs(url, backend, args.workers, args.epochs, proxy, **options)
                         finally:
                             proxy.close()
                             os.environ[endpoint_key] = environment[endpoint_key]
-                        found[f"{label}_faults"], found[f"{label}_requests"] = len(proxy.faults), proxy.requests
-                    figures[name] = {"disk": round(on_disk[name], 1), "clean": round(found["clean"], 1),
-                                     "faulty": round(found["faulty"], 1), "faults": found["faulty_faults"],
-                                     "requests": found["faulty_requests"]}
-                    f = figures[name]
-                    rows.append(f"| {scheme} | {name} | {f['disk']:.1f} | {f['clean']:.1f} | "
-                                f"{f['clean'] / f['disk']:.2f}× | {f['faulty']:.1f} | {f['faulty'] / f['clean']:.2f}× | "
-                                f"{f['faults']} / {f['requests']} |")
+                        found[label].update(faults=len(proxy.faults), cache_peak_mb=round(size.peak / 1e6, 2))
+                        if label == "limited":
+                            found[label]["cache_limit_mb"] = round(int(options["cache_limit"]) / 1e6, 2)
+                        print(f"{scheme} {name} {label}: {found[label]['rates']} samples/s, GETs "
+                              f"{found[label]['gets']}", flush=True)
+                    for label, _, _ in runs:
+                        found[label]["same_keys_as_clean"] = sorted(found[label]["keys"]) == sorted(found["disk"]["keys"])
+                    found["faulty"]["same_order_as_clean"] = found["faulty"]["keys"] == found["clean"]["keys"]
+                    found["ranged_faulty"]["same_order_as_clean"] = found["ranged_faulty"]["keys"] == \
+                        found["ranged"]["keys"]
+                    for run in found.values():
+                        del run["keys"]
     finally:
         for proc, _, _ in servers.values():
             proc.kill()
-    rows += ["", f"{args.workers} workers, batch 8, flip, shuffled epochs; the stores are local servers (moto for "
-             "S3, Azurite for Azure) on this machine, read through a proxy that passes everything (clean) or fails "
-             f"{args.faults:.0%} of the ranged GETs (faults / requests: what it injected over the faulty run)."
-             + ("" if azure else " Azurite is not installed here: Azure not measured.")]
-    publish(rows, args.json, result, f"Stores: {args.data.name}, CPU, {args.workers} workers")
+    rows += table(result)
+    publish(rows, args.json, result, f"Stores: {args.data.name} ×{args.copies}, CPU, {args.workers} workers, "
+                                     f"{args.latency * 1000:.0f} ms a request")
     return 0
+
+
+def table(result: dict) -> list[str]:
+    """The results as Markdown: a row a store, loader and run, its epochs' rates, the ratio to disk, the GETs."""
+    count = result["epochs"]
+    rows = ["| store | loader | run | " + " | ".join(f"epoch {e} samples/s" for e in range(1, count + 1)) +
+            " | worst epoch / disk's | GETs per epoch | faults injected |", "|---|---|---|" + "---:|" * (count + 3)]
+    runs = [run for loaders in result["stores"].values() for run in loaders.values()]
+    for scheme, loaders in result["stores"].items():
+        for loader, found in loaders.items():
+            disk = found["disk"]["rates"]
+            for label, run in found.items():
+                worst = min(r / d for r, d in zip(run["rates"], disk))
+                rows.append(f"| {scheme} | {loader} | {label} | " + " | ".join(f"{r:.1f}" for r in run["rates"]) +
+                            f" | {worst:.2f}× | {' / '.join(map(str, run['gets']))} | {run.get('faults', '')} |")
+    s, latency = result["set"], result["latency_s"] * 1000
+    same_keys = all(run[label]["same_keys_as_clean"] for run in runs for label in run if label != "disk")
+    same_order = all(run[label]["same_order_as_clean"] for run in runs for label in ("faulty", "ranged_faulty"))
+    rows += ["", f"{s['samples']} samples in {s['shards']} shards ({', '.join(map(str, s['shard_mb']))} MB); "
+             f"{result['workers']} workers, batch 8, flip, shuffled epochs, each run with an empty cache; shards fetched "
+             f"in parts of {result['part_size']}. Every request "
+             f"to a store waits {latency:.0f} ms at the proxy; the faulty runs fail {result['faults']:.0%} of the "
+             "ranged GETs (503, a reset, or a 3 s stall then a cut). clean, faulty: through the shard cache; ranged: "
+             f"`cache none` (a GET a sample); limited: the cache limited to {runs[0]['limited']['cache_limit_mb']} "
+             f"MB, below the split: the folder peaked at {max(run['limited']['cache_peak_mb'] for run in runs)} MB. "
+             f"Every run read the disk set's samples: {same_keys}; the faulty runs in the clean runs' order: "
+             f"{same_order}."]
+    return rows
 
 
 if __name__ == "__main__":

@@ -34,10 +34,11 @@ from concurrent.futures import Future
 from . import storage
 from .errors import FastsegError
 from .processes import note_native_threads
+from .settings import parse_size
 
 STALL_TIMEOUT = float(os.environ.get("FASTSEG_STALL_TIMEOUT", "1.0"))  # seconds a request may go unanswered
 READ_ATTEMPTS = 5  # failures of one range before it is given up
-PART_SIZE = 8 << 20  # a shard is fetched in parts of this many bytes
+PART_SIZE = parse_size(os.environ.get("FASTSEG_PART_SIZE", "8MiB"))  # a shard is fetched in parts of this size
 SLOTS = 16  # requests in flight at once, per process
 HEDGE_FLOOR = 0.05  # s: a request is never hedged sooner
 
@@ -211,10 +212,14 @@ class SpanReader:
         self.keep_open = keep_open
         self._files = {}
 
+    def ahead(self, url: str, offset: int, size: int) -> Future:
+        """A ranged GET of an object in a store, started now and waited for later (read_range_ahead)."""
+        storage.use_settings(self.environment)
+        return read_range_ahead(url, offset, size)
+
     def __call__(self, path: str, offset: int, size: int) -> bytes:
         if storage.is_remote(path):  # a ranged GET: only these bytes travel
-            storage.use_settings(self.environment)
-            return read_range(path, offset, size)
+            return bytes(self.ahead(path, offset, size).result())
         if not self.keep_open:
             try:
                 fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)

@@ -3,7 +3,11 @@ its help and how the flag parses it, beside the field; its check stays in the cl
 make their flags from these fields (cli/configs.add_options), and their settings files take the same keys."""
 from __future__ import annotations
 
+import argparse
 from dataclasses import MISSING, field
+
+SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
+              "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
 def option(default=MISSING, *, help: str, flag: str | None = None, default_factory=MISSING, **parse):
@@ -11,3 +15,15 @@ def option(default=MISSING, *, help: str, flag: str | None = None, default_facto
     nargs, choices, action, metavar)."""
     return field(default=default, default_factory=default_factory,
                  metadata={"help": help, "flag": flag, "parse": parse})
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from a size: 256MB is 256·10⁶ bytes, 256MiB 256·2²⁰ (a flag's type: argparse names the flag)."""
+    if isinstance(text, int):
+        return text
+    number = str(text).strip().rstrip("bBiIkKmMgGtT")
+    unit = str(text).strip()[len(number):].lower()
+    try:
+        return int(float(number) * SIZE_UNITS[unit])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 256MB)") from None

@@ -302,7 +302,7 @@ def test_fastseg_shard_takes_a_config_file_and_flags_between_its_folders(tmp_pat
     import yaml
 
     from fastseg.cli.shard import main as shard_main
-    from fastseg.shards.options import parse_size
+    from fastseg.settings import parse_size
 
     from .conftest import make_dataset
 

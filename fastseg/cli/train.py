@@ -65,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     loader = p.add_argument_group("loading (fastseg.loading.LoaderConfig)")
     configs.add_options(loader, LoaderConfig, ["backend", "batch_size", "size", "augment", "scale", "base_size",
                                                "ratio_range", "cat_max_ratio", "photometric", "window_decode", "vflip",
-                                               "workers",
-                                               "seed", "checksums", "return_keys", "channels_last"],
+                                               "workers", "seed", "cache", "cache_limit", "checksums",
+                                               "return_keys", "channels_last"],
                         defaults={"channels_last": None})  # None: on for GPU, decided once the accelerator is
     optim = p.add_argument_group("optimizer and schedule (fastseg.training.OptimSettings)")
     configs.add_options(optim, OptimSettings, ["optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
@@ -192,8 +192,7 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
         augment=args.augment, base_size=tuple(args.base_size) if args.base_size else None,
         ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, photometric=args.photometric,
         scale=tuple(args.scale), window_decode=args.window_decode, vflip=args.vflip, seed=args.seed,
-        checksums=args.checksums,
-        return_keys=args.log_batch_keys,
+        cache=args.cache, cache_limit=args.cache_limit, checksums=args.checksums, return_keys=args.log_batch_keys,
         workers=default_workers(args.devices) if args.workers is None else args.workers,
         channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
     ).for_split(manifest, args.split, training=True)

@@ -31,20 +31,6 @@ from ..format import ShardInfo
 
 DEFAULT_SHARE = 0.5  # of the disk's free space (plus what the cache holds already): the default limit
 FULL_WAIT = 120.0  # s to wait for another process to let go of shards before a full cache is an error
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000 ** 2, "mb": 1000 ** 2, "g": 1000 ** 3, "gb": 1000 ** 3,
-          "t": 1000 ** 4, "tb": 1000 ** 4, "kib": 1 << 10, "mib": 1 << 20, "gib": 1 << 30, "tib": 1 << 40}
-
-
-def parse_size(text: str | int) -> int:
-    """Bytes from `16MiB`, `200GiB`, `500MB`, `1.5GB` or a plain number; anything else is a FastsegError."""
-    if isinstance(text, int):
-        return text
-    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(text))
-    if not found or found.group(2).lower() not in _UNITS:
-        raise FastsegError(f"a cache limit is a size such as 16MiB, 200GiB or 500MB, not {text!r}")
-    return int(float(found.group(1)) * _UNITS[found.group(2).lower()])
-
-
 def human(size: int) -> str:
     for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
         if size >= scale:

@@ -13,8 +13,7 @@ from dataclasses import dataclass, fields, replace
 
 from ..errors import FastsegError
 from ..format import Manifest
-from ..settings import option
-from .cache import parse_size
+from ..settings import option, parse_size
 
 # none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
 # native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
@@ -99,7 +98,10 @@ class LoaderConfig:
         if self.base_size is not None:
             object.__setattr__(self, "base_size", _size(self.base_size))
         if self.cache_limit is not None:
-            parse_size(self.cache_limit)
+            try:
+                parse_size(self.cache_limit)
+            except argparse.ArgumentTypeError as err:
+                raise FastsegError(f"cache_limit: {err}") from None
         if self.keep_ratio and not self.original_labels:
             raise FastsegError("keep_ratio resizes validation images for scoring at the labels' resolution; it needs "
                                "original_labels=True")

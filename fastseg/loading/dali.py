@@ -173,6 +173,8 @@ class SampleFeed(SampleTable):
         threads = 16 if plan.ranged else max(1, plan.config.workers) if executed_in_feed(plan) else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
         self.stream = ShardStream(plan, plan.cache) if plan.cache else None  # whole shards, fetched ahead
+        if self.stream:
+            self.stream.prepare(*divmod(start, plan.batches))
 
     def _members(self, number: int) -> list[np.ndarray]:
         path, _, members = self.members[number]

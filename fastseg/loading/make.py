@@ -13,7 +13,8 @@ import torch
 
 from ..errors import FastsegError
 from ..format import ShardSet, open_set
-from .cache import ShardCache, cache_root, parse_size
+from ..settings import parse_size
+from .cache import ShardCache, cache_root
 from .checks import check_shards
 from .config import LoaderConfig
 from .contract import LoaderPlan

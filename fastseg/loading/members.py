@@ -69,7 +69,7 @@ class SampleTable:
                 continue
             start = min(offset for offset, _ in spans)
             end = max(offset + size for offset, size in spans)
-            future = fetching.read_range_ahead(path, start, end - start)
+            future = self.read_span.ahead(path, start, end - start)
             fetched.update({(path, span): (future, start) for span in spans})
         self._fetched = fetched
 

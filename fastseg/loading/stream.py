@@ -66,15 +66,20 @@ class ShardStream:
 
     def ready(self, epoch: int, batch: int) -> None:
         """Return once every shard batch `batch` of `epoch` reads is in the cache and pinned; fetch ahead."""
+        for job in self.prepare(epoch, batch):
+            job.result()  # a fetch that failed raises its one line here
+
+    def prepare(self, epoch: int, batch: int) -> list[Future]:
+        """Start fetching what batch `batch` of `epoch` and the batches after it read (as the limit allows), let go
+        of what the batches before it read; the fetches of the shards that batch reads. A loader calls it when it
+        is made, so that the first shards are on their way while the model is built."""
         with self._lock:
             if epoch != self._epoch:
                 self._start(epoch)
             for shard in [s for s in self._jobs if self._last[s] + self.lag < batch]:
                 self._let_go(shard)
             self._schedule(batch)
-            waiting = [self._jobs[s] for s in self._batches[batch].tolist()]
-        for job in waiting:
-            job.result()  # a fetch that failed raises its one line here
+            return [self._jobs[s] for s in self._batches[batch].tolist()]
 
     def close(self) -> None:
         with self._lock:

@@ -185,6 +185,8 @@ class TorchLoader(EpochLoader):
         prefetch = 4 if workers else None
         # the batches the DataLoader hands its workers ahead keep their shards
         stream = ShardStream(plan, plan.cache, lag=workers * prefetch + 1 if workers else 0) if plan.cache else None
+        if stream:
+            stream.prepare(0, 0)  # the first shards on their way at once
         self.order = RankEpochSampler(plan, stream)
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,

@@ -7,23 +7,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import option
+from ..settings import option, parse_size
 from .encode import STORES
 from .masks import parse_value_map
-
-SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9,
-              "kib": 2**10, "mib": 2**20, "gib": 2**30}
-
-
-def parse_size(text: str) -> int:
-    """Bytes from a size: 256MB is 256·10⁶ bytes, 256MiB 256·2²⁰."""
-    number = text.rstrip("bBiIkKmMgG")
-    unit = text[len(number):].lower()
-    try:
-        return int(float(number) * SIZE_UNITS[unit])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 256MB)") from None
-
 
 @dataclass
 class ShardOptions:
