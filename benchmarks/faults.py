@@ -4,6 +4,7 @@ a fixed latency (a cloud's time to first byte, which a local server does not hav
 ranged GETs (member reads and shard parts) and passes everything else through, counting the GETs."""
 from __future__ import annotations
 
+import collections
 import socket
 import time
 
@@ -13,7 +14,7 @@ class FaultyProxy:
     reads): answered 503 SlowDown, the connection reset before the answer, or the answer's headers and half its
     body sent and then a stall past the client's read timeout and a cut (an SDK's own retries end at the headers).
     Everything else is passed through, every request after `latency` s. `gets` counts the GET requests (listings,
-    whole objects and ranges). Bounded: it stops with its close()."""
+    whole objects and ranges), `ranged` the ranged GETs by path. Bounded: it stops with its close()."""
 
     def __init__(self, upstream: str, share: float, seed: int, stall: float, latency: float = 0.0):
         import http.client
@@ -24,6 +25,7 @@ class FaultyProxy:
 
         target, proxy = urlparse(upstream), self
         self.faults, self.requests, self.gets = [], 0, 0
+        self.ranged = collections.Counter()  # path -> ranged GETs of it
         rng, lock = random.Random(seed), threading.Lock()
 
         class Handler(http.server.BaseHTTPRequestHandler):
@@ -38,6 +40,8 @@ class FaultyProxy:
                 with lock:
                     proxy.requests += 1
                     proxy.gets += self.command == "GET"
+                    if self.command == "GET" and "Range" in self.headers:
+                        proxy.ranged[self.path.partition("?")[0]] += 1
                     fault = rng.choice(("503", "reset", "stall")) if (
                         self.command == "GET" and "Range" in self.headers and rng.random() < share) else None
                 body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
