@@ -9,7 +9,8 @@ so DALI's feed and the torch loader's workers read members concurrently from any
 store's usual chain, never copied anywhere by fastseg:
 - S3: the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN, AWS_PROFILE), the shared
   config and credentials files, SSO, web identity (EKS), ECS and EC2 instance roles (through boto3's provider chain
-  where boto3 is installed, obstore's own otherwise); AWS_ENDPOINT_URL for S3-compatible services (MinIO, Ceph, R2).
+  where boto3 is installed, obstore's own otherwise); the endpoint of an S3-compatible service (MinIO, Ceph, R2)
+  and the region as boto3 resolves them: AWS_ENDPOINT_URL(_S3), else the profile's `endpoint_url` and `region`.
 - GCS: GOOGLE_APPLICATION_CREDENTIALS or GOOGLE_SERVICE_ACCOUNT(_PATH/_KEY), gcloud's application-default
   credentials, the metadata server (GCE, GKE workload identity); GOOGLE_BASE_URL for an emulator.
 - Azure: AZURE_STORAGE_ACCOUNT_NAME with AZURE_STORAGE_ACCOUNT_KEY or a SAS token, a service principal
@@ -159,22 +160,67 @@ def _allow_http(scheme: str) -> bool:
     """Plain http only where the user chose it: an http:// URL, an http:// endpoint of that store's, or Azurite."""
     if scheme == "az":
         return os.environ.get("AZURE_STORAGE_USE_EMULATOR", "").lower() in ("1", "true")
-    endpoints = {"s3": ("AWS_ENDPOINT_URL", "AWS_ENDPOINT", "AWS_ENDPOINT_URL_S3"), "gs": ("GOOGLE_BASE_URL",)}
-    return scheme == "http" or any(os.environ.get(name, "").startswith("http://") for name in endpoints.get(scheme, ()))
+    if scheme == "s3":
+        return (s3_endpoint() or "").startswith("http://")
+    return scheme == "http" or os.environ.get("GOOGLE_BASE_URL", "").startswith("http://")
+
+
+_S3_ENDPOINTS = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "AWS_ENDPOINT")
+
+
+def s3_endpoint() -> str | None:
+    """The S3-compatible endpoint to send requests to, as boto3 resolves it: the environment (AWS_ENDPOINT_URL_S3,
+    AWS_ENDPOINT_URL), else the profile's `endpoint_url` (or its `services` section's s3 one) in the AWS config
+    file; None: AWS itself."""
+    for name in _S3_ENDPOINTS:
+        if os.environ.get(name):
+            return os.environ[name]
+    return _boto3_setup()[0]
+
+
+def _boto3_setup() -> tuple[str | None, object | None]:
+    """(the endpoint of the profile's S3 client where it is not AWS's own, the boto3 session), once per process and
+    settings; (None, None) without boto3."""
+    key = (os.getpid(), tuple(sorted(settings().items())))
+    if key not in _boto3_sessions:
+        try:
+            import boto3
+        except ImportError:
+            _boto3_sessions[key] = (None, None)
+            return _boto3_sessions[key]
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            session = boto3.session.Session()
+            client = session.client("s3", region_name=session.region_name or "us-east-1")
+        except BotoCoreError as err:  # a profile that is not there, a config file that does not parse
+            raise FastsegError(f"the AWS settings do not load ({err}); check AWS_PROFILE and the AWS config files")\
+                from None
+        url = client.meta.endpoint_url
+        _boto3_sessions[key] = (None if re.search(r"\.amazonaws\.com(\.cn)?/?$", url) else url, session)
+    return _boto3_sessions[key]
+
+
+_boto3_sessions = {}
 
 
 def _s3_options() -> dict:
-    """boto3's credential chain (profiles, SSO, config files, roles) and region where boto3 is installed and the
-    environment holds no keys; obstore reads the environment and instance roles itself."""
+    """The endpoint and region as boto3 resolves them (a profile's `endpoint_url` and `region` in ~/.aws/config
+    included), and where the environment holds no keys, boto3's credential chain (profiles, SSO, config files,
+    roles); obstore reads the environment and instance roles itself."""
+    options = {}
+    if not any(os.environ.get(name) for name in _S3_ENDPOINTS) and s3_endpoint():
+        options["endpoint"] = s3_endpoint()
     if os.environ.get("AWS_ACCESS_KEY_ID"):
-        return {} if os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") else {"region": "us-east-1"}
-    try:
-        import boto3
-        from obstore.auth.boto3 import Boto3CredentialProvider
-    except ImportError:
-        return {}
-    session = boto3.session.Session()
-    options = {"region": session.region_name or "us-east-1"}
+        if not (os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")):
+            options["region"] = "us-east-1"
+        return options
+    session = _boto3_setup()[1]
+    if session is None:
+        return options
+    from obstore.auth.boto3 import Boto3CredentialProvider
+
+    options["region"] = session.region_name or "us-east-1"
     if session.get_credentials() is not None:
         options["credential_provider"] = Boto3CredentialProvider(session)
     return options
@@ -182,7 +228,7 @@ def _s3_options() -> dict:
 
 def endpoint(url: str) -> str:
     scheme = split_url(url)[0]
-    return {"s3": os.environ.get("AWS_ENDPOINT_URL") or "AWS S3", "gs": os.environ.get("GOOGLE_BASE_URL") or "GCS",
+    return {"s3": s3_endpoint() or "AWS S3", "gs": os.environ.get("GOOGLE_BASE_URL") or "GCS",
             "az": os.environ.get("AZURITE_BLOB_STORAGE_URL", "http://127.0.0.1:10000") if _allow_http("az") else
             "Azure Blob Storage"}.get(scheme, url)
 

@@ -473,3 +473,21 @@ def test_an_epoch_with_transient_faults_gives_the_clean_epochs_batches(bucket_se
         for a, b in zip(clean, faulty[copy * len(clean):(copy + 1) * len(clean)]):
             assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
     assert seconds < 60, seconds  # stalls hedged or retried after about a second each, not a minute
+
+
+def test_a_profile_with_an_endpoint_reads_the_bucket_with_no_aws_variables(bucket_set, tmp_path):
+    """A profile pointing at an S3-compatible server (MinIO, R2: `endpoint_url` and `region` in ~/.aws/config, keys
+    in the credentials file) and no AWS_* variables but AWS_PROFILE: requests go to that endpoint, as boto3 sends
+    them, not to AWS."""
+    url, _ = bucket_set
+    (tmp_path / "config").write_text(f"[profile local]\nregion = us-east-1\nendpoint_url = "
+                                     f"{os.environ['AWS_ENDPOINT_URL']}\n")
+    (tmp_path / "credentials").write_text(f"[local]\naws_access_key_id = {KEYS['AWS_ACCESS_KEY_ID']}\n"
+                                          f"aws_secret_access_key = {KEYS['AWS_SECRET_ACCESS_KEY']}\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(AWS_PROFILE="local", AWS_CONFIG_FILE=str(tmp_path / "config"),
+               AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "credentials"), FASTSEG_CACHE=str(tmp_path / "cache"))
+    script = (f"from fastseg.loading import make_loader\n"
+              f"print(sum(b['real'] for b in make_loader({url!r}, backend='torch', workers=0, batch_size=4)))\n")
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0 and done.stdout.strip() == "10", done.stderr[-2000:]
