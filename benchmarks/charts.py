@@ -146,14 +146,16 @@ def train_chart(result: dict, path: Path | None, title: str) -> str:
 
 
 def stores_chart(result: dict, path: Path | None, title: str) -> str:
-    """store_bench: a panel a store, each loader from disk, from the store clean, and with faults."""
+    """store_bench: a panel a store, each loader's first epoch from disk, from the store through the cache, with
+    faults, and by ranged reads."""
     groups = []
     for store, loaders in result["stores"].items():
         bars = []
-        for loader, f in loaders.items():
-            bars += [(f"{loader} disk", f["disk"]), (f"{loader} {store}", f["clean"]),
-                     (f"{loader} {store}, faults", f["faulty"])]
-        groups.append((store, bars))
+        for loader, runs in loaders.items():
+            bars += [(f"{loader} {label}", runs[run]["rates"][0]) for label, run in
+                     (("disk", "disk"), (f"{store} cache", "clean"), (f"{store} cache, faults", "faulty"),
+                      (f"{store} ranged", "ranged"))]
+        groups.append((f"{store}: first epoch", bars))
     return panels(path, title, groups, "samples/s", None, decimals=1)
 
 
