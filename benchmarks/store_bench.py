@@ -9,8 +9,8 @@ GETs each epoch made; and once with a cache limit below the split, the cache fol
 The servers are started here: moto's S3 server, and Azurite (Azure Blob Storage) where it is installed (.ci/run
 puts it in .ci/node). DATA (linked --copies times, for a set of a few shards) is sharded to disk and to each store
 with fastseg-shard. Each store is read through benchmarks/faults.py's proxy: `--latency` s before every request
-(a cloud's time to first byte), and in the faulty runs --faults of the ranged GETs failing (503, a reset, or half
-the body and a stall of 3 s, then a cut: a third each). Every figure is samples/s of one whole shuffled epoch
+(a cloud's time to first byte), and in the faulty runs a share of the ranged GETs failing (503, a reset, or half
+the body and a stall of 3 s, then a cut: a third each): --cache-faults through the cache, --faults by ranged reads. Every figure is samples/s of one whole shuffled epoch
 (torch loader and DALI on the CPU, batch 8, flip), the first timed from the loader's making, each run with an
 empty cache. The servers share this machine's cores with the loaders.
 """
@@ -32,8 +32,8 @@ from harness import host, publish
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # the runs of each store and loader: (label, share of ranged GETs failing, loader options)
-RUNS = (("clean", 0.0, {}), ("faulty", None, {}), ("ranged", 0.0, {"cache": "none"}),
-        ("ranged_faulty", None, {"cache": "none"}))
+RUNS = (("clean", 0.0, {}), ("faulty", "cache_faults", {}), ("ranged", 0.0, {"cache": "none"}),
+        ("ranged_faulty", "faults", {"cache": "none"}))
 
 
 def free_port() -> int:
@@ -141,10 +141,12 @@ def main() -> int:
     p.add_argument("--per-shard", type=int, default=60, help="samples a shard (fastseg-shard --max-count)")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--latency", type=float, default=0.03, help="s added to every request (a cloud's first byte)")
-    p.add_argument("--faults", type=float, default=0.05, help="the share of ranged GETs failing in faulty runs")
+    p.add_argument("--faults", type=float, default=0.05, help="the share of ranged GETs failing in the faulty run "
+                                                                 "by ranged reads (a GET a sample)")
+    p.add_argument("--cache-faults", type=float, default=0.25,
+                   help="the same through the cache: a GET a shard's part, so few GETs that 5%% would rarely hit one")
     p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--part-size", default="1MiB", help="the parts a shard is fetched in (FASTSEG_PART_SIZE): "
-                                                       "fastseg's 8 MiB would fetch these small shards in one GET")
+    p.add_argument("--part-size", default="8MiB", help="the parts a shard is fetched in (FASTSEG_PART_SIZE)")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     os.environ["FASTSEG_PART_SIZE"] = args.part_size
@@ -158,7 +160,7 @@ def main() -> int:
         servers["az"] = azure
     result = {"data": str(args.data), "copies": args.copies, "part_size": args.part_size, "workers": args.workers,
               "latency_s": args.latency,
-              "faults": args.faults, "epochs": args.epochs, "stores": {}, "host": host(),
+              "faults": args.faults, "cache_faults": args.cache_faults, "epochs": args.epochs, "stores": {}, "host": host(),
               "command": " ".join(["python", *sys.argv])}
     rows = []
     try:
@@ -193,7 +195,7 @@ def main() -> int:
                     for label, share, options in runs:
                         cache = Path(tmp) / f"cache-{scheme}-{name}-{label}"
                         options = {"cache": str(cache), **options}
-                        proxy = FaultyProxy(environment[endpoint_key], share=args.faults if share is None else share,
+                        proxy = FaultyProxy(environment[endpoint_key], share=getattr(args, share, share),
                                             seed=1, stall=3.0, latency=args.latency)
                         os.environ[endpoint_key] = proxy.url
                         try:
@@ -242,8 +244,9 @@ def table(result: dict) -> list[str]:
     rows += ["", f"{s['samples']} samples in {s['shards']} shards ({', '.join(map(str, s['shard_mb']))} MB); "
              f"{result['workers']} workers, batch 8, flip, shuffled epochs, each run with an empty cache; shards fetched "
              f"in parts of {result['part_size']}. Every request "
-             f"to a store waits {latency:.0f} ms at the proxy; the faulty runs fail {result['faults']:.0%} of the "
-             "ranged GETs (503, a reset, or a 3 s stall then a cut). clean, faulty: through the shard cache; ranged: "
+             f"to a store waits {latency:.0f} ms at the proxy; the faulty runs fail a share of the ranged GETs (503, "
+             f"a reset, or a 3 s stall then a cut): {result['cache_faults']:.0%} through the cache (a GET a part), "
+             f"{result['faults']:.0%} by ranged reads (a GET a sample). clean, faulty: through the shard cache; ranged: "
              f"`cache none` (a GET a sample); limited: the cache limited to {runs[0]['limited']['cache_limit_mb']} "
              f"MB, below the split: the folder peaked at {max(run['limited']['cache_peak_mb'] for run in runs)} MB. "
              f"Every run read the disk set's samples: {same_keys}; the faulty runs in the clean runs' order: "
