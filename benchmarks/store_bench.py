@@ -195,7 +195,8 @@ def main() -> int:
                     for label, share, options in runs:
                         cache = Path(tmp) / f"cache-{scheme}-{name}-{label}"
                         options = {"cache": str(cache), **options}
-                        proxy = FaultyProxy(environment[endpoint_key], share=getattr(args, share) if isinstance(share, str) else share,
+                        share = getattr(args, share) if isinstance(share, str) else share
+                        proxy = FaultyProxy(environment[endpoint_key], share=share,
                                             seed=1, stall=3.0, latency=args.latency)
                         os.environ[endpoint_key] = proxy.url
                         try:
