@@ -18,30 +18,20 @@ import numpy as np
 import psutil
 
 
-class TreeMonitor:
-    """Samples a process and all its descendants every `interval` s: peak resident memory and CPU seconds."""
+class Sampling:
+    """A `sample()` taken every `interval` s on a thread of its own, for as long as the `with` block runs; a sample
+    that returns False ends the sampling."""
 
-    def __init__(self, pid: int, interval: float = 0.05):
-        self.root = psutil.Process(pid)
-        self.interval, self.peak_rss, self.cpu = interval, 0, {}
+    def __init__(self, interval: float):
+        self.interval = interval
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
+    def sample(self) -> bool:
+        raise NotImplementedError
+
     def _run(self):
-        while not self._stop.is_set():
-            try:
-                procs = [self.root, *self.root.children(recursive=True)]
-            except psutil.NoSuchProcess:
-                return
-            rss = 0
-            for proc in procs:
-                try:
-                    rss += proc.memory_info().rss
-                    times = proc.cpu_times()
-                    self.cpu[proc.pid] = times.user + times.system
-                except psutil.NoSuchProcess:
-                    pass
-            self.peak_rss = max(self.peak_rss, rss)
+        while not self._stop.is_set() and self.sample() is not False:
             self._stop.wait(self.interval)
 
     def __enter__(self):
@@ -51,6 +41,31 @@ class TreeMonitor:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+
+
+class TreeMonitor(Sampling):
+    """Samples a process and all its descendants every `interval` s: peak resident memory and CPU seconds."""
+
+    def __init__(self, pid: int, interval: float = 0.05):
+        super().__init__(interval)
+        self.root = psutil.Process(pid)
+        self.peak_rss, self.cpu = 0, {}
+
+    def sample(self) -> bool:
+        try:
+            procs = [self.root, *self.root.children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return False
+        rss = 0
+        for proc in procs:
+            try:
+                rss += proc.memory_info().rss
+                times = proc.cpu_times()
+                self.cpu[proc.pid] = times.user + times.system
+            except psutil.NoSuchProcess:
+                pass
+        self.peak_rss = max(self.peak_rss, rss)
+        return True
 
     @property
     def cpu_seconds(self) -> float:

@@ -22,12 +22,11 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 from faults import FaultyProxy
-from harness import host, publish
+from harness import Sampling, host, publish
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
 AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
@@ -84,32 +83,23 @@ def azure_server() -> tuple[subprocess.Popen, dict[str, str], str] | None:
     return proc, {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": url}, "AZURITE_BLOB_STORAGE_URL"
 
 
-class FolderSize:
+class FolderSize(Sampling):
     """The largest size the files directly in a folder reached, sampled every 10 ms while it runs."""
 
     def __init__(self, folder: Path):
-        self.folder, self.peak, self._stop = folder, 0, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__(0.01)
+        self.folder, self.peak = folder, 0
 
-    def _run(self):
-        while not self._stop.is_set():
-            if self.folder.is_dir():
-                size = 0
-                for entry in os.scandir(self.folder):
-                    try:
-                        size += entry.stat().st_size if entry.is_file() else 0
-                    except FileNotFoundError:  # evicted while listed
-                        pass
-                self.peak = max(self.peak, size)
-            self._stop.wait(0.01)
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
+    def sample(self) -> bool:
+        if self.folder.is_dir():
+            size = 0
+            for entry in os.scandir(self.folder):
+                try:
+                    size += entry.stat().st_size if entry.is_file() else 0
+                except FileNotFoundError:  # evicted while listed
+                    pass
+            self.peak = max(self.peak, size)
+        return True
 
 
 def epochs(shards, backend: str, workers: int, count: int, proxy: FaultyProxy | None = None, **options) -> dict:
