@@ -69,9 +69,11 @@ def server(tmp_path_factory):
                 AWS_DEFAULT_REGION="us-east-1")
     saved = {k: os.environ.get(k) for k in [*KEYS, "AWS_ENDPOINT_URL"]}
     os.environ.update(KEYS, AWS_ENDPOINT_URL=url)
+    boto3.DEFAULT_SESSION = None  # boto3.client() keeps the credentials it first found: this server's keys are new
     boto3.client("s3").create_bucket(Bucket="sets")
     yield url
     proc.kill()
+    boto3.DEFAULT_SESSION = None
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)
