@@ -79,7 +79,6 @@ class Reader:
         self.slots: asyncio.Semaphore | None = None
         self.latency = {"member": Latency(), "part": Latency()}
         self.hedges = 0  # requests sent again because the first was late (for benchmarks and tests)
-        self.requests = 0
         thread = threading.Thread(target=self._run, name="fastseg-fetch", daemon=True)
         thread.start()
         note_native_threads()
@@ -94,7 +93,6 @@ class Reader:
 
     async def request(self, url: str, offset: int, size: int, kind: str, attempt: int) -> bytes:
         """One GET of `size` bytes at `offset`, bounded by its stall timeout; a short body is a transient failure."""
-        self.requests += 1
         started, timeout = time.monotonic(), self.latency[kind].timeout(attempt)
         try:
             data = await asyncio.wait_for(get_range(url, offset, size), timeout)

@@ -118,7 +118,8 @@ class ShardCache:
         if not same:  # evicted between the open and the lock
             os.close(fd)
             return None
-        os.utime(path)  # recently used
+        # recently used: the access time alone, since the modification time is part of what was verified
+        os.utime(path, ns=(time.time_ns(), os.fstat(fd).st_mtime_ns))
         return Pin(path, fd)
 
     def _identity(self, pin: Pin) -> tuple[str, int, int]:
@@ -180,7 +181,7 @@ class ShardCache:
         if used + size <= self.limit:
             return True
         shards = sorted((entry for entry in os.scandir(self.folder) if entry.name.endswith(".tar")
-                         and entry.is_file()), key=lambda entry: entry.stat().st_mtime_ns)
+                         and entry.is_file()), key=lambda entry: entry.stat().st_atime_ns)
         for entry in shards:
             if self._evict(Path(entry.path)) and self.used() + size <= self.limit:
                 return True

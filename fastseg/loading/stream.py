@@ -33,10 +33,7 @@ class ShardStream:
         self._pool = None  # the fetching threads, made on first use (a worker process never makes one)
         self._jobs: dict[int, Future] = {}  # shard -> Future[Pin]: fetched, being fetched, or waiting
         self._epoch = None
-        self.check_limit(0)
-
-    def __getstate__(self) -> dict:  # a worker process gets none of this process's threads or pins
-        return {**self.__dict__, "_lock": None, "_pool": None, "_jobs": {}}
+        self._start(0)  # the first epoch's order: a limit too small for it fails here, when the loader is made
 
     def epoch_shards(self, epoch: int) -> tuple[list[np.ndarray], dict[int, int], dict[int, int]]:
         """The shards each batch of `epoch` reads, and each shard's first and last batch."""
@@ -50,14 +47,16 @@ class ShardStream:
                 last[shard] = b
         return batches, first, last
 
-    def check_limit(self, epoch: int) -> None:
-        """That the cache's limit holds the shards the epoch's order needs at once (with those of the batches
-        handed out ahead); else the error naming the least limit that does."""
-        batches, first, last = self.epoch_shards(epoch)
-        peak, at = 0, 0
-        for b in range(len(batches)):
-            live = sum(self.infos[s].bytes for s in first if first[s] <= b <= last[s] + self.lag)
-            peak, at = (live, b) if live > peak else (peak, at)
+    def check_limit(self, epoch: int, first: dict[int, int], last: dict[int, int]) -> None:
+        """That the cache's limit holds the shards the epoch's order needs at once (each from its first batch to
+        its last, and the batches handed out ahead); else the error naming the least limit that does."""
+        live = np.zeros(self.plan.batches + self.lag + 2, np.int64)  # bytes pinned at each batch, as a sweep
+        for shard, start in first.items():
+            live[start] += self.infos[shard].bytes
+            live[last[shard] + self.lag + 1] -= self.infos[shard].bytes
+        live = np.cumsum(live)
+        at = int(np.argmax(live))
+        peak = int(live[at])
         if peak > self.cache.limit:
             largest = max(s.bytes for s in self.infos)
             raise FastsegError(f"--cache-limit {human(self.cache.limit)} is below what reading the {self.plan.split} "
@@ -81,13 +80,9 @@ class ShardStream:
             self._schedule(batch)
             return [self._jobs[s] for s in self._batches[batch].tolist()]
 
-    def close(self) -> None:
-        with self._lock:
-            for shard in list(self._jobs):
-                self._let_go(shard)
-
     def _start(self, epoch: int) -> None:
         self._batches, self._first, self._last = self.epoch_shards(epoch)
+        self.check_limit(epoch, self._first, self._last)
         for shard in [s for s in self._jobs if s not in self._first]:
             self._let_go(shard)
         self._epoch = epoch
