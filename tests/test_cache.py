@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -134,6 +135,9 @@ def test_a_full_disk_is_one_line_naming_the_folder_and_the_limit(bucket_set, tmp
     loader = make_loader(url, backend="torch", workers=0, cache=tmp_path)
     with pytest.raises(FastsegError, match=rf"{tmp_path}/shards: no space left for a .* shard .*lower --cache-limit"):
         list(loader)
+    deadline = time.monotonic() + 5  # the fetches started ahead of the failed one end on their own threads
+    while [p for p in (tmp_path / "shards").iterdir() if p.is_file()] and time.monotonic() < deadline:
+        time.sleep(0.05)
     assert not [p for p in (tmp_path / "shards").iterdir() if p.is_file()]  # no partial file left behind
 
 
