@@ -84,7 +84,19 @@ class ShardCache:
 
     def used(self) -> int:
         """Bytes the folder holds: cached shards and the space reserved for those being fetched."""
-        return sum(entry.stat().st_size for entry in os.scandir(self.folder) if entry.is_file())
+        return sum(stat.st_size for _, stat in self._files())
+
+    def _files(self) -> list[tuple[os.DirEntry, os.stat_result]]:
+        """The folder's files with their stat, those renamed or removed while it is listed left out (a fetch
+        elsewhere renames its partial file into place without the folder's lock)."""
+        found = []
+        for entry in os.scandir(self.folder):
+            try:
+                if entry.is_file():
+                    found.append((entry, entry.stat()))
+            except FileNotFoundError:
+                pass
+        return found
 
     def acquire(self, url: str, shard: ShardInfo) -> Pin:
         """A pin on the verified local copy of the shard at `url`, fetched first where the cache has none (or a
@@ -180,9 +192,9 @@ class ShardCache:
         used = self.used()
         if used + size <= self.limit:
             return True
-        shards = sorted((entry for entry in os.scandir(self.folder) if entry.name.endswith(".tar")
-                         and entry.is_file()), key=lambda entry: entry.stat().st_atime_ns)
-        for entry in shards:
+        shards = sorted(((entry, stat) for entry, stat in self._files() if entry.name.endswith(".tar")),
+                        key=lambda found: found[1].st_atime_ns)
+        for entry, _ in shards:
             if self._evict(Path(entry.path)) and self.used() + size <= self.limit:
                 return True
         return False
