@@ -28,6 +28,9 @@ class ShardOptions:
     skip_unpaired: bool = option(False, action="store_true",
                                  help="leave out files without a partner instead of failing")
     overwrite: bool = option(False, action="store_true", help="replace OUT if it exists")
+    unannotated: str = option("background", choices=("background", "ignore"),
+                              help="COCO: pixels no annotation covers are the class `background`, or ignored "
+                                   "(COCO-Stuff's 'unlabeled')")
     keep_zero_label: bool = option(False, action="store_true",
                                    help="ADE20K: keep mask value 0 ('other') as a class instead of ignoring it")
     mask_threshold: int | None = option(None, type=int, metavar="T",

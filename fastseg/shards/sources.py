@@ -1,5 +1,6 @@
 """The pairs of a source folder per split, and how their masks become class ids, decided once (and the same way on
-every machine that shards a part of it): a public dataset's own (datasets.py), or the generic layouts' (pairs.py)
+every machine that shards a part of it): an annotation tool's export or a Hub parquet set (annotations.py), a
+public dataset's own (datasets.py), or the generic layouts' (pairs.py)
 with the mask kind detected from a spread of masks (masks.py). Also the worker pool that encodes them."""
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from pathlib import Path
 from ..errors import FastsegError
 from ..format import listing
 from ..processes import workers_starting
+from . import annotations
 from . import masks as maskmod
 from .datasets import KNOWN_LAYOUTS, recognise
 from .options import ShardOptions
@@ -20,6 +22,11 @@ from .pairs import Pair, compile_pair_key, find_pairs, split_off_val
 def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec]:
     """The pairs per split and how their masks become class ids: a public dataset's own (datasets.py), or the
     generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
+    if not (opts.images or opts.masks or opts.pair_key):
+        annotated = annotations.recognise(src, opts)  # COCO, labelme, parquet: made into pairs of files first
+        if annotated is not None:
+            print(annotated.describe())
+            return split_off_val(annotated.splits, opts.val_fraction, opts.seed, opts.group_by), annotated.spec
     known = None if opts.images or opts.masks or opts.pair_key else recognise(src, opts.keep_zero_label)
     if known is not None:
         own = [flag for flag, value in (("--classes", opts.classes), ("--ignore-value", opts.ignore_value),
@@ -33,7 +40,7 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
             print(f"skipping the {split} split: {why}")
         return split_off_val(known.splits, opts.val_fraction, opts.seed, opts.group_by), known.spec
     pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
-    found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS)
+    found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS + annotations.LAYOUTS)
     if found.unpaired:
         named = listing([str(p) for p in found.unpaired])
         if not opts.skip_unpaired:
