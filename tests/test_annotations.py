@@ -232,3 +232,32 @@ def test_a_parquet_set_holds_the_folder_sets_image_bytes_and_mask_pixels(tmp_pat
     parquet_masks, folder_masks = stored_masks(tmp_path / "from_parquet"), stored_masks(tmp_path / "from_folders")
     assert sorted(parquet_masks) == sorted(folder_masks) and len(folder_masks) == 8
     assert all(np.array_equal(parquet_masks[k], folder_masks[k]) for k in folder_masks)
+
+
+def test_coco_files_can_be_named_and_parquet_columns_too(coco, tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root, _, files = coco
+    src = tmp_path / "exported"
+    (src / "images").mkdir(parents=True)
+    for image in (root / "images").iterdir():
+        (src / "images" / image.name).write_bytes(image.read_bytes())
+    code, text = shard(src, tmp_path / "named", capsys, "--coco", files["val"])  # a file outside SRC/annotations
+    assert code == 0 and "instances_val.json" in text, text
+    assert load_manifest(tmp_path / "named").splits["val"].samples == 2
+
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    image = (root / "images" / "p000.jpg").read_bytes()
+    mask = io.BytesIO()
+    Image.fromarray(np.zeros(SIZE[::-1], np.uint8)).save(mask, format="PNG")
+    hub = tmp_path / "hub"
+    hub.mkdir()
+    pq.write_table(pa.table({"photo": pa.array([{"bytes": image, "path": "a.jpg"}] * 2, struct),
+                             "target": pa.array([{"bytes": mask.getvalue(), "path": "a.png"}] * 2, struct)}),
+                   hub / "train.parquet")
+    code, text = shard(hub, tmp_path / "unnamed", capsys)
+    assert code == 1 and "train.parquet: no image column among photo, target" in text and "--image-column" in text
+    code, text = shard(hub, tmp_path / "columns", capsys, "--image-column", "photo", "--mask-column", "target",
+                       "--val-fraction", "0")
+    assert code == 0 and load_manifest(tmp_path / "columns").splits["train"].samples == 2, text

@@ -85,21 +85,24 @@ def _save_mask(mask: np.ndarray, split: str, key: str) -> Path:
 
 
 # --- COCO ------------------------------------------------------------------------------------------------------
-def _coco_files(src: Path) -> list[tuple[Path, dict]]:
+def _coco_files(src: Path, named: list[Path] | None) -> list[tuple[Path, dict]]:
+    """The COCO files: those `named` (--coco), each of which must be one, or those in SRC/annotations/."""
     folder = src / "annotations"
     found = []
-    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+    for path in named or (sorted(folder.glob("*.json")) if folder.is_dir() else []):
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(Path(path).read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
             raise FastsegError(f"{path}: not readable JSON ({err}); export the annotations again") from None
         if isinstance(data, dict) and {"images", "annotations", "categories"} <= set(data):
-            found.append((path, data))
+            found.append((Path(path), data))
+        elif named:
+            raise FastsegError(f"{path}: not a COCO file (it needs images, annotations and categories)")
     return found
 
 
 def _coco(src: Path, opts: ShardOptions) -> Recognised | None:
-    files = _coco_files(src)
+    files = _coco_files(src, opts.coco)
     if not files:
         return None
     try:
@@ -145,7 +148,7 @@ def _coco(src: Path, opts: ShardOptions) -> Recognised | None:
             splits.setdefault(split, []).append(Pair(key, found, _save_mask(mask, split, key)))
     if empty:
         print(f"{empty} image(s) without annotations: all {'ignore' if ignore_rest else 'background'}")
-    source = ", ".join(str(p.relative_to(src)) for p, _ in files)
+    source = ", ".join(p.name for p, _ in files)
     return Recognised(f"COCO annotations ({source}; rasterised by pycocotools)", splits,
                       index_spec(names, f"the COCO categories of {source}"))
 
@@ -256,14 +259,19 @@ def _labelme(src: Path, opts: ShardOptions) -> Recognised | None:
 
 
 # --- Hugging Face parquet ----------------------------------------------------------------------------------------
-def _column(schema, wanted: tuple[str, ...], path: Path, what: str) -> str:
-    """The struct column {bytes, path} that holds the images or the masks, by name."""
+def _column(schema, wanted: tuple[str, ...], path: Path, what: str, named: str | None) -> str:
+    """The struct column {bytes, path} that holds the images or the masks: `named`, or found by name."""
     candidates = [field.name for field in schema if _is_file_struct(field.type)]
+    if named:
+        if named not in candidates:
+            raise FastsegError(f"{path}: no {what} column {named!r} of {{bytes, path}} structs; those there: "
+                               f"{', '.join(candidates) or 'none'}")
+        return named
     for name in wanted:
         if name in candidates:
             return name
     raise FastsegError(f"{path}: no {what} column among {', '.join(candidates) or 'none'} (image columns are "
-                       f"found by the names {', '.join(IMAGE_COLUMNS)}; mask columns by {', '.join(MASK_COLUMNS)})")
+                       f"found by the names {', '.join(IMAGE_COLUMNS)}; mask columns by {', '.join(MASK_COLUMNS)}; or name them: --image-column, --mask-column)")
 
 
 def _is_file_struct(kind) -> bool:
@@ -290,8 +298,8 @@ def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
     seen: set[tuple[str, str]] = set()
     for path in files:
         reader = pq.ParquetFile(path)
-        image_column = _column(reader.schema_arrow, IMAGE_COLUMNS, path, "image")
-        mask_column = _column(reader.schema_arrow, MASK_COLUMNS, path, "mask")
+        image_column = _column(reader.schema_arrow, IMAGE_COLUMNS, path, "image", opts.image_column)
+        mask_column = _column(reader.schema_arrow, MASK_COLUMNS, path, "mask", opts.mask_column)
         split = split_of(path.stem)
         row = 0
         for batch in reader.iter_batches(batch_size=64, columns=[image_column, mask_column]):  # bounded memory

@@ -31,6 +31,12 @@ class ShardOptions:
     unannotated: str = option("background", choices=("background", "ignore"),
                               help="COCO: pixels no annotation covers are the class `background`, or ignored "
                                    "(COCO-Stuff's 'unlabeled')")
+    coco: list[Path] | None = option(None, type=Path, nargs="+", metavar="FILE",
+                                     help="COCO JSON files to read (default: SRC/annotations/*.json)")
+    image_column: str | None = option(None, metavar="NAME", help="parquet: the column holding the images "
+                                                                 "(default: found by name)")
+    mask_column: str | None = option(None, metavar="NAME", help="parquet: the column holding the masks "
+                                                                "(default: found by name)")
     keep_zero_label: bool = option(False, action="store_true",
                                    help="ADE20K: keep mask value 0 ('other') as a class instead of ignoring it")
     mask_threshold: int | None = option(None, type=int, metavar="T",

@@ -42,7 +42,7 @@ from .writer import Stats, manifest_from, write_shards
 # the options that decide which samples a part takes and what it writes: parts must agree on all of them
 DECIDING = ("seed", "val_fraction", "shard_size", "max_count", "resize_masks", "ignore_value", "mask_threshold",
             "pair_key", "map_values", "keep_zero_label", "skip_unpaired", "images", "masks", "store", "group_by",
-            "unannotated")
+            "unannotated", "coco", "image_column", "mask_column")
 
 
 def parse_part(text: str, environ=os.environ) -> tuple[int, int]:
