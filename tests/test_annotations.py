@@ -35,7 +35,8 @@ def stored_masks(shards: Path) -> dict[str, np.ndarray]:
         with tarfile.open(tar_path) as tar:
             for member in tar.getmembers():
                 if member.name.endswith(".mask.png"):
-                    found[member.name.partition(".")[0]] = np.array(Image.open(io.BytesIO(tar.extractfile(member).read())))
+                    data = tar.extractfile(member).read()
+                    found[member.name.partition(".")[0]] = np.array(Image.open(io.BytesIO(data)))
     return found
 
 

@@ -23,6 +23,7 @@ files; it is removed when fastseg-shard ends.
 from __future__ import annotations
 
 import atexit
+import glob
 import json
 import math
 import shutil
@@ -220,8 +221,8 @@ def shape_to_mask(shape: tuple[int, int], points: list, shape_type: str | None, 
 def _labelme(src: Path, opts: ShardOptions) -> Recognised | None:
     found = []
     for path in sorted(src.rglob("*.json")):
-        if not any(path.with_suffix(suffix).is_file() for suffix in IMAGE_SUFFIXES | {s.upper() for s in
-                                                                                     IMAGE_SUFFIXES}):
+        beside = path.parent.glob(f"{glob.escape(path.stem)}.*")
+        if not any(other.suffix.lower() in IMAGE_SUFFIXES for other in beside):
             continue  # labelme writes its JSON beside the image, by the image's name
         try:
             data = json.loads(path.read_text())
