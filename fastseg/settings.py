@@ -1,20 +1,44 @@
 """Options declared once: a dataclass field that is also a command-line flag carries its default (the field's),
-its help and how the flag parses it, beside the field; its check stays in the class's __post_init__. The commands
-make their flags from these fields (cli/configs.add_options), and their settings files take the same keys."""
+its help, how the flag parses it and what it belongs to, beside the field; its check stays in the class's
+__post_init__. The commands make their flags from these fields (cli/configs.add_options) and the dataclass back from
+the parsed flags by field name (`from_args`), so a declared option cannot be dropped on the way in; their settings
+files take the same keys."""
 from __future__ import annotations
 
 import argparse
-from dataclasses import MISSING, field
+from dataclasses import MISSING, Field, field, fields
 
 SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
 
-def option(default=MISSING, *, help: str, flag: str | None = None, default_factory=MISSING, **parse):
+def option(default=MISSING, *, help: str, flag: str | None = None, default_factory=MISSING, mode: str | None = None,
+           deciding: bool = False, **parse):
     """A field with its flag: `flag` (default --NAME-WITH-DASHES) and argparse's own arguments in `parse` (type,
-    nargs, choices, action, metavar)."""
+    nargs, choices, action, metavar). `mode`: the augmentation the option belongs to (given with another, it would
+    have no effect); `deciding`: a set's option that decides what a part writes (parts must agree on it)."""
     return field(default=default, default_factory=default_factory,
-                 metadata={"help": help, "flag": flag, "parse": parse})
+                 metadata={"help": help, "flag": flag, "parse": parse, "mode": mode, "deciding": deciding})
+
+
+def declared(cls) -> list[Field]:
+    """`cls`'s fields declared with `option`, in their order."""
+    return [f for f in fields(cls) if "flag" in f.metadata]
+
+
+def flag(spec: Field) -> str:
+    return spec.metadata["flag"] or "--" + spec.name.replace("_", "-")
+
+
+def dest(spec: Field) -> str:
+    """Where argparse puts the field's flag: the flag's name (--image-size: image_size), not always the field's."""
+    return flag(spec).lstrip("-").replace("-", "_")
+
+
+def from_args(cls, args: argparse.Namespace, **decided):
+    """`cls` made from every declared option's parsed flag, by field name; `decided`: the fields a command sets
+    itself (from the machine, say), over what was parsed."""
+    return cls(**{**{spec.name: getattr(args, dest(spec)) for spec in declared(cls)}, **decided})
 
 
 def parse_size(text: str | int) -> int:

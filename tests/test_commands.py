@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+from dataclasses import MISSING
 import subprocess
 import sys
 from pathlib import Path
@@ -321,6 +323,99 @@ def test_fastseg_shard_takes_a_config_file_and_flags_between_its_folders(tmp_pat
     manifest = json.loads((tmp_path / "b/manifest.json").read_text())
     assert max(s["samples"] for split in manifest["splits"].values() for s in split["shards"]) == 3
     assert parse_size("256MB") == 256 * 10**6 and parse_size("1GiB") == 2**30
+
+
+WORKERS = (os.cpu_count() or 1) + 1  # not the machine's default
+# a value other than the default for every declared option, as typed, and as its dataclass holds it; a new option
+# with no row here fails the test below until it has one
+OTHER_VALUES = {
+    "backend": (["--loader", "torch"], "torch"), "batch_size": (["--batch-size", "3"], 3),
+    "size": (["--image-size", "48", "48"], (48, 48)), "window_decode": (["--no-window-decode"], False),
+    "vflip": (["--vflip"], True), "workers": (["--workers", str(WORKERS)], WORKERS), "seed": (["--seed", "7"], 7),
+    "cache": (["--cache", "none"], "none"), "cache_limit": (["--cache-limit", "16MiB"], "16MiB"),
+    "checksums": (["--no-checksums"], False), "return_keys": (["--log-batch-keys"], True),
+    "channels_last": (["--channels-last"], True), "scale": (["--scale", "0.3", "0.9"], (0.3, 0.9)),
+    "base_size": (["--base-size", "40", "48"], (40, 48)), "ratio_range": (["--ratio-range", "0.75", "1.5"], (0.75, 1.5)),
+    "cat_max_ratio": (["--cat-max-ratio", "0.5"], 0.5), "photometric": (["--no-photometric"], False),
+    "optimizer": (["--optimizer", "sgd"], "sgd"), "lr": (["--lr", "0.02"], 0.02),
+    "weight_decay": (["--weight-decay", "0.001"], 0.001), "schedule": (["--schedule", "poly"], "poly"),
+    "warmup_steps": (["--warmup-steps", "5"], 5), "min_lr": (["--min-lr", "1e-5"], 1e-5),
+    # fastseg-shard's
+    "images": (["--images", "I"], Path("I")), "masks": (["--masks", "M"], Path("M")),
+    "classes": (["--classes", "c.json"], Path("c.json")), "ignore_value": (["--ignore-value", "11"], 11),
+    "val_fraction": (["--val-fraction", "0.2"], 0.2), "shard_size": (["--shard-size", "1MiB"], 2**20),
+    "max_count": (["--max-count", "5"], 5), "resize_masks": (["--resize-masks"], True),
+    "skip_unpaired": (["--skip-unpaired"], True), "overwrite": (["--overwrite"], True),
+    "unannotated": (["--unannotated", "ignore"], "ignore"), "coco": (["--coco", "a.json"], [Path("a.json")]),
+    "image_column": (["--image-column", "img"], "img"), "mask_column": (["--mask-column", "lbl"], "lbl"),
+    "keep_zero_label": (["--keep-zero-label"], True), "mask_threshold": (["--mask-threshold", "128"], 128),
+    "pair_key": (["--pair-key", r"(\d+)"], r"(\d+)"), "group_by": (["--group-by", r"^(\w+)_"], r"^(\w+)_"),
+    "map_values": (["--map-values", "1:2"], {1: 2}), "store": (["--store", "raw"], "raw"),
+}
+
+
+def test_every_declared_option_reaches_its_settings(shards, tmp_path, monkeypatch):
+    """Each option declared on a settings dataclass, given a value other than its default on the command line,
+    arrives in that dataclass: through fastseg-train's resolve (the loader and the optimizer, once per augmentation
+    for the options of one) and through fastseg-shard's main (its ShardOptions)."""
+    import fastseg.cli.shard as shard_cli
+    from fastseg.cli import configs
+    from fastseg.cli.train import build_parser, resolve
+    from fastseg.loading import LoaderConfig
+    from fastseg.settings import declared
+    from fastseg.shards import ShardOptions
+    from fastseg.training import OptimSettings
+
+    def given(cls, mode=None):
+        specs = [s for s in declared(cls) if s.metadata["mode"] in (None, mode) and s.name != "augment"]
+        missing = [s.name for s in specs if s.name not in OTHER_VALUES]
+        assert not missing, f"give OTHER_VALUES a non-default value for {', '.join(missing)}"
+        for spec in specs:  # the value is not the default, or arriving would prove nothing
+            default = spec.default_factory() if spec.default_factory is not MISSING else spec.default
+            assert OTHER_VALUES[spec.name][1] != default, spec.name
+        return specs, [word for spec in specs for word in OTHER_VALUES[spec.name][0]]
+
+    def arrived(found, specs):
+        for spec in specs:
+            value = getattr(found, spec.name)
+            assert (list(value) if isinstance(value, tuple) else value) == \
+                (list(OTHER_VALUES[spec.name][1]) if isinstance(OTHER_VALUES[spec.name][1], tuple)
+                 else OTHER_VALUES[spec.name][1]), f"{spec.name} did not arrive: {value!r}"
+
+    for mode in ("crop", "mmseg"):
+        loader, loader_argv = given(LoaderConfig, mode)
+        optim, optim_argv = given(OptimSettings)
+        argv = ["--shards", shards, "--out", tmp_path / mode, "--accelerator", "cpu", "--augment", mode,
+                *loader_argv, *optim_argv]
+        run = resolve(configs.parse(build_parser(), [str(a) for a in argv]))
+        arrived(run.loader, loader)
+        assert run.loader.augment == mode  # the one option each pass sets to its own value
+        arrived(run.optim, optim)
+
+    options, shard_argv = given(ShardOptions)
+    seen = []
+    monkeypatch.setattr(shard_cli, "shard", lambda src, out, opts: seen.append(opts))
+    assert shard_cli.main(["src", "out", *shard_argv]) == 0
+    arrived(seen[0], options)
+
+
+def test_predict_and_report_take_a_config_file_too(tmp_path, capsys):
+    import yaml
+
+    from fastseg.cli.report import main as report_main
+
+    capsys.readouterr()
+    assert run(["--checkpoint", "c.ckpt", "--out", tmp_path, "--eval-mode", "slide", "--print-config"], predict_main,
+               "fastseg-predict") == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["checkpoint"] == "c.ckpt" and printed["eval_mode"] == "slide" and printed["batch_size"] == 8
+    (tmp_path / "report.yaml").write_text("shards: somewhere\nsamples: 3\n")
+    assert run(["--config", tmp_path / "report.yaml", "--seed", "4", "--print-config"], report_main,
+               "fastseg-report") == 0
+    assert yaml.safe_load(capsys.readouterr().out) == {"shards": "somewhere", "out": None, "samples": 3, "seed": 4}
+    (tmp_path / "typo.yaml").write_text("shards: somewhere\nsample: 3\n")
+    assert run(["--config", tmp_path / "typo.yaml"], report_main, "fastseg-report") == 1
+    assert "unknown key 'sample'; did you mean samples?" in capsys.readouterr().err
 
 
 def test_every_flag_of_an_option_comes_from_its_field(shards, tmp_path, capsys):

@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import difflib
-from dataclasses import MISSING, fields
+import sys
+from dataclasses import MISSING
 from pathlib import Path
 
 import yaml
 
 from ..errors import FastsegError
+from ..settings import declared, dest, flag
 
 # dests that are about reading the command line itself, never a setting
 NOT_SETTINGS = ("help", "config", "print_config")
@@ -29,22 +31,21 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--print-config", action="store_true", help="print the settings as YAML and exit")
 
 
-def add_options(parser, cls, names: list[str], defaults: dict | None = None) -> None:
-    """The flags of `cls`'s fields `names` (declared with settings.option: flag, help, parsing), each defaulting to
-    its field's default, or to `defaults[name]` where a command decides later (e.g. None: by the machine)."""
-    found = {f.name: f for f in fields(cls)}
-    for name in names:
-        spec = found[name].metadata
-        default = (defaults or {}).get(name, found[name].default)
+def add_options(parser, cls, defaults: dict | None = None) -> None:
+    """A flag for each of `cls`'s fields declared with settings.option (flag, help, parsing), each defaulting to its
+    field's default, or to `defaults[name]` where a command decides later (e.g. None: by the machine);
+    `settings.from_args` makes the dataclass back from them."""
+    for found in declared(cls):
+        default = (defaults or {}).get(found.name, found.default)
         made = default is MISSING  # by a factory (the machine's cores, say): the help says what it is
         if made:
-            default = found[name].default_factory()
-        parse = dict(spec["parse"])
-        shown = spec["help"]
+            default = found.default_factory()
+        parse = dict(found.metadata["parse"])
+        shown = found.metadata["help"]
         switch = parse.get("action") is argparse.BooleanOptionalAction
         if not made and default is not None and default != [] and (default is not False or switch):
             shown += " (default: %(default)s)"
-        parser.add_argument(spec["flag"] or "--" + name.replace("_", "-"), default=default, help=shown, **parse)
+        parser.add_argument(flag(found), dest=dest(found), default=default, help=shown, **parse)
 
 
 def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
@@ -55,6 +56,16 @@ def parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespac
     if known.config is not None:
         apply_file(parser, known.config)
     return parser.parse_intermixed_args(argv)
+
+
+def read(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace | None:
+    """A command's arguments (`parse`, from sys.argv when `argv` is None), or None once --print-config has printed
+    them: the command then exits 0."""
+    args = parse(parser, sys.argv[1:] if argv is None else list(argv))
+    if not args.print_config:
+        return args
+    print(dump(settings(parser, args)), end="")
+    return None
 
 
 def settable(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:

@@ -14,7 +14,7 @@ from ..loading.config import BACKENDS
 from ..loading.contract import Normalize
 from ..shards.pairs import IMAGE_SUFFIXES
 from ..storage import location
-from . import run_cli
+from . import configs, run_cli
 from .evaluation import add_evaluation_arguments, scoring_from
 
 
@@ -32,6 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, help="loader threads/processes for --shards (default: the cores)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     add_evaluation_arguments(p)
+    configs.add_config_flags(p)
     return p
 
 
@@ -136,7 +137,9 @@ def evaluate(module, args, scoring) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = configs.read(build_parser(), argv)
+    if args is None:
+        return 0
     if (args.input is None) == (args.shards is None):
         raise FastsegError("give --input (images to predict) or --shards (a split to evaluate), one of them")
     scoring = scoring_from(args)  # the flags checked before the checkpoint is read

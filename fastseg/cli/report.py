@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..storage import location
-from . import run_cli
+from . import configs, run_cli
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -16,14 +16,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, help="the page to write (default: SHARDS/report.html; for a bucket, "
                                             "./report.html)")
     p.add_argument("--samples", type=int, default=12, help="random samples shown per split (default %(default)s)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="which samples are shown")
+    configs.add_config_flags(p)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     from ..shards.report import write_report
 
-    args = build_parser().parse_args(argv)
+    args = configs.read(build_parser(), argv)
+    if args is None:
+        return 0
     out = write_report(args.shards, args.out, samples=max(args.samples, 0), seed=args.seed)
     print(f"wrote {out}")
     return 0

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import fields
 from pathlib import Path
 
 from .. import storage
+from ..settings import from_args
 from ..shards import ShardOptions, merge, parse_part, shard, verify
 from ..storage import location
 from . import configs, run_cli
@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "array's task id and count; then --merge OUT")
     p.add_argument("--merge", type=location, metavar="OUT",
                    help="write the one manifest of a set written with --part, once all its parts are there, and exit")
-    configs.add_options(p, ShardOptions, [f.name for f in fields(ShardOptions) if "flag" in f.metadata])
+    configs.add_options(p, ShardOptions)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     configs.add_config_flags(p)
     return p
@@ -34,9 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = configs.parse(parser, sys.argv[1:] if argv is None else list(argv))
-    if args.print_config:
-        print(configs.dump(configs.settings(parser, args)), end="")
+    args = configs.read(parser, argv)
+    if args is None:
         return 0
     if args.verify:
         problems = verify(args.verify, progress=not args.quiet)
@@ -51,8 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         args.src, args.out = None, args.src  # `fastseg-shard --images I --masks M OUT`
     if args.out is None:
         parser.error("give SRC and OUT (or --images DIR --masks DIR OUT, or --verify OUT)")
-    chosen = {f.name: getattr(args, f.name) for f in fields(ShardOptions) if "flag" in f.metadata}
-    opts = ShardOptions(**chosen, part=parse_part(args.part) if args.part else None, progress=not args.quiet)
+    opts = from_args(ShardOptions, args, part=parse_part(args.part) if args.part else None, progress=not args.quiet)
     if storage.is_remote(args.src or ""):
         parser.error("SRC must be a local folder; only OUT may be in an object store (s3://, gs://, az://)")
     shard(args.src or Path("."), args.out, opts)

@@ -17,6 +17,7 @@ import torch
 from ..errors import FastsegError
 from ..format import Manifest, ShardSet, open_set
 from ..loading.config import LoaderConfig, default_workers
+from ..settings import declared, dest, flag, from_args
 from ..storage import is_remote, location
 from ..training.checkpoints import local_checkpoint
 from ..training.model import PRECISION_DTYPES, import_factory, parse_model_args
@@ -63,23 +64,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", default="val")
     loader = p.add_argument_group("loading (fastseg.loading.LoaderConfig)")
-    configs.add_options(loader, LoaderConfig, ["backend", "batch_size", "size", "augment", "scale", "base_size",
-                                               "ratio_range", "cat_max_ratio", "photometric", "window_decode", "vflip",
-                                               "workers", "seed", "cache", "cache_limit", "checksums",
-                                               "return_keys", "channels_last"],
-                        defaults={"channels_last": None})  # None: on for GPU, decided once the accelerator is
+    # channels_last None: on for GPU, decided once the accelerator is
+    configs.add_options(loader, LoaderConfig, defaults={"channels_last": None})
     optim = p.add_argument_group("optimizer and schedule (fastseg.training.OptimSettings)")
-    configs.add_options(optim, OptimSettings, ["optimizer", "lr", "weight_decay", "schedule", "warmup_steps",
-                                               "min_lr"])
+    configs.add_options(optim, OptimSettings)
     add_evaluation_arguments(p)
     add_config_flags(p)
     return p
 
 
-# options of one augmentation, with the flag that sets each: given with another, they would have no effect
-MODE_OPTIONS = {"mmseg": {"base_size": "--base-size", "ratio_range": "--ratio-range",
-                          "cat_max_ratio": "--cat-max-ratio", "photometric": "--photometric"},
-                "crop": {"scale": "--scale"}}
 # settings about the run's folder rather than the run: not in OUT/config.yaml, so that it reruns anywhere
 FOLDER_SETTINGS = ("resume", "overwrite")
 
@@ -155,26 +148,26 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
                            "bucket (s3fs, gcsfuse, blobfuse2)")
     shard_set = open_set(args.shards)
     manifest = shard_set.manifest
-    for split, flag in ((args.split, "--split"), (args.val_split, "--val-split")):
+    for split, split_flag in ((args.split, "--split"), (args.val_split, "--val-split")):
         if split not in manifest.splits:
             raise FastsegError(f"no split {split!r} in {args.shards} (it has: {', '.join(manifest.splits)}); "
-                               f"choose one with {flag}")
+                               f"choose one with {split_flag}")
     gpus = torch.cuda.device_count()
     accelerator = args.accelerator if args.accelerator != "auto" else ("gpu" if gpus else "cpu")
     if accelerator == "gpu" and args.devices > gpus:
         raise FastsegError(f"--devices {args.devices} on the GPU, but {gpus} CUDA device(s) are visible; "
                            "lower --devices or use --accelerator cpu")
-    for flag, value in (("--devices", args.devices), ("--log-every", args.log_every),
+    for name, value in (("--devices", args.devices), ("--log-every", args.log_every),
                         ("--checkpoint-every", args.checkpoint_every or 1), ("--epochs", args.epochs or 1),
                         ("--max-steps", args.max_steps or 1)):
         if value < 1:
-            raise FastsegError(f"{flag} must be at least 1")
+            raise FastsegError(f"{name} must be at least 1")
     augment = args.augment or "flip"  # what LoaderConfig decides for a training split
-    for mode, options in MODE_OPTIONS.items():
-        for key, flag in options.items():
-            if augment != mode and _given(getattr(args, key)) != _given(LoaderConfig.default(key)):
-                raise FastsegError(f"{flag} is an option of --augment {mode} and has no effect with --augment "
-                                   f"{augment}; drop it, or train with --augment {mode}")
+    for spec in declared(LoaderConfig):  # an option of one augmentation, given with another, would have no effect
+        mode = spec.metadata["mode"]
+        if mode and augment != mode and _given(getattr(args, dest(spec))) != _given(spec.default):
+            raise FastsegError(f"{flag(spec)} is an option of --augment {mode} and has no effect with --augment "
+                               f"{augment}; drop it, or train with --augment {mode}")
     if args.epochs is not None and args.max_steps is not None:
         raise FastsegError("--epochs and --max-steps both say how long to train; give one of them")
     if args.model:
@@ -187,13 +180,8 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
     precision = args.precision or ("16-mixed" if accelerator == "gpu" else "32-true")
     if accelerator == "cpu" and precision == "16-mixed":
         raise FastsegError(f"--precision {precision} needs a GPU; on the CPU use bf16-mixed or 32-true")
-    loader = LoaderConfig(
-        backend=args.loader, batch_size=args.batch_size, size=tuple(args.image_size) if args.image_size else None,
-        augment=args.augment, base_size=tuple(args.base_size) if args.base_size else None,
-        ratio_range=tuple(args.ratio_range), cat_max_ratio=args.cat_max_ratio, photometric=args.photometric,
-        scale=tuple(args.scale), window_decode=args.window_decode, vflip=args.vflip, seed=args.seed,
-        cache=args.cache, cache_limit=args.cache_limit, checksums=args.checksums, return_keys=args.log_batch_keys,
-        workers=default_workers(args.devices) if args.workers is None else args.workers,
+    loader = from_args(
+        LoaderConfig, args, workers=default_workers(args.devices) if args.workers is None else args.workers,
         channels_last=accelerator == "gpu" if args.channels_last is None else args.channels_last,
     ).for_split(manifest, args.split, training=True)
     check_size(*loader.size)
@@ -213,8 +201,7 @@ def resolve(args, settings: dict | None = None) -> RunConfig:
         if state:
             check_resumable(state, ranks, loader)
     epochs = None if args.max_steps else (args.epochs or OptimSettings.epochs)
-    optim = OptimSettings(optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay,
-                          schedule=args.schedule, warmup_steps=args.warmup_steps, min_lr=args.min_lr, epochs=epochs)
+    optim = from_args(OptimSettings, args, epochs=epochs)
     # log at least once an epoch (Lightning warns when the cadence is longer than an epoch)
     steps = batches_per_epoch(manifest.splits[args.split].samples, ranks, args.batch_size)
     return RunConfig(
@@ -274,9 +261,8 @@ def claim_out(out: Path, resume_flag: str | None, resume: str | None, overwrite:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser()
-    args = configs.parse(parser, argv)
-    if args.print_config:
-        print(configs.dump(configs.settings(parser, args)), end="")
+    args = configs.read(parser, argv)
+    if args is None:
         return 0
     run = resolve(args, configs.settings(parser, args, leave_out=FOLDER_SETTINGS))
     import pytorch_lightning as pl

@@ -1,9 +1,10 @@
 """LoaderConfig: every loader option once, with its default and its check.
 
-`make_loader`, `SegDataModule`, the plan and both backends read this one frozen object; adding an option is a
-field here, the backends that use it, a CLI flag and the docs. Options left `None` are decided per split when a
-loader is made (`for_split`): the output size from the manifest, the augmentation and shuffle by role (training or
-not), the workers from the machine.
+`make_loader`, `SegDataModule`, the plan and both backends read this one frozen object. Adding an option is a
+field here, the backends that use it and the docs: declared with settings.option, the field is a flag of
+fastseg-train and a key of its settings files, and reaches this class by its name (`mode` names the augmentation
+it belongs to). Options left `None` are decided per split when a loader is made (`for_split`): the output size from
+the manifest, the augmentation and shuffle by role (training or not), the workers from the machine.
 """
 from __future__ import annotations
 
@@ -35,16 +36,17 @@ class LoaderConfig:
                                       "size; crop: random scale-crop, resize and flip; mmseg: MMSegmentation's recipe "
                                       "(random resize, padded crop with cat_max_ratio, flip, photometric distortion); "
                                       "none")  # None: flip when training, none otherwise (True/False: flip/none)
-    scale: tuple[float, float] = option((0.5, 1.0), type=float, nargs=2, metavar=("LO", "HI"),
+    scale: tuple[float, float] = option((0.5, 1.0), mode="crop", type=float, nargs=2, metavar=("LO", "HI"),
                                         help="crop: the area fraction range")
-    base_size: tuple[int, int] | None = option(None, type=int, nargs=2, metavar=("H", "W"),
+    base_size: tuple[int, int] | None = option(None, mode="mmseg", type=int, nargs=2, metavar=("H", "W"),
                                                help="mmseg: the scale resized by the ratio (RandomResize scale; "
                                                     "default: the largest image)")
-    ratio_range: tuple[float, float] = option((0.5, 2.0), type=float, nargs=2, metavar=("LO", "HI"),
+    ratio_range: tuple[float, float] = option((0.5, 2.0), mode="mmseg", type=float, nargs=2, metavar=("LO", "HI"),
                                               help="mmseg: the scale ratio range (ratio_range)")
-    cat_max_ratio: float = option(0.75, type=float, help="mmseg: redraw crops one class fills beyond this share "
-                                                         "(RandomCrop cat_max_ratio; 1: off)")
-    photometric: bool = option(True, action=argparse.BooleanOptionalAction,
+    cat_max_ratio: float = option(0.75, mode="mmseg", type=float,
+                                  help="mmseg: redraw crops one class fills beyond this share (RandomCrop "
+                                       "cat_max_ratio; 1: off)")
+    photometric: bool = option(True, mode="mmseg", action=argparse.BooleanOptionalAction,
                                help="mmseg: PhotoMetricDistortion of the image")
     window_decode: bool = option(True, action=argparse.BooleanOptionalAction,
                                  help="crop, mmseg: decode only the region of each image its crop keeps, at a reduced "
@@ -127,11 +129,6 @@ class LoaderConfig:
     def caching(self) -> bool:
         """Whether a set in an object store is read through the shard cache (cache.py) or by ranged GETs."""
         return self.cache is None or str(self.cache).lower() != "none"
-
-    @classmethod
-    def default(cls, name: str):
-        """A field's default: where a command line or a settings file needs one, it is read from here."""
-        return next(f.default for f in fields(cls) if f.name == name)
 
     @classmethod
     def build(cls, base: LoaderConfig | None = None, **options) -> LoaderConfig:

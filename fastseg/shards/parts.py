@@ -31,6 +31,7 @@ from ..format import (
     listing,
     part_record_name,
 )
+from ..settings import declared
 from .encode import storage_for
 from .masks import MaskSpec
 from .options import ShardOptions
@@ -39,10 +40,6 @@ from .publish import publish_files
 from .sources import encoding_pool, in_shard_order, pairs_and_spec
 from .writer import Stats, manifest_from, write_shards
 
-# the options that decide which samples a part takes and what it writes: parts must agree on all of them
-DECIDING = ("seed", "val_fraction", "shard_size", "max_count", "resize_masks", "ignore_value", "mask_threshold",
-            "pair_key", "map_values", "keep_zero_label", "skip_unpaired", "images", "masks", "store", "group_by",
-            "unannotated", "coco", "image_column", "mask_column")
 
 
 def parse_part(text: str, environ=os.environ) -> tuple[int, int]:
@@ -68,7 +65,7 @@ def parse_part(text: str, environ=os.environ) -> tuple[int, int]:
 def fingerprint(splits: dict[str, list[Pair]], spec: MaskSpec, opts: ShardOptions) -> str:
     """What every part must agree on: the deciding options, the part count, the mask spec, and the sources (each
     pair's key and file sizes, per split: machines may mount the data under other paths)."""
-    options = {name: getattr(opts, name) for name in DECIDING}
+    options = {spec.name: getattr(opts, spec.name) for spec in declared(ShardOptions) if spec.metadata["deciding"]}
     options["parts"] = opts.part[1]
     options["classes"] = hashlib.sha256(Path(opts.classes).read_bytes()).hexdigest() if opts.classes else None
     sources = {split: [(p.key, p.image.stat().st_size, p.mask.stat().st_size) for p in pairs]
