@@ -115,7 +115,7 @@ def child(args) -> None:
     import psutil
     import torch
 
-    from fastseg.format import load_manifest
+    from fastseg.sets import load_manifest
     from fastseg.loading import make_loader
 
     manifest = load_manifest(args.shards)
@@ -151,8 +151,7 @@ def child(args) -> None:
     elif backend == "webdataset":
         if args.augment != "flip":
             raise SystemExit("the webdataset peer runs --augment flip only (its crop recipe is not written yet)")
-        from fastseg.format import open_set
-        from fastseg.loading import check_shards
+        from fastseg.sets import check_shards, open_set
 
         if manifest.storage.get("image") == "raw" or manifest.storage.get("mask") == "raw":
             raise SystemExit("the webdataset peer decodes image and mask files: give --shards a set written with "
@@ -346,7 +345,7 @@ def main() -> int:
 def one_size(shards) -> list[int] | None:
     """[H, W] of a train split whose images all have one size, else None."""
     from fastseg import FastsegError
-    from fastseg.format import load_manifest
+    from fastseg.sets import load_manifest
     from fastseg.loading import native_size
 
     try:

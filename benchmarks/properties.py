@@ -40,7 +40,7 @@ def build(kind: str, folder: Path, fastseg_set: Path, rank: int, world: int):
     one epoch of batches that carry their keys."""
     import numpy as np
 
-    from fastseg.format import load_manifest
+    from fastseg.sets import load_manifest
 
     manifest = load_manifest(fastseg_set)
     mean, std = np.array(manifest.mean, np.float32), np.array(manifest.std, np.float32)

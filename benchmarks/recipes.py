@@ -87,16 +87,15 @@ def train_pairs(shards) -> list[tuple[str, str]]:
     """(image, mask) source files of the train split, from the json member of each sample (on disk or in a
     bucket: read by offset through the index either way)."""
     from fastseg.fetching import SpanReader
-    from fastseg.format import META_EXT, open_set, parse_index
-    from fastseg.loading import check_shards
+    from fastseg.format import META_EXT
+    from fastseg.sets import check_shards, index_samples, open_set
 
     pairs = []
     paths, indexes = check_shards(open_set(shards), "train", checksums=False)
     read = SpanReader(paths)
     for path, index in zip(paths, indexes):
-        for sample in parse_index(index.read_text(), str(index)):
-            _, offset, size, _ = next(m for m in sample if m[0] == META_EXT)
-            pairs.append(tuple(json.loads(read(path, offset, size))[side] for side in ("image", "mask")))
+        for _, members in index_samples(index):
+            pairs.append(tuple(json.loads(read(path, *members[META_EXT]))[side] for side in ("image", "mask")))
     return pairs
 
 

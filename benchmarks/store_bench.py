@@ -142,7 +142,7 @@ def main() -> int:
     os.environ["FASTSEG_PART_SIZE"] = args.part_size
     from fastseg.cli import run_cli
     from fastseg.cli.shard import main as shard_main
-    from fastseg.format import open_set
+    from fastseg.sets import open_set
 
     servers = {"s3": s3_server()}
     azure = azure_server()

@@ -82,7 +82,7 @@ def fastseg_train(shards: Path, loader: str, args, batch_size: int, out: Path) -
     """The real fastseg-train for a warm-up epoch and enough epochs for --steps steps; its meter's figures."""
     from fastseg.cli import run_cli
     from fastseg.cli.train import main as train_main
-    from fastseg.format import load_manifest
+    from fastseg.sets import load_manifest
 
     per_epoch = math.ceil(load_manifest(shards).splits["train"].samples / batch_size)
     epochs = 1 + math.ceil(args.steps / per_epoch)
@@ -116,7 +116,7 @@ def main() -> int:
     import torch
     from tqdm import tqdm
 
-    from fastseg.format import load_manifest
+    from fastseg.sets import load_manifest
     from fastseg.loading import make_loader
     from fastseg.training import UNet, flops_per_image, out_channels, peak_flops
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import storage
 from .errors import FastsegError
 
 FORMAT_VERSION = 1
@@ -200,42 +198,8 @@ class Manifest:
         return cls(classes=classes, splits=splits, **fields)
 
 
-@dataclass(frozen=True)
-class ShardSet:
-    """A shard set as read once at start-up and passed down from there: where it is, its manifest, and the size of
-    every file or object in it, from the one listing that found the manifest (so the loaders' checks need no second
-    one)."""
-
-    root: str | Path  # a folder, or a prefix in an object store (storage.py)
-    manifest: Manifest
-    listed: dict[str, int] | None = None
-
-
-def open_set(shards: str | os.PathLike | ShardSet) -> ShardSet:
-    """Find and check `manifest.json` of a folder or a prefix in an object store; every reader starts here: one
-    listing and one read."""
-    if isinstance(shards, ShardSet):
-        return shards
-    root = storage.location(str(shards))
-    listed = storage.sizes(root, missing=f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
-    if MANIFEST not in listed:
-        tars = [n for n in listed if n.endswith(".tar")]
-        if tars:
-            raise _unfinished(root, len(tars))
-        raise FastsegError(f"{root}: no {MANIFEST} here; not a fastseg shard set (make one with fastseg-shard DATA "
-                           f"{root})")
-    where = storage.join(root, MANIFEST)
-    try:
-        return ShardSet(root, _parse_manifest(storage.read(where).decode(), str(where)), listed)
-    except (OSError, UnicodeDecodeError) as err:
-        raise FastsegError(f"{where}: unreadable manifest ({err}); shard the data again") from err
-
-
-def load_manifest(shards: str | os.PathLike | ShardSet) -> Manifest:
-    return open_set(shards).manifest
-
-
-def _parse_manifest(text: str, where: str) -> Manifest:
+def parse_manifest(text: str, where: str) -> Manifest:
+    """A manifest's text (read from `where`, named in errors) at this fastseg's format version."""
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as err:
@@ -250,29 +214,6 @@ def _parse_manifest(text: str, where: str) -> Manifest:
         return Manifest.from_dict(raw)
     except (KeyError, TypeError) as err:
         raise FastsegError(f"{where}: manifest is missing a field ({err}); shard the data again") from err
-
-
-def _unfinished(root, tars: int) -> FastsegError:
-    return FastsegError(f"{root} has {tars} shard(s) but no {MANIFEST}: an unfinished fastseg-shard run; "
-                        "shard the data again (fastseg-shard ... --overwrite)")
-
-
-def shard_problems(root: Path, shard: ShardInfo, *, checksums: bool = True) -> list[str]:
-    """What is wrong with one shard of a set on disk and its index, as the manifest records them: presence, size
-    and (with `checksums`) sha256. Empty when nothing is. The loaders' start-up check and --verify both use it."""
-    path, index = root / shard.name, root / shard.index
-    problems = []
-    if not path.exists():
-        problems.append(f"{path}: listed in the manifest but missing")
-    elif path.stat().st_size != shard.bytes:
-        problems.append(f"{path}: {path.stat().st_size} bytes, the manifest says {shard.bytes}")
-    elif checksums and sha256_file(path) != shard.sha256:
-        problems.append(f"{path}: sha256 does not match the manifest")
-    if not index.exists():
-        problems.append(f"{index}: listed in the manifest but missing")
-    elif checksums and shard.index_sha256 and sha256_file(index) != shard.index_sha256:
-        problems.append(f"{index}: sha256 does not match the manifest")
-    return problems
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:

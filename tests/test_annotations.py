@@ -15,7 +15,7 @@ from PIL import Image
 
 from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
-from fastseg.format import load_manifest
+from fastseg.sets import load_manifest
 
 from .conftest import make_dataset, save, textured
 

@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -84,7 +83,7 @@ def test_a_shard_changed_in_the_cache_is_fetched_again_never_served(bucket_set, 
 def test_a_cache_limit_below_the_split_is_kept_and_every_sample_read(bucket_set, tmp_path, backend):  # noqa: F811
     """Three epochs with room for about two shards: each epoch windowed (the split does not fit), every sample in
     each, and the cache folder never larger than the limit (sampled every millisecond)."""
-    from fastseg.format import open_set
+    from fastseg.sets import open_set
 
     url, _ = bucket_set
     shards = open_set(url).manifest.split("train").shards

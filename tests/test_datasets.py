@@ -13,7 +13,7 @@ from PIL import Image
 from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
 from fastseg.cli.train import main as train_main
-from fastseg.format import load_manifest
+from fastseg.sets import load_manifest
 from fastseg.loading import make_loader
 from fastseg.shards.datasets import (
     ADE20K_NAMES,

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from fastseg.errors import FastsegError
-from fastseg.format import load_manifest
+from fastseg.sets import load_manifest
 from fastseg.loading import make_loader
 from fastseg.shards import ShardOptions, merge, parse_part, shard, verify
 

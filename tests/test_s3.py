@@ -119,7 +119,7 @@ def test_shard_to_a_bucket_writes_the_set_and_refuses_to_clobber_it(bucket_set, 
 
 
 def test_a_run_reads_the_manifest_once(bucket_set, tmp_path, monkeypatch):
-    from fastseg.format import open_set
+    from fastseg.sets import open_set
     from fastseg.loading import SegDataModule
 
     url, _ = bucket_set

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import tarfile
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,8 @@ from PIL import Image
 from fastseg.cli import run_cli
 from fastseg.cli.shard import main as shard_main
 from fastseg.errors import FastsegError
-from fastseg.format import format_index, load_manifest, parse_index
+from fastseg.format import format_index, parse_index
+from fastseg.sets import load_manifest
 from fastseg.shards import ShardOptions, shard, verify
 
 from .conftest import disk_mask, make_dataset, save, shared, textured
@@ -716,12 +718,25 @@ def check_in_a_browser(page, images: int) -> None:
     assert loaded == images and not errors, errors
 
 
-def test_sharding_and_its_report_never_import_lightning():
-    """fastseg-shard reads sets for its report through the loaders' start-up check; importing the loading package
-    for it must not pull in Lightning (it cost every fastseg-shard run about 5 s on 2 cores: 100 DAVIS pairs went
-    from 1.7 to 5.5 s)."""
-    code = ("import sys; import fastseg.cli.shard, fastseg.shards.report; from fastseg.loading import check_shards; "
-            "assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules, 'Lightning imported'; "
-            "from fastseg.loading import SegDataModule; assert 'pytorch_lightning' in sys.modules")
+def test_writing_and_reporting_a_set_import_no_torch(tmp_path):
+    """fastseg-shard (a set written, its report included) and fastseg-report run with no torch, OpenCV, DALI or
+    Lightning in sys.modules: they read sets through the torch-free set layer (fastseg/sets.py), and fastseg/shards
+    imports nothing of fastseg/loading or fastseg/training (importing torch and Lightning cost every fastseg-shard
+    run seconds on 2 cores)."""
+    import ast
+
+    for path in (Path(__file__).parents[1] / "fastseg" / "shards").glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                module = "." * node.level + (node.module or "")
+                assert not module.startswith(("..loading", "..training", "fastseg.loading", "fastseg.training")), \
+                    f"{path} imports {module}"
+    data = make_dataset(tmp_path / "data", count=6)
+    code = ("import sys\nfrom fastseg.cli import shard, report\n"
+            f"assert shard.main([{str(data)!r}, {str(tmp_path / 'shards')!r}, '--quiet', '--workers', '1']) == 0\n"
+            f"assert report.main([{str(tmp_path / 'shards')!r}, '--out', {str(tmp_path / 'again.html')!r}]) == 0\n"
+            "heavy = [m for m in ('torch', 'cv2', 'nvidia.dali', 'pytorch_lightning', 'lightning') if m in sys.modules]\n"
+            "assert not heavy, f'imported {heavy}'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "shards" / "report.html").exists() and (tmp_path / "again.html").exists()

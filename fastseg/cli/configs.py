@@ -132,10 +132,10 @@ def _converted(action: argparse.Action, value, path: Path, key):
 def settings(parser: argparse.ArgumentParser, args: argparse.Namespace, leave_out: tuple[str, ...] = ()) -> dict:
     """The settings `args` holds, as YAML-ready values (paths as text, tuples as lists), in the flags' order."""
     found = {}
-    for dest in settable(parser):
-        if dest in leave_out or not hasattr(args, dest):
+    for key in settable(parser):
+        if key in leave_out or not hasattr(args, key):
             continue
-        found[dest] = _plain(getattr(args, dest))
+        found[key] = _plain(getattr(args, key))
     return found
 
 

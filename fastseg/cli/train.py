@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 
 from ..errors import FastsegError
-from ..format import Manifest, ShardSet, open_set
+from ..format import Manifest
+from ..sets import ShardSet, open_set
 from ..loading.config import LoaderConfig, default_workers
 from ..settings import declared, dest, flag, from_args
 from ..storage import is_remote, location

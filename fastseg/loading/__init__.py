@@ -3,13 +3,12 @@ draws.py: every random parameter of a sample; recipe.py: what the mmseg recipe's
 of an image a crop keeps; execute.py: crop and mmseg on the CPU) under two backends that only execute them, DALI and
 a torch DataLoader, with every option in one LoaderConfig (config.py)."""
 from . import draws, execute, recipe, windows
-from .checks import check_shards
 from .config import AUGMENTS, BACKENDS, LoaderConfig, native_size
 from .draws import draw_crop, sample_draws
 from .make import make_loader
 from .members import decode_image, member_pixels
 
-__all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "build_pipeline", "check_shards", "decode_image",
+__all__ = ["AUGMENTS", "BACKENDS", "LoaderConfig", "SegDataModule", "build_pipeline", "decode_image",
            "draw_crop", "draws", "execute", "make_loader", "member_pixels", "native_size", "recipe", "sample_draws",
            "windows"]
 

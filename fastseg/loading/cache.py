@@ -38,16 +38,6 @@ def human(size: int) -> str:
     return f"{size} B"
 
 
-def cache_root(choice: str | os.PathLike | None = None) -> Path:
-    """The cache folder: `choice`, else $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else ~/.cache/fastseg."""
-    if choice is not None:
-        return Path(choice).expanduser()
-    if os.environ.get("FASTSEG_CACHE"):
-        return Path(os.environ["FASTSEG_CACHE"])
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "fastseg"
-
-
 @dataclass
 class Pin:
     """A cached shard that this process still needs: an open descriptor holding a shared lock on it."""

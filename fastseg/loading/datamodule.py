@@ -7,7 +7,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..errors import FastsegError
-from ..format import ShardSet, open_set
+from ..sets import ShardSet, open_set
 from .config import LoaderConfig
 from .make import make_loader
 

@@ -12,10 +12,9 @@ from dataclasses import replace
 import torch
 
 from ..errors import FastsegError
-from ..format import ShardSet, open_set
+from ..sets import ShardSet, check_shards, cache_root, open_set
 from ..settings import parse_size
-from .cache import ShardCache, cache_root
-from .checks import check_shards
+from .cache import ShardCache
 from .config import LoaderConfig
 from .contract import LoaderPlan
 
@@ -29,7 +28,7 @@ def make_loader(shards: str | os.PathLike | ShardSet, config: LoaderConfig | Non
     """An iterable over batches with len() = batches per epoch, reusable for any number of epochs.
 
     shards: a folder, a prefix in an object store (s3://, gs://, az://, https://), or a ShardSet already opened
-    (format.open_set), whose manifest is then not read again. config: the loader options (LoaderConfig); keyword
+    (sets.open_set), whose manifest is then not read again. config: the loader options (LoaderConfig); keyword
     `options` replace its fields, so `make_loader("shards/", batch_size=8, augment="crop")` needs no config at
     all. Options left None are decided for the split: the output size from the manifest, flip augmentation and a
     new order every epoch for the train split (none and the manifest order for the others).

@@ -13,8 +13,9 @@ import simplejpeg
 
 from .. import fetching
 from ..errors import FastsegError
-from ..format import META_EXT, RAW_SIZE_DTYPE, parse_index
+from ..format import META_EXT, RAW_SIZE_DTYPE
 from ..pictures import decode_image, image_region, image_shape, member_pixels
+from ..sets import index_samples
 from .contract import LoaderPlan
 from .windows import region, whole
 
@@ -32,9 +33,7 @@ class SampleTable:
         self.origin = dict(zip(reads, plan.shards))  # for messages: the shard as the set names it
         self.members = []  # per sample: (shard path, key, {ext: (offset, size)}); the key is in the member names
         for path, index in zip(reads, plan.indexes):
-            for sample in parse_index(index.read_text(), str(index)):
-                key = sample[0][3].partition(".")[0]
-                self.members.append((path, key, {ext: (offset, size) for ext, offset, size, _ in sample}))
+            self.members += [(path, key, spans) for key, spans in index_samples(index)]
         self.read_span = fetching.SpanReader(reads, keep_open=plan.cache is None)
         self._fetched: dict[tuple[str, tuple[int, int]], tuple] = {}  # member -> (Future of a span, its offset)
 

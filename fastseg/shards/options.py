@@ -2,7 +2,6 @@
 option's default, help and parsing beside it (settings.option), from which fastseg-shard makes its flags."""
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path

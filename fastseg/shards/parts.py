@@ -31,6 +31,7 @@ from ..format import (
     listing,
     part_record_name,
 )
+from ..sets import size_problems
 from ..settings import declared
 from .encode import storage_for
 from .masks import MaskSpec
@@ -191,9 +192,7 @@ def _complete(records: list[dict], root) -> list[dict]:
 def _check_shards(records: list[dict], split: str, sizes: dict[str, int], root) -> None:
     """Every shard and index a record lists is there, the shard with the size recorded (from the listing)."""
     for record in records:
-        for shard in record["splits"][split]["shards"]:
-            found = sizes.get(shard["name"])
-            if found != shard["bytes"] or shard["index"] not in sizes:
-                what = "missing" if found is None else f"{found} bytes, its record says {shard['bytes']}"
-                raise FastsegError(f"{storage.join(str(root), shard['name'])}: {what} (part {record['part']}); "
-                                   f"rerun part {record['part']} and merge again")
+        shards = [ShardInfo(**s) for s in record["splits"][split]["shards"]]
+        problems = size_problems(str(root), sizes, shards, record="its record")
+        if problems:
+            raise FastsegError(f"{problems[0]} (part {record['part']}); rerun part {record['part']} and merge again")

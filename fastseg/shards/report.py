@@ -19,7 +19,8 @@ import numpy as np
 from PIL import Image
 
 from .. import fetching
-from ..format import REPORT, ShardSet, open_set, parse_index, sample_members
+from ..format import REPORT, sample_members
+from ..sets import ShardSet, check_shards, index_samples, open_set
 from ..pictures import colorize, member_pixels
 
 THUMB_WIDTH = 200  # pixels of each sample's image (and of its mask beside it) in the grid
@@ -91,10 +92,8 @@ def _samples(shard_set: ShardSet, split: str, count: int, seed: int) -> list[tup
     split, each read by offset through its shard's index."""
     manifest = shard_set.manifest
     stored = sample_members(manifest.storage)
-    where = []  # per sample: (shard, key, {ext: (offset, size)})
-    for shard, index in _shards_and_indexes(shard_set, split):
-        for sample in parse_index(Path(index).read_text(), str(index)):
-            where.append((shard, sample[0][3].partition(".")[0], {ext: (o, n) for ext, o, n, _ in sample}))
+    paths, indexes = check_shards(shard_set, split, checksums=False)  # the loaders' start-up check
+    where = [(shard, key, members) for shard, index in zip(paths, indexes) for key, members in index_samples(index)]
     colors = [c.color for c in manifest.classes]
     read = fetching.SpanReader([shard for shard, _, _ in where])
     rows = []
@@ -123,13 +122,6 @@ def _thumbnail(data: bytes, size: bytes | None, rows_cols: tuple[int, int]) -> n
         picture = picture.convert("RGB")
     return np.asarray(picture.resize(rows_cols[::-1], Image.BILINEAR))
 
-
-def _shards_and_indexes(shard_set: ShardSet, split: str) -> list[tuple[str, Path]]:
-    """Each shard of the split (a path or a URL) with its index on local disk (a store's: fetched to the cache the
-    loaders use), through the loaders' own start-up check."""
-    from ..loading import check_shards
-
-    return list(zip(*check_shards(shard_set, split, checksums=False)))
 
 
 def _class_counts(manifest, drawn) -> tuple[dict, dict, str]:

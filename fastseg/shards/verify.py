@@ -11,8 +11,9 @@ from tqdm import tqdm
 
 from .. import storage
 from ..errors import FastsegError
-from ..format import (IGNORE_INDEX, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, SampleMembers, listing, open_set,
-                      parse_index, raw_pixels, sample_members, shard_problems)
+from ..format import (IGNORE_INDEX, META_EXT, RAW_IMAGE_EXT, RAW_MASK_EXT, SampleMembers, listing, parse_index,
+                      raw_pixels, sample_members)
+from ..sets import open_set, shard_problems
 
 
 def _check_index(path: Path, index_path: Path, index: list) -> list[str]:

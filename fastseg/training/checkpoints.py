@@ -11,7 +11,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 
 from .. import storage
 from ..errors import FastsegError
-from ..loading.cache import cache_root
+from ..sets import cache_root
 from ..storage import partial_path, sweep_stale
 
 
@@ -48,7 +48,7 @@ def datamodule_state(path: Path) -> dict:
 
 def local_checkpoint(where) -> Path:
     """A checkpoint on local disk: a path as it is; an object in a store (s3://, gs://, az://, https://) downloaded
-    once into the cache (loading.cache.cache_root: $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else
+    once into the cache (sets.cache_root: $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else
     ~/.cache/fastseg), by its URL, and read from there."""
     if not storage.is_remote(where):
         return Path(where)
