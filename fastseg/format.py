@@ -139,7 +139,7 @@ class ShardInfo:
     bytes: int
     sha256: str
     index: str
-    index_sha256: str | None = None  # sets written before fastseg 0.1.1 lack it
+    index_sha256: str | None = None  # sets written before indexes were hashed lack it: their index is not checked
 
 
 @dataclass

@@ -58,10 +58,9 @@ __all__ = ["DALI_FLOOR", "DaliLoader", "SampleFeed", "build_pipeline", "check_da
 def _resize(image, mask, size, image_window: dict | None = None, mask_window: dict | None = None):
     """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
     when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize ROI)
-    where one is given. DALI's antialias=False would be 19% faster on the CPU crop path
-    (benchmarks/results/archive/resample_davis_crop_cpu_*), but a model trained through one backend and scored
-    through the other then sees other pixels (0.035 mean difference, normalized, against 0.005:
-    benchmarks/results/archive/resample_check_davis*_cpu)."""
+    where one is given. DALI's antialias=False is faster on the CPU crop path, but a model trained through one
+    backend and scored through the other would then see other pixels (benchmarks/resample_check.py measures the
+    difference)."""
     # straight to float: faster than a uint8 result, and normalize reads it as is
     image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT,
                       **(image_window or {}))

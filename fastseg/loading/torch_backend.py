@@ -176,6 +176,10 @@ class HostBuffers:
 
 
 class TorchLoader(EpochLoader):
+    """The torch backend: a DataLoader whose sampler hands out this rank's sample numbers in the epoch's order (the
+    plan's) and whose workers read, decode and augment each sample through the sample layer, batched; the batch is
+    normalized on the device, from pinned memory where that is CUDA."""
+
     _seekable = True
 
     def __init__(self, plan: LoaderPlan):

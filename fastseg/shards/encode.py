@@ -43,13 +43,11 @@ class Encoded:
 
 # How images and masks are stored (--store; the manifest's `storage`, format.sample_members). JPEG images are never
 # re-encoded. "source" keeps a PNG's bytes as they are; "fast-png" re-encodes every non-JPEG image as a PNG of
-# unfiltered rows at zlib level 3, which both loaders inflate without undoing row filters (CamVid, 2 workers: the
-# torch loader 324 against 249 samples/s, dali_cpu 359 against 334, for 1.2x the bytes;
-# benchmarks/results/archive/store_camvid_*). Masks are stored the fast way (zlib level 1: label maps compress well)
-# unless raw. "raw" stores images and masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of
-# lossless images only (a JPEG would grow tenfold). "auto", the default: JPEG sets as "source"; sets with no JPEG
-# file, raw images and fast-png masks (CamVid, 2 workers: benchmarks/results/archive/peers_camvid_stores_cpu.md; raw
-# masks would add 10% to dali_cpu's rate for 31% more disk, above LitData's raw pixels).
+# unfiltered rows at zlib level 3, which both loaders inflate faster, without undoing row filters, for a little more
+# disk. Masks are stored the fast way (zlib level 1: label maps compress well) unless raw. "raw" stores images and
+# masks as their pixels (format.RAW_*_EXT), which no loader decodes; for sets of lossless images only (a JPEG would
+# grow tenfold). "auto", the default: JPEG sets as "source"; sets with no JPEG file, raw images and fast-png masks
+# (raw masks would cost a third more disk for little speed). docs/performance.md has the measured figures.
 STORES = ("auto", "source", "fast-png", "raw")
 JPEG_SUFFIXES = (".jpg", ".jpeg", ".jpe", ".jfif")
 
