@@ -386,3 +386,31 @@ def test_set_epoch_follows_the_trainer(backend, png_shards):
 def test_unknown_augmentation_is_named(png_shards):
     with pytest.raises(FastsegError, match="unknown augmentation 'rotate'; choose one of none, flip, crop"):
         make_loader(png_shards, augment="rotate")
+
+
+def test_the_feed_hands_each_batch_its_members_and_draws_without_dali(jpeg_shards):
+    """DALI's feed (loading/feed.py) runs with no DALI imported: a batch of the second epoch holds the members of
+    exactly the samples the contract orders there, and each sample's flips as draws.py draws them."""
+    import subprocess
+    import sys
+
+    code = f"""
+import sys
+from fastseg.loading import make_loader
+from fastseg.loading.draws import flips, sample_draws
+from fastseg.loading.feed import SampleFeed
+plan = make_loader({str(jpeg_shards)!r}, backend="torch", batch_size=4, augment="flip", vflip=True, workers=0,
+                   seed=5).plan
+feed = SampleFeed(plan, start=plan.batches)  # the second epoch's first batch
+images, masks, parameters = feed()
+order = plan.padded_samples(1)[:4]
+assert len(images) == len(order) == 4
+for i, number in enumerate(order):
+    path, key, members = feed.members[number]
+    assert bytes(images[i]) == feed.read(path, members[plan.stored.image_in(members)]), key
+    assert bytes(masks[i]) == feed.read(path, members[plan.stored.mask]), key
+    assert parameters[i].tolist() == list(flips(sample_draws(plan.config, 1, number))), key
+assert "nvidia.dali" not in sys.modules, "the feed imported DALI"
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]

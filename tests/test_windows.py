@@ -122,12 +122,12 @@ def test_dali_and_torch_agree_sample_for_sample_with_windows(sets):
 def test_the_device_graph_decodes_the_feeds_regions(sets, augment, monkeypatch):
     """On a GPU the graph decodes each region (image_slice) and resamples it; the same graph built with CPU operators
     (what a GPU runs with `mixed`) gives the CPU path's batches up to DALI's float resampling."""
-    from fastseg.loading import dali
+    from fastseg.loading import feed
 
     options = dict(backend="dali", batch_size=4, augment=augment, workers=1, return_keys=True, seed=3,
                    size=(64, 80) if augment == "crop" else (48, 48))
     in_feed = list(make_loader(sets["source"], **options))
-    monkeypatch.setattr(dali, "executed_in_feed", lambda plan: False)
+    monkeypatch.setattr(feed, "executed_in_feed", lambda plan: False)
     in_graph = list(make_loader(sets["source"], **options))
     for a, b in zip(in_feed, in_graph):
         assert a["key"] == b["key"]
