@@ -49,7 +49,7 @@ from harness import decode_rate, host, publish, run_child
 from peers import WebdatasetEpochs, convert_peers, webdataset_loader
 from recipes import default_dataset, train_pairs, vanilla_loader
 
-from fastseg.storage import is_remote, join, location
+from fastseg.storage import at, join, location
 
 # name -> (backend, device); vanilla is the tutorial recipe (recipes.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
@@ -128,12 +128,12 @@ def child(args) -> None:
     # the source files), timed from building the loader, workers' start included
     peer_folder = None
     if backend in PEER_FORMATS:
-        peer_folder = join(args.peer_dir, backend) if is_remote(args.peer_dir) else args.peer_dir / backend
-    if peer_folder is not None and not is_remote(peer_folder):
+        peer_folder = join(args.peer_dir, backend)
+    if peer_folder is not None and not at(peer_folder).streamed:
         evict_from_page_cache(p for p in peer_folder.rglob("*") if p.is_file())
     elif backend is None:
         evict_from_page_cache(p for pair in pairs for p in pair)
-    elif not is_remote(str(args.shards)):
+    elif not at(args.shards).streamed:
         evict_from_page_cache(p for p in Path(args.shards).iterdir() if p.is_file())
     cold_start = time.perf_counter()
     mmseg = {"base": tuple(args.base_size) if args.base_size else None, "ratio_range": tuple(args.ratio_range),
@@ -378,12 +378,12 @@ def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, obj
     kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
     stored = [(f"{name} [{store}]", args.peer_dir / f"fastseg-shard-{store}", None) for store in args.stores
               for name in args.loaders if LOADERS[name][0] in ("torch", "dali")]
-    if stored and is_remote(args.shards):  # before any conversion runs
+    if stored and at(args.shards).streamed:  # before any conversion runs
         raise SystemExit("--stores compares storages on disk: give --shards a local set")
     if kinds or args.stores:
         result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers),
                                         stores=tuple(args.stores) or ("auto",))
-    if not is_remote(args.shards):
+    if not at(args.shards).streamed:
         return [(name, None, None) for name in args.loaders] + stored
     copy = disk_copy(args.shards, tmp / "disk-copy")
     bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")

@@ -104,7 +104,7 @@ def check_shards(shard_set: ShardSet, split: str, checksums: bool = True) -> tup
     shards = manifest.split(split).shards
     damaged = f"the set is damaged: re-shard or restore it (fastseg-shard --verify {root} lists every problem)"
     problems = size_problems(root, listed, shards)
-    if not problems and checksums and not storage.is_remote(root):
+    if not problems and checksums and storage.at(root).hashed_at_start:
         problems = next((found for shard in shards if (found := shard_problems(Path(root), shard))), [])
     if problems:
         raise FastsegError(f"{problems[0]}; {damaged}")

@@ -35,6 +35,7 @@ import os
 import re
 import shutil
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
@@ -89,7 +90,41 @@ def sweep_stale(target: Path) -> list[str]:
 
 # --- locations -------------------------------------------------------------------------------------------------
 def is_remote(location) -> bool:
+    """Whether `location` is in an object store; only this module asks: elsewhere a location's kind (`at`) says
+    how it behaves."""
     return str(location).startswith(SCHEMES)
+
+
+@dataclass(frozen=True)
+class Folder:
+    """A local or mounted folder (or a file in one): read by pread, written by renaming finished files into place."""
+
+    path: Path
+    streamed = False  # reads go over the network: fetched ahead, ranged and hedged (fetching.py)
+    hashed_at_start = True  # the loaders check each shard's sha256 at start-up (cheap from a disk)
+    uploads = False  # written by uploading (a progress bar; nothing can be renamed, so the manifest goes last)
+
+    def local(self, refusal: str) -> Path:
+        """The path, where a command needs one on this machine (`refusal`: the message a store gets)."""
+        return self.path
+
+
+@dataclass(frozen=True)
+class Store:
+    """A prefix or an object in an object store (s3://, gs://, az://, https://)."""
+
+    url: str
+    streamed = True
+    hashed_at_start = False  # hashing would read every byte before the first batch: --verify does
+    uploads = True
+
+    def local(self, refusal: str) -> Path:
+        raise FastsegError(refusal)
+
+
+def at(where) -> Folder | Store:
+    """What kind of location `where` (a path or a URL) is, with the behaviours in which the two kinds differ."""
+    return Store(str(where).rstrip("/")) if is_remote(where) else Folder(Path(where))
 
 
 def location(text: str):

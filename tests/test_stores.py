@@ -225,3 +225,28 @@ def test_the_report_and_verify_read_gcs(gcs_set, tmp_path, capsys):
     assert run_cli("fastseg-shard", shard_main, ["--verify", url, "--quiet"]) == 0
     assert run_cli("fastseg-shard", shard_main, ["--verify", "gs://sets/none-here", "--quiet"]) == 1
     assert "gs://sets/none-here: no manifest.json here" in capsys.readouterr().err
+
+
+def test_a_location_says_how_it_behaves_and_only_storage_asks_its_kind(tmp_path, capsys):
+    """storage.at: a folder and a store differ in how they are read (pread, or over the network), checked (hashed at
+    start-up or not) and written (renamed into place, or uploaded manifest last); no module outside storage.py asks
+    which kind a location is (is_remote), and a command that needs a local folder names the flag and the fix."""
+    import ast
+
+    from fastseg import storage
+
+    folder, bucket = storage.at(tmp_path), storage.at("s3://bucket/set/")
+    assert (folder.streamed, folder.hashed_at_start, folder.uploads) == (False, True, False)
+    assert (bucket.streamed, bucket.hashed_at_start, bucket.uploads) == (True, False, True)
+    assert bucket.url == "s3://bucket/set" and folder.local("unused") == tmp_path
+    with pytest.raises(FastsegError, match="mounted folder"):
+        bucket.local("a mounted folder, please")
+    package = Path(storage.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name == "storage.py":
+            continue
+        names = {node.attr if isinstance(node, ast.Attribute) else node.id
+                 for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, (ast.Attribute, ast.Name))}
+        assert "is_remote" not in names, f"{path} asks which kind a location is; ask storage.at(...) how it behaves"
+    assert run_cli("fastseg-shard", shard_main, ["s3://bucket/data", str(tmp_path / "out")]) == 1
+    assert "SRC s3://bucket/data: sets are written from a local (or mounted) folder" in capsys.readouterr().err

@@ -51,9 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.out is None:
         parser.error("give SRC and OUT (or --images DIR --masks DIR OUT, or --verify OUT)")
     opts = from_args(ShardOptions, args, part=parse_part(args.part) if args.part else None, progress=not args.quiet)
-    if storage.is_remote(args.src or ""):
-        parser.error("SRC must be a local folder; only OUT may be in an object store (s3://, gs://, az://)")
-    shard(args.src or Path("."), args.out, opts)
+    src = storage.at(args.src or Path(".")).local(
+        f"SRC {args.src}: sets are written from a local (or mounted) folder; only OUT may be in an object store "
+        "(s3://, gs://, az://)")
+    shard(src, args.out, opts)
     return 0
 
 

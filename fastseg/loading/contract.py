@@ -70,7 +70,7 @@ class LoaderPlan:
     @property
     def streamed(self) -> bool:
         """Whether the shards are in an object store (read through the shard cache, or by ranged reads)."""
-        return any(storage.is_remote(path) for path in self.shards)
+        return any(storage.at(path).streamed for path in self.shards)
 
     @property
     def ranged(self) -> bool:

@@ -28,7 +28,7 @@ def shard(src: Path, out, opts: ShardOptions) -> Manifest | None:
         return None
     start = time.perf_counter()
     storage.check_writable(out)
-    if storage.is_remote(out):  # nothing can be renamed in an object store: uploaded, the manifest last
+    if storage.at(out).uploads:  # nothing can be renamed in an object store: uploaded, the manifest last
         root = str(out).rstrip("/")
         existing = bucket_target(root, opts.overwrite)  # before any work: an unreachable bucket fails in seconds
         with tempfile.TemporaryDirectory(prefix="fastseg-shard-") as tmp:

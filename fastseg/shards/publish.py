@@ -57,7 +57,7 @@ def publish_files(folder: Path, root, existing: dict[str, int], progress: bool =
     storage.delete(root, [name for name in dict.fromkeys((MANIFEST, last)) if name in existing])
     # the shards and indexes first, then what describes them (the report), the manifest (or `last`) last
     files = sorted((p for p in folder.iterdir() if p.name != last), key=lambda p: (p.name == REPORT, p.name))
-    for path in tqdm(files, unit="file", desc="uploading", disable=not progress or not storage.is_remote(root)):
+    for path in tqdm(files, unit="file", desc="uploading", disable=not progress or not storage.at(root).uploads):
         storage.put_file(path, storage.join(root, path.name))
     storage.delete(root, sorted(set(existing) - {p.name for p in files} - {MANIFEST, last}))
     storage.put_file(folder / last, storage.join(root, last))

@@ -50,8 +50,5 @@ def local_checkpoint(where) -> Path:
     """A checkpoint on local disk: a path as it is; an object in a store (s3://, gs://, az://, https://) downloaded
     once into the cache (sets.cache_root: $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else
     ~/.cache/fastseg), by its URL, and read from there."""
-    if not storage.is_remote(where):
-        return Path(where)
-    cache = cache_root() / "checkpoints"
     name = hashlib.sha256(str(where).encode()).hexdigest()[:16] + "-" + str(where).rpartition("/")[2]
-    return storage.cached(str(where), cache / name, missing=f"{where}: no such checkpoint in the store")
+    return storage.cached(where, cache_root() / "checkpoints" / name, missing=f"{where}: no such checkpoint in the store")
