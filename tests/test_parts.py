@@ -2,16 +2,21 @@
 refused while a part is missing, stale or written otherwise, on disk and (test_s3.py) in a bucket."""
 from __future__ import annotations
 
+import contextlib
+import io
 import subprocess
 import sys
 import tarfile
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
+from fastseg.cli import run_cli
+from fastseg.cli.shard import main as shard_main
 from fastseg.errors import FastsegError
-from fastseg.sets import load_manifest
 from fastseg.loading import make_loader
+from fastseg.sets import load_manifest
 from fastseg.shards import ShardOptions, merge, parse_part, shard, verify
 
 from .conftest import disk_mask, make_dataset, save, textured
@@ -24,11 +29,14 @@ def data(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("parts") / "data", count=20, mask="index", classes=3)
 
 
-def part_cli(src, out, part: str, *extra) -> subprocess.CompletedProcess:
-    """One part as a machine of a job array runs it: its own process."""
-    return subprocess.run([sys.executable, "-m", "fastseg.cli.shard", str(src), str(out), "--part", part,
-                           "--workers", "1", "--max-count", "3", "--quiet", *map(str, extra)],
-                          capture_output=True, text=True, timeout=120)
+def part_cli(src, out, part: str, *extra) -> SimpleNamespace:
+    """One part as a machine of a job array runs it: the command, with its exit status and what it printed to
+    stderr (in this process: the concurrent parts of the first test are processes of their own)."""
+    errors = io.StringIO()
+    with contextlib.redirect_stderr(errors), contextlib.redirect_stdout(io.StringIO()):
+        status = run_cli("fastseg-shard", shard_main, [str(src), str(out), "--part", part, "--workers", "1",
+                                                       "--max-count", "3", "--quiet", *map(str, extra)])
+    return SimpleNamespace(returncode=status, stderr=errors.getvalue())
 
 
 def samples(root) -> dict[str, dict[str, bytes]]:
