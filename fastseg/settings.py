@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import MISSING, Field, field, fields
 
+import yaml
+
 SIZE_UNITS = {"": 1, "b": 1, "k": 1e3, "kb": 1e3, "m": 1e6, "mb": 1e6, "g": 1e9, "gb": 1e9, "t": 1e12, "tb": 1e12,
               "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
 
@@ -51,3 +53,16 @@ def parse_size(text: str | int) -> int:
         return int(float(number) * SIZE_UNITS[unit])
     except (ValueError, KeyError):
         raise argparse.ArgumentTypeError(f"not a size: {text!r} (try 256MiB or 256MB)") from None
+
+
+class _Dumper(yaml.SafeDumper):
+    """One setting a line, a list on its line: `image_size: [512, 512]`."""
+
+
+_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value,
+                                                                              flow_style=True))
+
+
+def dump(values: dict) -> str:
+    """Settings as the YAML that --config reads back."""
+    return yaml.dump(values, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)

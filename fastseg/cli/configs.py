@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from ..errors import FastsegError
-from ..settings import declared, dest, flag
+from ..settings import declared, dest, dump, flag
 
 # dests that are about reading the command line itself, never a setting
 NOT_SETTINGS = ("help", "config", "print_config")
@@ -145,15 +145,3 @@ def _plain(value):
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
     return value
-
-
-class _Dumper(yaml.SafeDumper):
-    """One setting a line, a list on its line: `image_size: [512, 512]`."""
-
-
-_Dumper.add_representer(list, lambda dumper, value: dumper.represent_sequence("tag:yaml.org,2002:seq", value,
-                                                                              flow_style=True))
-
-
-def dump(values: dict) -> str:
-    return yaml.dump(values, Dumper=_Dumper, sort_keys=False, default_flow_style=False, allow_unicode=True)

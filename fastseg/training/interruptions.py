@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import signal
+import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -157,3 +160,52 @@ def checkpoint_position(path: Path) -> str | None:
     except FastsegError:  # a checkpoint being replaced, or none: the caller says there is none
         return None
     return f"epoch {checkpoint.get('epoch', '?')}, step {checkpoint.get('global_step', '?')}"
+
+
+# --- what fastseg-train says when a run stops early ---------------------------------------------------------
+def resume_command(argv: list[str]) -> str:
+    """The command line that continues this run: the same flags, with --resume auto and without --overwrite."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg == "--overwrite" or arg.startswith("--resume="):
+            skip = False
+            continue
+        if arg == "--resume":
+            skip = True
+            continue
+        kept.append(arg)
+    return shlex.join(["fastseg-train", *kept, "--resume", "auto"])
+
+
+def last_checkpoint(out: Path) -> str:
+    path = out / "checkpoints" / "last.ckpt"
+    position = checkpoint_position(path) if path.exists() else None
+    if position is None:
+        return "no checkpoint was written yet, so the run starts over"
+    return f"the last checkpoint is {path} ({position})"
+
+
+def lost_line(out: Path, argv: list[str], lost: tuple[int, int] | None, log: Path | None = None) -> str:
+    """The one line for a run that lost a rank: which, where the traceback is, where to continue from and how."""
+    where = f" (the traceback is in {log})" if log else ""
+    return (f"fastseg-train: error: {rank_gone(lost)}, so training stopped{where}; {last_checkpoint(out)}; "
+            f"continue with: {resume_command(argv)}")
+
+
+def stopped_early(out: Path, argv: list[str], guard: Interruption, trainer, err: BaseException) -> int:
+    """One line for a run that stopped early (a signal, or a lost rank), and its exit status; any other error is
+    raised as it is."""
+    if guard.stopped is not None:
+        stopped = guard.stopped
+        if trainer.is_global_zero:
+            saved = f"wrote {stopped.checkpoint}" if stopped.checkpoint else last_checkpoint(out)
+            print(f"fastseg-train: {stopped.signal}: stopped; {saved}; continue with: {resume_command(argv)}",
+                  file=sys.stderr, flush=True)
+        return stopped.exit_code
+    if isinstance(err, Exception) and (guard.lost or lost_rank(err)):
+        log = out / "logs" / f"error-rank{trainer.global_rank}.log"
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("".join(traceback.format_exception(err)))
+        print(lost_line(out, argv, guard.lost, log), file=sys.stderr, flush=True)
+        return 1
+    raise err
