@@ -23,22 +23,18 @@ costs little and changes no byte; a missing object or a refused access is never 
 line naming the URL and the fix (`errors`). The store's own client timeout (READ_TIMEOUT) stays the outer bound.
 Uploads get the store's own retries and a timeout sized for a shard's parts.
 
-Local work in progress sits beside its target as `.NAME.partial-PID` and is renamed into place only when complete.
-A killed writer leaves its partial path behind; the next writer to the same target sweeps those whose process is
-gone (never one that is still being written: its process is alive). A writer replacing a folder first moves the old
-one aside to `.NAME.old-PID`; if it was killed before the new one took its place, the sweep moves the old one back,
-so no kill point loses the last complete version.
+Local files are written whole or not at all by atomic.py.
 """
 from __future__ import annotations
 
 import os
 import re
-import shutil
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 
+from . import atomic
 from .errors import FastsegError
 from .processes import note_native_threads
 
@@ -48,44 +44,6 @@ READ_TIMEOUT = float(os.environ.get("FASTSEG_READ_TIMEOUT", os.environ.get("FAST
 WRITE_TIMEOUT = 600.0  # one request of an upload: a multipart part of 5 MiB, or a whole small file
 # the environment each store's client reads, kept for loader workers that a forkserver started earlier
 SETTINGS_PREFIXES = ("AWS_", "GOOGLE_", "GCS_", "AZURE_", "AZURITE_")
-
-
-# --- local partial paths -------------------------------------------------------------------------------------
-def partial_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.partial-{os.getpid()}"
-
-
-def writer_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def old_path(target: Path) -> Path:
-    return target.parent / f".{target.name}.old-{os.getpid()}"
-
-
-def sweep_stale(target: Path) -> list[str]:
-    """Clean up after writers of `target` that no longer run: an `.old` path whose target is missing is moved
-    back into place; other partial and `.old` paths are removed. Returns what was done, one line each."""
-    pattern = re.compile(rf"\.{re.escape(target.name)}\.(partial|old)-(\d+)$")
-    done = []
-    if not target.parent.is_dir():
-        return done
-    stale = [path for path in target.parent.iterdir() if (found := pattern.match(path.name))
-             and int(found.group(2)) != os.getpid() and not writer_alive(int(found.group(2)))]
-    for path in sorted(stale, key=lambda p: ".old-" not in p.name):  # restore before anything is removed
-        if ".old-" in path.name and not target.exists():
-            path.rename(target)
-            done.append(f"restored {target} from {path.name}, where a killed run had moved it")
-            continue
-        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
-        done.append(f"removed {path}, left by a run that was killed")
-    return done
 
 
 # --- locations -------------------------------------------------------------------------------------------------
@@ -433,7 +391,7 @@ def download(url: str, path: Path, missing: str | None = None) -> None:
     message where the object is not there (by default: a file of a shard set)."""
     import obstore
 
-    tmp = partial_path(Path(path))
+    tmp = atomic.partial_path(Path(path))
     with errors(url, missing or f"{url}: listed in the manifest but missing from the bucket; re-shard or restore it"):
         result = obstore.get(store(url, "other"), split_url(url)[2])
         with open(tmp, "wb") as f:
@@ -448,10 +406,7 @@ def put_file(path: Path, where) -> None:
     if is_remote(where):
         upload(path, str(where))
         return
-    target = Path(where)
-    tmp = partial_path(target)
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    atomic.copy_into_place(path, Path(where))
 
 
 def write_bytes(where, data: bytes) -> None:
@@ -463,10 +418,7 @@ def write_bytes(where, data: bytes) -> None:
         with errors(str(where)):
             obstore.put(store(where, "other"), split_url(where)[2], data)
         return
-    target = Path(where)
-    tmp = partial_path(target)
-    tmp.write_bytes(data)
-    os.replace(tmp, target)
+    atomic.write_into_place(Path(where), data)
 
 
 def delete(root, names_to_delete: list[str]) -> None:

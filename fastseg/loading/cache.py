@@ -25,7 +25,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from .. import fetching, storage
+from .. import atomic, fetching
 from ..errors import FastsegError
 from ..format import ShardInfo
 
@@ -139,7 +139,7 @@ class ShardCache:
 
     def _fetch(self, url: str, shard: ShardInfo, path: Path) -> None:
         """The shard into a partial file with its space reserved under the limit, checked, then renamed."""
-        tmp = storage.partial_path(path)
+        tmp = atomic.partial_path(path)
         fd = self._reserve(tmp, shard.bytes)
         try:
             fetching.download(url, shard.bytes, fd).result()
@@ -208,7 +208,7 @@ class ShardCache:
         """Partial files of processes that are gone (killed mid-fetch): their space is free again."""
         for entry in os.scandir(self.folder):
             found = re.match(r"\..+\.partial-(\d+)$", entry.name)
-            if found and not storage.writer_alive(int(found.group(1))):
+            if found and not atomic.writer_alive(int(found.group(1))):
                 Path(entry.path).unlink(missing_ok=True)
 
     @contextmanager

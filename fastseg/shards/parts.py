@@ -122,7 +122,7 @@ def _publish(folder: Path, out, index: int, count: int, progress: bool) -> None:
     """This part's files into OUT (a folder or a prefix), its record last: the merged manifest and this part's own
     earlier files are replaced, no other part's are touched."""
     storage.ensure_folder(out)
-    # hidden names are files a killed run was still writing (storage.partial_path): never part of the set
+    # hidden names are files a killed run was still writing (atomic.partial_path): never part of the set
     existing = {name: size for name, size in storage.sizes(out).items() if not name.startswith(".")}
     _check_target(sorted(existing), str(out))
     own = {name: size for name, size in existing.items() if _own(name, index) or name == MANIFEST}

@@ -2,7 +2,7 @@
 
 On disk the set is written into a hidden sibling folder (`.OUT.partial-PID`) and renamed into place; replacing a
 set moves the old one aside first, and a kill between the two renames is undone by the next run's sweep
-(storage.sweep_stale). In an object store, where nothing can be renamed, the set is uploaded from a local folder,
+(atomic.sweep_stale). In an object store, where nothing can be renamed, the set is uploaded from a local folder,
 shards and indexes first, the manifest last (publish_files, which also publishes a part of a set, anywhere).
 Either way an existing OUT is replaced only with --overwrite and only if it holds a shard set and nothing else.
 """
@@ -19,7 +19,7 @@ from tqdm import tqdm
 from .. import storage
 from ..errors import FastsegError
 from ..format import MANIFEST, REPORT, check_replaceable
-from ..storage import old_path, partial_path, sweep_stale
+from ..atomic import old_path, partial_path, sweep_stale
 
 
 @contextmanager
@@ -81,7 +81,7 @@ def _prepare_out(out: Path, overwrite: bool) -> Path:
 
 def _commit(tmp: Path, out: Path) -> None:
     """Move the finished set into place. Replacing takes two renames; a kill between them leaves OUT missing and
-    the old set at its `.old` path, which the next run's sweep moves back (storage.sweep_stale)."""
+    the old set at its `.old` path, which the next run's sweep moves back (atomic.sweep_stale)."""
     if out.exists():
         old = old_path(out)
         out.rename(old)

@@ -12,7 +12,7 @@ from lightning_fabric.plugins import TorchCheckpointIO
 from .. import storage
 from ..errors import FastsegError
 from ..sets import cache_root
-from ..storage import partial_path, sweep_stale
+from ..atomic import partial_path, sweep_stale
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
