@@ -8,7 +8,7 @@ window resize, flip and colour steps) → + normalize (the image to float32, mir
 uint8), timed alone, then the whole pipeline (+ the int64 mask widening); then the loader's per-batch hand-off to
 torch tensors is timed on its own. Each stage's cost per sample is the difference of the wall times per sample
 (with every thread of the pipeline working), so the costs add up to the whole pipeline's. With crop and mmseg the
-CPU feed does the decoding and resampling (fastseg.loading.execute): its steps (the crop chosen from the mask, the
+CPU feed does the decoding and resampling (the job's CPU executor: fastseg.loading.job_crop, job_mmseg): its steps (the crop chosen from the mask, the
 window's region decoded, resampled) are timed alone too, beside decoding whole frames.
 """
 from __future__ import annotations
@@ -39,21 +39,22 @@ def feed_steps(args, config) -> dict[str, float]:
     whole work per sample), and beside them the whole frames decoded as a feed would without windows."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fastseg.loading import draws, execute, make_loader, recipe
+    from fastseg.loading import draws, job_for, make_loader, recipe, sample_draws
 
     table = make_loader(args.shards, backend="torch", batch_size=args.batch_size, size=config.size,
                         augment=config.augment, workers=0, base_size=config.base_size,
                         **({"photometric": config.photometric} if config.augment == "mmseg" else {})).dataset
     samples = list(range(len(table)))
-    sample_draws = {n: draws.sample_draws(table.plan.config, 0, n) for n in samples}
+    drawn = {n: sample_draws(table.plan.config, 0, n) for n in samples}
+    job = job_for(table.plan.config)
 
     def chosen(n):  # the mask and the window the crop keeps, with the output shape it is resampled to
         mask = table.mask(n)
         if config.augment == "mmseg":
-            labels, window = recipe.crop_geometry(mask, sample_draws[n], config.base_size, config.size,
+            labels, window = recipe.crop_geometry(mask, drawn[n], config.base_size, config.size,
                                                   config.cat_max_ratio)
             return window, labels.shape
-        x0, y0, x1, y1 = draws.crop_box(sample_draws[n], mask.shape[1], mask.shape[0])
+        x0, y0, x1, y1 = draws.crop_box(drawn[n], mask.shape[1], mask.shape[0])
         return (y0, x0, y1, x1), config.size
 
     def windowed(n):
@@ -62,7 +63,7 @@ def feed_steps(args, config) -> dict[str, float]:
 
     steps = {"mask, and the crop chosen from it": chosen, "+ the window's region decoded": windowed,
              f"+ resampled{' and coloured' if config.augment == 'mmseg' else ''} (the feed's whole work)":
-                 lambda n: getattr(execute, config.augment)(table, n, sample_draws[n]),
+                 lambda n: job.cpu(table, n, drawn[n]),
              "whole frames decoded instead (image and mask; no window)": table.pixels}
     found = {}
     with ThreadPoolExecutor(args.threads) as pool:
@@ -157,7 +158,7 @@ def main() -> int:
     if "feed_steps_samples_per_s" in result:  # the feed's own steps first: where a feed mode's time goes
         reference = result["whole_frames_decode_samples_per_s"]
         result["loader_of_whole_frames_decode"] = round(result["loader_samples_per_s"] / reference, 3)
-        rows = ["On the CPU, crop and mmseg run in DALI's feed (fastseg.loading.execute, on the loader's threads), so "
+        rows = ["On the CPU, crop and mmseg run in DALI's feed (their jobs' CPU executors, on the loader's threads), so "
                 "the pipeline cut after `read` below already holds the feed's whole work. The feed's steps, each "
                 f"timed alone on {args.threads} threads over the same samples (cumulative):", "",
                 "| feed steps | samples/s |", "|---|---:|"] + [

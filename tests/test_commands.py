@@ -291,9 +291,9 @@ def test_a_run_reruns_from_its_config_file_and_the_command_line_wins(shards, tmp
     (tmp_path / "typo.yaml").write_text("shards: x\nbatch_sise: 8\n")
     assert run(["--config", tmp_path / "typo.yaml"]) == 1
     assert "unknown key 'batch_sise'; did you mean batch_size?" in capsys.readouterr().err
-    (tmp_path / "wrong.yaml").write_text(f"shards: {shards}\naugment: rotate\n")
+    (tmp_path / "wrong.yaml").write_text(f"shards: {shards}\naugment: elastic\n")
     assert run(["--config", tmp_path / "wrong.yaml"]) == 1
-    assert "augment is one of none, flip, crop, mmseg, not 'rotate'" in capsys.readouterr().err
+    assert "augment is one of none, flip, crop, mmseg, rotate, not 'elastic'" in capsys.readouterr().err
     # an option of another mode is refused, naming the mode, not silently ignored
     assert run(["--shards", shards, "--out", tmp_path / "x", "--ratio-range", "0.5", "1.5", *TRAIN]) == 1
     assert "--ratio-range is an option of --augment mmseg and has no effect with --augment flip" in \

@@ -138,14 +138,14 @@ def test_one_seed_draws_the_same_samples_through_both_loaders(augment, size, dev
 
 
 def test_the_draws_are_a_function_of_seed_epoch_and_sample_alone():
-    from fastseg.loading import LoaderConfig, draws
+    from fastseg.loading import LoaderConfig, draws, sample_draws
 
     crop = LoaderConfig(augment="crop", scale=(0.25, 0.5), vflip=True, seed=2)
-    first = draws.sample_draws(crop, 3, 7)
-    assert np.array_equal(first, draws.sample_draws(crop, 3, 7))  # made again anywhere: the same numbers
+    first = sample_draws(crop, 3, 7)
+    assert np.array_equal(first, sample_draws(crop, 3, 7))  # made again anywhere: the same numbers
     for epoch, sample, seed in ((4, 7, 2), (3, 8, 2), (3, 7, 3)):
-        assert not np.array_equal(first, draws.sample_draws(LoaderConfig.build(crop, seed=seed), epoch, sample))
-    windows = np.array([draws.sample_draws(crop, 0, n) for n in range(400)])
+        assert not np.array_equal(first, sample_draws(LoaderConfig.build(crop, seed=seed), epoch, sample))
+    windows = np.array([sample_draws(crop, 0, n) for n in range(400)])
     top, left, bottom, right = windows[:, draws.WINDOW].T
     assert (top >= 0).all() and (left >= 0).all() and (bottom <= 1 + 1e-6).all() and (right <= 1 + 1e-6).all()
     area = (bottom - top) * (right - left)
@@ -154,9 +154,9 @@ def test_the_draws_are_a_function_of_seed_epoch_and_sample_alone():
     both = next(w for w in windows if w[draws.HFLIP] and w[draws.VFLIP])
     assert np.allclose(draws.roi(both), both[[4, 5, 2, 3]])  # start and end swapped along each flipped axis
     flips_only = LoaderConfig(augment="flip")
-    assert not any(draws.sample_draws(flips_only, 0, n)[draws.VFLIP] for n in range(50))  # vflip off: never
-    assert draws.sample_draws(LoaderConfig(augment="none"), 0, 0) is None
-    assert draws.sample_draws(LoaderConfig(augment="none", original_labels=True), 0, 0) is None
+    assert not any(sample_draws(flips_only, 0, n)[draws.VFLIP] for n in range(50))  # vflip off: never
+    assert sample_draws(LoaderConfig(augment="none"), 0, 0) is None
+    assert sample_draws(LoaderConfig(augment="none", original_labels=True), 0, 0) is None
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -384,8 +384,8 @@ def test_set_epoch_follows_the_trainer(backend, png_shards):
 
 
 def test_unknown_augmentation_is_named(png_shards):
-    with pytest.raises(FastsegError, match="unknown augmentation 'rotate'; choose one of none, flip, crop"):
-        make_loader(png_shards, augment="rotate")
+    with pytest.raises(FastsegError, match="unknown augmentation 'elastic'; choose one of none, flip, crop, mmseg, rotate"):
+        make_loader(png_shards, augment="elastic")
 
 
 def test_the_feed_hands_each_batch_its_members_and_draws_without_dali(jpeg_shards):
@@ -397,7 +397,8 @@ def test_the_feed_hands_each_batch_its_members_and_draws_without_dali(jpeg_shard
     code = f"""
 import sys
 from fastseg.loading import make_loader
-from fastseg.loading.draws import flips, sample_draws
+from fastseg.loading.draws import flips
+from fastseg.loading.jobs import sample_draws
 from fastseg.loading.feed import SampleFeed
 plan = make_loader({str(jpeg_shards)!r}, backend="torch", batch_size=4, augment="flip", vflip=True, workers=0,
                    seed=5).plan

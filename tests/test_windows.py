@@ -140,7 +140,7 @@ def test_the_recipe_keeps_mmsegmentations_crop_statistics():
     beyond 0.75 and the share of padded pixels, ours (recipe.crop_geometry from the draws) against a line-for-line
     copy of MMSegmentation 1.x's RandomCrop.crop_bbox with numpy's own random numbers."""
     from fastseg.loading.config import LoaderConfig
-    from fastseg.loading.draws import sample_draws
+    from fastseg.loading.jobs import sample_draws
 
     masks = [(np.array(Image.open(path)) > 127).astype(np.uint8)
              for path in sorted((shared("davis2016_subset") / "masks").glob("*.png"))]
@@ -189,7 +189,7 @@ def mmseg_random_crop(seg: np.ndarray, crop: tuple[int, int], cat_max_ratio: flo
 
 
 def test_opencv_enlarges_as_pillow_does():
-    """The crop recipe enlarges a window with OpenCV (execute.crop) and shrinks with Pillow's antialiased bilinear:
+    """The crop recipe enlarges a window with OpenCV (job_crop's CPU executor) and shrinks with Pillow's antialiased bilinear:
     where nothing shrinks the two are one filter, up to OpenCV's fixed-point rounding."""
     image = np.random.default_rng(3).integers(0, 256, (60, 80, 3)).astype(np.uint8)
     for (top, left, bottom, right), out in (((5.3, 7.1, 45.2, 70.4), (64, 96)), ((0, 0, 60, 80), (60, 80)),

@@ -16,12 +16,8 @@ from ..errors import FastsegError
 from ..format import Manifest
 from ..settings import option, parse_size
 
-# none: no augmentation. flip: paired horizontal (and with vflip, vertical) flips at the output size, which at the
-# native size needs no resampling. crop: a random scale-crop (area fraction in `scale`) resized to the output size,
-# flipped through the same window. mmseg: MMSegmentation's standard recipe (recipe.py): random resize of `base_size`
-# by `ratio_range` with the aspect kept, a `size` crop (padded where the image is smaller) drawn again while one
-# class fills more than `cat_max_ratio` of it, flips, and with `photometric` the colour steps.
-AUGMENTS = ("none", "flip", "crop", "mmseg")
+# what each does: its job's module (job_flip.py: none and flip; job_crop.py; job_mmseg.py; job_rotate.py)
+AUGMENTS = ("none", "flip", "crop", "mmseg", "rotate")
 BACKENDS = ("dali", "torch")  # NVIDIA DALI, or a torch DataLoader
 
 
@@ -35,7 +31,8 @@ class LoaderConfig:
                                  help="flip (the default when training): paired flips, no resampling at the native "
                                       "size; crop: random scale-crop, resize and flip; mmseg: MMSegmentation's recipe "
                                       "(random resize, padded crop with cat_max_ratio, flip, photometric distortion); "
-                                      "none")  # None: flip when training, none otherwise (True/False: flip/none)
+                                      "rotate: a random rotation within ±degrees and the flips, the uncovered border "
+                                      "ignored; none")  # None: flip when training, none otherwise (True/False: flip/none)
     scale: tuple[float, float] = option((0.5, 1.0), mode="crop", type=float, nargs=2, metavar=("LO", "HI"),
                                         help="crop: the area fraction range")
     base_size: tuple[int, int] | None = option(None, mode="mmseg", type=int, nargs=2, metavar=("H", "W"),
@@ -48,6 +45,8 @@ class LoaderConfig:
                                        "cat_max_ratio; 1: off)")
     photometric: bool = option(True, mode="mmseg", action=argparse.BooleanOptionalAction,
                                help="mmseg: PhotoMetricDistortion of the image")
+    degrees: float = option(10.0, mode="rotate", type=float, metavar="D",
+                            help="rotate: the largest angle, in degrees either way (RandomRotate degree)")
     window_decode: bool = option(True, action=argparse.BooleanOptionalAction,
                                  help="crop, mmseg: decode only the region of each image its crop keeps, at a reduced "
                                       "scale where the crop shrinks it 2x or more (off: whole images)")
@@ -95,6 +94,8 @@ class LoaderConfig:
         if not 0 < low <= high:
             raise FastsegError(f"the ratio range is 0 < low <= high, not {self.ratio_range!r}")
         object.__setattr__(self, "ratio_range", (low, high))
+        if not 0 <= self.degrees <= 180:
+            raise FastsegError(f"degrees is an angle from 0 to 180, not {self.degrees!r}")
         if not 0 < self.cat_max_ratio <= 1:
             raise FastsegError(f"cat_max_ratio is a share in (0, 1] (1 turns it off), not {self.cat_max_ratio!r}")
         if self.base_size is not None:

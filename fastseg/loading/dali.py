@@ -24,7 +24,8 @@ from ..format import IGNORE_INDEX, RAW_SIZE_EXT
 from ..processes import note_native_threads
 from . import feed as feeding
 from .contract import EpochLoader, LoaderPlan
-from .feed import PARAMETERS, SampleFeed, member_names
+from .feed import SampleFeed, member_names
+from .jobs import job_for
 from .members import SampleTable
 
 # What fastseg calls needs this DALI: the dynamic executor handing out zero-copy outputs that stay valid while
@@ -51,83 +52,118 @@ check_dali_version(nvidia.dali.__version__)
 __all__ = ["DALI_FLOOR", "DaliLoader", "build_pipeline", "check_dali_version", "segmentation_pipeline"]
 
 
-def _resize(image, mask, size, image_window: dict | None = None, mask_window: dict | None = None):
-    """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
-    when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize ROI)
-    where one is given. DALI's antialias=False is faster on the CPU crop path, but a model trained through one
-    backend and scored through the other would then see other pixels (benchmarks/resample_check.py measures the
-    difference)."""
-    # straight to float: faster than a uint8 result, and normalize reads it as is
-    image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True, dtype=types.FLOAT,
-                      **(image_window or {}))
-    mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(mask_window or {}))  # no new classes
-    return image, mask
+class Ops:
+    """The DALI operators the sample jobs' graphs are written with (job.py), for one plan on its device: a job's
+    module says which steps a sample goes through, and this class how each runs, so that nothing outside this module
+    imports DALI."""
+
+    def __init__(self, plan: LoaderPlan, gpu: bool):
+        self.plan, self.gpu = plan, gpu
+
+    def on_device(self, node):
+        """A CPU node moved to the GPU where the pipeline runs there."""
+        return node.gpu() if self.gpu and node.device == "cpu" else node
+
+    def decode(self, image, mask, size=None):
+        """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. Raw
+        members are only reshaped by their sample's size member: no decode, and on a GPU a raw image goes there as
+        it is. Either may be None: not asked for."""
+        stored = self.plan.stored
+        if image is not None and stored.raw_image:
+            image = _reshaped(image, size, None if stored.grey else 3)
+            if stored.grey:  # a grey image's one channel broadcast to three (an RGB image's three are kept)
+                image = image * types.Constant(np.ones(3, np.uint8), device="cpu")
+            image = image.gpu() if self.gpu else image
+        elif image is not None:
+            image = fn.decoders.image(image, device="mixed" if self.gpu else "cpu", output_type=types.RGB)
+        if mask is not None:
+            mask = (_reshaped(mask, size, 1) if stored.raw_mask else
+                    fn.decoders.image(mask, device="cpu", output_type=types.GRAY))
+        return image, mask
+
+    def region_decoded(self, image, size, region):
+        """The region of each image a job chose (top, left, bottom, right: windows.py) decoded alone: region
+        decoding on `mixed` (nvJPEG) or `cpu` (libjpeg-turbo), with the CPU's chroma upsampling on the GPU too. A raw
+        image (its region is the whole image) is only reshaped."""
+        if self.plan.stored.raw_image:
+            return self.decode(image, None, size)[0]
+        return fn.decoders.image_slice(image, start=fn.cast(region[0:2], dtype=types.INT32),
+                                       end=fn.cast(region[2:4], dtype=types.INT32), axis_names="HW",
+                                       device="mixed" if self.gpu else "cpu", output_type=types.RGB,
+                                       jpeg_fancy_upsampling=True)
+
+    def resize(self, image, mask, size, image_window: dict | None = None, mask_window: dict | None = None):
+        """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
+        when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize
+        ROI) where one is given. DALI's antialias=False is faster on the CPU crop path, but a model trained through
+        one backend and scored through the other would then see other pixels (benchmarks/resample_check.py
+        measures the difference)."""
+        # straight to float: faster than a uint8 result, and normalize reads it as is
+        image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True,
+                          dtype=types.FLOAT, **(image_window or {}))
+        mask = fn.resize(mask, size=list(size), interp_type=types.INTERP_NN, **(mask_window or {}))  # no new classes
+        return image, mask
+
+    def resample_like(self, image, mask, window):
+        """The image resampled from `window` (pixel edges) to the mask's size, bilinearly without antialiasing."""
+        return fn.resize(image, size=fn.cast(mask.shape()[0:2], dtype=types.FLOAT), roi_start=window[0:2],
+                         roi_end=window[2:4], roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=False)
+
+    def colour(self, image, transform):
+        """Each pixel's colour through the 3×4 affine `transform` ([M | t], row-major), kept uint8."""
+        affine = fn.reshape(transform, shape=[3, 4])
+        return fn.coord_transform(image, M=affine[:, 0:3], T=affine[:, 3], dtype=types.UINT8)
+
+    def flip(self, node, horizontal, vertical):
+        return fn.flip(node, horizontal=horizontal, vertical=vertical)
+
+    def warp(self, image, mask, matrix, size):
+        """Image and mask through the affine `matrix` (an output pixel to the source point it reads, DALI's pixel
+        convention) at `size`: the image bilinearly, filled with 0; the mask by nearest neighbour, filled with
+        ignore."""
+        image = fn.warp_affine(image, matrix=matrix, size=list(size), interp_type=types.INTERP_LINEAR, fill_value=0,
+                               inverse_map=True)
+        mask = fn.warp_affine(mask, matrix=matrix, size=list(size), interp_type=types.INTERP_NN,
+                              fill_value=IGNORE_INDEX, inverse_map=True)
+        return image, mask
+
+    def normalize(self, image, mask, mirror=0):
+        """Normalized images (mirrored horizontally where `mirror`, for free) and H×W masks."""
+        mean, std = self.plan.mean_std
+        image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
+                                         output_layout=self._layout)
+        return image, fn.squeeze(mask, axis_names="C")
+
+    def normalize_into(self, image, mask, size):
+        """Normalized images and (uint8, H×W) masks of exactly `size`, padded at the bottom and right where smaller:
+        the image with 0 after normalization, the mask with ignore."""
+        mean, std = self.plan.mean_std
+        image = fn.crop_mirror_normalize(image, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0,
+                                         out_of_bounds_policy="pad", fill_values=0.0, mean=mean, std=std,
+                                         dtype=types.FLOAT, output_layout=self._layout)
+        mask = fn.crop(mask, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0, out_of_bounds_policy="pad",
+                       fill_values=IGNORE_INDEX)
+        return image, fn.squeeze(mask, axis_names="C")
+
+    def for_scoring(self, image, mask, sizes):
+        """Scoring at the labels' resolution: the image resized to its scoring size (`sizes`: image rows, columns,
+        label rows, columns per sample), normalized, padded with 0 to the batch's largest; the mask as decoded,
+        padded with ignore; and the sizes."""
+        if self.plan.config.keep_ratio or not self.plan.native:
+            image = fn.resize(image, size=fn.cast(sizes[0:2], dtype=types.FLOAT), interp_type=types.INTERP_LINEAR,
+                              antialias=True, dtype=types.FLOAT)
+        mean, std = self.plan.mean_std
+        image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT, output_layout=self._layout)
+        image = fn.pad(image, fill_value=0.0, axis_names="HW")
+        mask = fn.pad(fn.squeeze(mask, axis_names="C"), fill_value=IGNORE_INDEX, axis_names="HW")
+        return image, self.on_device(mask), sizes
+
+    @property
+    def _layout(self) -> str:
+        return "HWC" if self.plan.config.channels_last else "CHW"
 
 
-def _window_decoded(plan: LoaderPlan, gpu: bool, image, size, parameters):
-    """The region of each image that the feed chose (parameters[0:4]: top, left, bottom, right; windows.py), decoded
-    alone: region decoding on `mixed` (nvJPEG) or `cpu` (libjpeg-turbo), with the CPU's chroma upsampling on the
-    GPU too. A raw image (its region is the whole image) is only reshaped."""
-    if plan.stored.raw_image:
-        return _decode(plan, gpu, image, None, size)[0]
-    return fn.decoders.image_slice(image, start=fn.cast(parameters[0:2], dtype=types.INT32),
-                                   end=fn.cast(parameters[2:4], dtype=types.INT32), axis_names="HW",
-                                   device="mixed" if gpu else "cpu", output_type=types.RGB, jpeg_fancy_upsampling=True)
-
-
-def _crop_on_device(plan: LoaderPlan, gpu: bool, image, mask, size, parameters):
-    """augment="crop" on a GPU: the image's region decoded there and resampled from the window inside it
-    (parameters[4:8], the edges swapped along a flipped axis, so resampling flips), the mask through the same
-    window of the whole mask (parameters[8:12], relative)."""
-    image = _window_decoded(plan, gpu, image, size, parameters)
-    mask = _decode(plan, gpu, None, mask, size)[1]
-    mask = mask.gpu() if gpu else mask
-    return _resize(image, mask, plan.size, dict(roi_start=parameters[4:6], roi_end=parameters[6:8], roi_relative=False),
-                   dict(roi_start=parameters[8:10], roi_end=parameters[10:12], roi_relative=True))
-
-
-def _recipe_on_device(plan: LoaderPlan, gpu: bool, image, mask, size, parameters):
-    """augment="mmseg" on a GPU (recipe.py): the feed has chosen the crop from the mask (the mask's crop arrives
-    decoded) and the image's window; the image's region is decoded there, resampled from the window (parameters
-    [4:8]) bilinearly without antialiasing (MMSegmentation's rule) and coloured by the [M | t] of parameters[8:20]."""
-    image = _window_decoded(plan, gpu, image, size, parameters)
-    image = fn.resize(image, size=fn.cast(mask.shape()[0:2], dtype=types.FLOAT), roi_start=parameters[4:6],
-                      roi_end=parameters[6:8], roi_relative=False, interp_type=types.INTERP_LINEAR, antialias=False)
-    if plan.config.photometric:
-        affine = fn.reshape(parameters[8:20], shape=[3, 4])
-        image = fn.coord_transform(image, M=affine[:, 0:3], T=affine[:, 3], dtype=types.UINT8)
-    return image, mask.gpu() if gpu else mask
-
-
-def _normalize_into(plan: LoaderPlan, image, mask, size):
-    """Normalized images and (uint8, H×W) masks of exactly `size`, padded at the bottom and right where smaller:
-    the image with 0 after normalization, the mask with ignore."""
-    mean, std = plan.mean_std
-    image = fn.crop_mirror_normalize(image, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0,
-                                     out_of_bounds_policy="pad", fill_values=0.0, mean=mean, std=std,
-                                     dtype=types.FLOAT, output_layout="HWC" if plan.config.channels_last else "CHW")
-    mask = fn.crop(mask, crop=list(size), crop_pos_x=0.0, crop_pos_y=0.0, out_of_bounds_policy="pad",
-                   fill_values=IGNORE_INDEX)
-    return image, fn.squeeze(mask, axis_names="C")
-
-
-def _for_scoring(plan: LoaderPlan, image, mask, sizes):
-    """Scoring at the labels' resolution: the image resized to its scoring size (the feed's `sizes`: image rows,
-    columns, label rows, columns per sample, LoaderConfig.scoring_size), normalized, padded with 0 to the batch's
-    largest; the mask as decoded, padded with ignore; and the sizes."""
-    if plan.config.keep_ratio or not plan.native:
-        image = fn.resize(image, size=fn.cast(sizes[0:2], dtype=types.FLOAT), interp_type=types.INTERP_LINEAR,
-                          antialias=True, dtype=types.FLOAT)
-    mean, std = plan.mean_std
-    image = fn.crop_mirror_normalize(image, mean=mean, std=std, dtype=types.FLOAT,
-                                     output_layout="HWC" if plan.config.channels_last else "CHW")
-    image = fn.pad(image, fill_value=0.0, axis_names="HW")
-    mask = fn.pad(fn.cast(fn.squeeze(mask, axis_names="C"), dtype=types.INT64), fill_value=IGNORE_INDEX,
-                  axis_names="HW")
-    return image, (mask.gpu() if plan.device.type == "cuda" else mask), sizes
-
-
-# the DALI type of each kind of per-sample parameters the feed hands the graph (feed.PARAMETERS)
+# the DALI type of each kind of per-sample parameters the feed hands the graph (a job's Record)
 DALI_TYPES = {np.dtype(np.int32): types.INT32, np.dtype(np.float32): types.FLOAT, np.dtype(np.int64): types.INT64}
 
 
@@ -137,39 +173,21 @@ def _read(plan: LoaderPlan, feed: SampleFeed | None):
     size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
-    if feed is not None and feeding.executed_in_feed(plan):  # the recipe's crops, HWC, and with keys the meta
+    if feed is not None and feeding.executed_in_feed(plan):  # the job's samples, HWC, and with keys the meta
         count = 3 if plan.config.return_keys else 2
         return fn.external_source(source=feed, num_outputs=count, batch=True, dtype=[types.UINT8] * count,
                                   layout=["HWC", "HWC", ""][:count])
     if feed is not None:
-        dtypes += [DALI_TYPES[PARAMETERS[plan.config.mode]]] if plan.config.mode in PARAMETERS else []
+        job = feed.job
+        dtypes += [DALI_TYPES[job.parameters.dtype]] if job.parameters else []
         layouts = [""] * len(dtypes)
-        if plan.config.mode == "mmseg":  # the mask's crop, chosen and cut by the feed (SampleFeed._window_row)
-            layouts[1] = "HWC"
+        layouts[1] = job.mask_layout  # "HWC": the feed decoded the mask (mmseg's crop)
         return fn.external_source(source=feed, num_outputs=len(dtypes), batch=True, dtype=dtypes, layout=layouts)
     return fn.readers.webdataset(
         paths=plan.shards, index_paths=[str(p) for p in plan.indexes], ext=names, dtypes=dtypes,
         missing_component_behavior="error", shard_id=plan.rank, num_shards=plan.world_size, pad_last_batch=True,
         name="Reader",
     )
-
-
-def _decode(plan: LoaderPlan, gpu: bool, image, mask, size=None):
-    """Images (RGB, on the GPU with `mixed` decoding there) and masks (one channel, on the CPU), both H×W×C. Raw
-    members are only reshaped by their sample's size member: no decode, and on a GPU a raw image goes there as
-    it is. Either may be None: not asked for."""
-    stored = plan.stored
-    if image is not None and stored.raw_image:
-        image = _reshaped(image, size, None if stored.grey else 3)
-        if stored.grey:  # a grey image's one channel broadcast to three (an RGB image's three are kept)
-            image = image * types.Constant(np.ones(3, np.uint8), device="cpu")
-        image = image.gpu() if gpu else image
-    elif image is not None:
-        image = fn.decoders.image(image, device="mixed" if gpu else "cpu", output_type=types.RGB)
-    if mask is not None:
-        mask = (_reshaped(mask, size, 1) if stored.raw_mask else
-                fn.decoders.image(mask, device="cpu", output_type=types.GRAY))
-    return image, mask
 
 
 def _reshaped(pixels, size, channels: int | None):
@@ -185,53 +203,30 @@ def _reshaped(pixels, size, channels: int | None):
 
 @pipeline_def
 def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = None, feed: SampleFeed | None = None):
-    """The pipeline DaliLoader runs: it executes each sample's parameters (SampleFeed.parameters) and draws nothing
-    itself. `stop_after` ("read", "decode", "augment", "normalize": before the masks are widened to int64) cuts it
-    after that stage, with everything else unchanged (executor, checkpointing), so that benchmarks/dali_stages.py
-    times the real thing."""
+    """The pipeline DaliLoader runs: the plan's sample job (job.py) executes each sample's parameters, drawn by the
+    feed; the graph draws nothing itself. `stop_after` ("read", "decode", "augment", "normalize": before the masks
+    are widened to int64) cuts it after that stage, with everything else unchanged (executor, checkpointing), so
+    that benchmarks/dali_stages.py times the real thing."""
+    ops = Ops(plan, gpu)
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    if feed is not None and feeding.executed_in_feed(plan):  # decoded and cropped by the feed already
+    if feed is not None and feeding.executed_in_feed(plan):  # decoded and made by the job's CPU executor already
         if stop_after in ("decode", "augment"):
             return image, mask
-        image, mask = _normalize_into(plan, image, mask, plan.config.size)
-        return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *rest)
-    size = rest.pop(0) if plan.stored.size else None
-    meta = [rest.pop(0)] if plan.config.return_keys else []
-    parameters = rest[0] if rest else None
-    mode = plan.config.mode
-    if mode in ("crop", "mmseg"):  # each image decoded in the region its crop keeps (the feed chose it)
-        steps = _crop_on_device if mode == "crop" else _recipe_on_device
-        image, mask = steps(plan, gpu, image, mask, size, parameters)
+        image, mask = ops.normalize_into(image, mask, plan.config.size)
+        extra = rest
+    else:
+        size = rest.pop(0) if plan.stored.size else None
+        meta = [rest.pop(0)] if plan.config.return_keys else []
+        outputs = job_for(plan.config).graph(ops, image, mask, size, rest[0] if rest else None, stop_after)
         if stop_after in ("decode", "augment"):
-            return image, mask
-        image, mask = _normalize_into(plan, image, mask, plan.config.size)
-        return (image, mask) if stop_after == "normalize" else (image, fn.cast(mask, dtype=types.INT64), *meta)
-    image, mask = _decode(plan, gpu, image, mask, size)
-    if stop_after == "decode":
-        return image, mask.gpu() if gpu else mask
-    if mode == "scoring":
-        return (*_for_scoring(plan, image, mask, parameters), *meta)
-    if gpu:
-        mask = mask.gpu()
-    mirror = 0
-    if not plan.native:  # resampling is the costliest CPU step: only when the output size asks for it
-        image, mask = _resize(image, mask, plan.size)
-    if mode == "flip":  # the image is mirrored inside crop_mirror_normalize, for free
-        mirror, vflip = parameters[0], parameters[1] if plan.config.vflip else 0
-        mask = fn.flip(mask, horizontal=mirror, vertical=vflip)
-        if plan.config.vflip:
-            image = fn.flip(image, horizontal=0, vertical=vflip)
-    if stop_after == "augment":
-        return image, mask
-    mean, std = plan.mean_std
-    image = fn.crop_mirror_normalize(image, mirror=mirror, mean=mean, std=std, dtype=types.FLOAT,
-                                     output_layout="HWC" if plan.config.channels_last else "CHW")
-    mask = fn.squeeze(mask, axis_names="C")
+            return outputs[:2]
+        image, mask, *extra = outputs
+        extra += meta
     if stop_after == "normalize":
         return image, mask
-    return image, fn.cast(mask, dtype=types.INT64), *meta  # widened here, by DALI's threads
+    return image, fn.cast(mask, dtype=types.INT64), *extra  # widened here, by DALI's threads
 
 
 def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_after: str | None = None,
@@ -316,7 +311,7 @@ class DaliLoader(EpochLoader):
         """One run's outputs as a batch of the contract (batch `index` of `epoch`, for the padding)."""
         images, masks, *metas = outputs
         sizes = None
-        if self.plan.config.original_labels:
+        if job_for(self.plan.config).reports_sizes:
             sizes, *metas = metas
             sizes = [tuple(int(v) for v in np.array(sizes[i])) for i in range(len(sizes))]
         with torch.device(self.plan.device):  # zero-copy views that keep DALI's buffers alive

@@ -1,18 +1,18 @@
-"""The draws: every random parameter of a sample, made once, from (seed, epoch, sample) alone.
+"""The draws' parts and layouts: what the sample jobs (job_*.py) draw their parameters from, each from a generator
+seeded by (seed, epoch, sample) alone (jobs.sample_draws), laid out as one float32 vector.
 
-A recipe here is a function from a seeded generator to one sample's parameters, laid out as one float32 vector;
-`sample_draws` picks the recipe by the config's augmentation. The torch loader's workers call it for the sample
-they load; the DALI pipeline's feed calls it for each sample of a batch and hands the vector (or what `roi` and
-`flips` make of it) to the graph, which only executes it. So a seed gives the same flips and the same windows
-through either loader, and since nothing depends on what was drawn before, a loader resumed at any batch draws
-what an uninterrupted one would have.
+The torch loader's workers draw for the sample they load; the DALI pipeline's feed draws for each sample of a batch
+and hands the graph what the job makes of the draws, which it only executes. So a seed gives the same flips and
+the same windows through either loader, and since nothing depends on what was drawn before, a loader resumed at any
+batch draws what an uninterrupted one would have.
 
-The layout (every recipe starts with the flip coins, 1.0 or 0.0):
+The layouts (every job's start with the flip coins, 1.0 or 0.0):
   flip   [hflip, vflip]
   crop   [hflip, vflip, top, left, bottom, right]: the window as fractions of the image, unflipped
   mmseg  [hflip, vflip, ratio, brightness, contrast, saturation, hue, DRAWS corner pairs]: MMSegmentation's
          RandomResize ratio, PhotoMetricDistortion's values (identity where its coin said no), and the uniform
          [0, 1) pairs that RandomCrop turns into crop positions (recipe.pick_crop: the choice needs the mask)
+  rotate [hflip, vflip, angle]: the angle in degrees, uniform in ±degrees
 """
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ import numpy as np
 from .config import LoaderConfig
 
 __all__ = ["BRIGHTNESS", "COLOUR", "CONTRAST", "CORNERS", "CROP_TRIES", "DRAWS", "HFLIP", "HUE", "RATIO",
-           "SATURATION", "VFLIP", "WINDOW", "crop_box", "crop_window", "draw_crop", "flips", "photometric_draws", "roi",
-           "sample_draws"]
+           "SATURATION", "VFLIP", "WINDOW", "coins", "crop_box", "crop_window", "draw_crop", "flips", "photometric_draws",
+           "roi"]
 HFLIP, VFLIP = 0, 1
 WINDOW = slice(2, 6)  # crop
 RATIO, COLOUR = 2, slice(3, 7)  # mmseg
@@ -34,35 +34,7 @@ CORNERS = slice(7, 7 + 2 * DRAWS)  # mmseg
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
 
 
-def sample_draws(config: LoaderConfig, epoch: int, sample: int) -> np.ndarray | None:
-    """Sample `sample` (its number in the split) of `epoch`: its parameters under the config's augmentation, or
-    None where that draws nothing (none, and scoring)."""
-    recipe = RECIPES.get(config.augment) if not config.original_labels else None
-    return None if recipe is None else recipe(np.random.default_rng((config.seed, epoch, sample)), config)
-
-
-def _flip(rng: np.random.Generator, config: LoaderConfig) -> np.ndarray:
-    return np.array(_coins(rng, config), np.float32)
-
-
-def _crop(rng: np.random.Generator, config: LoaderConfig) -> np.ndarray:
-    window = crop_window(rng, config.scale)
-    return np.array([*_coins(rng, config), *window], np.float32)
-
-
-def _mmseg(rng: np.random.Generator, config: LoaderConfig) -> np.ndarray:
-    draws = np.empty(CORNERS.stop, np.float32)
-    draws[RATIO] = rng.uniform(*config.ratio_range)
-    draws[HFLIP], draws[VFLIP] = _coins(rng, config)
-    draws[COLOUR] = photometric_draws(rng)
-    draws[CORNERS] = rng.uniform(size=2 * DRAWS)
-    return draws
-
-
-RECIPES = {"flip": _flip, "crop": _crop, "mmseg": _mmseg}
-
-
-def _coins(rng: np.random.Generator, config: LoaderConfig) -> tuple[float, float]:
+def coins(rng: np.random.Generator, config: LoaderConfig) -> tuple[float, float]:
     """The flip coins, p = 0.5 each; the vertical one is drawn only with vflip (so vflip=False draws one number)."""
     hflip = rng.uniform() < 0.5
     return float(hflip), float(config.vflip and rng.uniform() < 0.5)

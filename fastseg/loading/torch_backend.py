@@ -15,22 +15,24 @@ from functools import partial
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX
 from ..processes import quiet_when_orphaned, workers_starting
-from . import execute
 from .contract import EpochLoader, LoaderPlan, Normalize
-from .draws import flips, sample_draws
+from .jobs import job_for, sample_draws
 from .members import SampleTable
 from .stream import ShardStream
 
 
 class ShardSamples(SampleTable, Dataset):
-    """Sample i of the split (manifest order) in epoch e, decoded and its draws executed: a uint8 CHW (or HWC) image
-    and an HW mask, its key, and where the recipe or scoring pads, the sizes."""
+    """Sample i of the split (manifest order) in epoch e, as its job's CPU executor makes it (job.py): a uint8 CHW
+    (or HWC) image and an HW mask, its key, and where the job's samples carry them, their sizes."""
+
+    def __init__(self, plan: LoaderPlan):
+        super().__init__(plan)
+        self.job = job_for(plan.config)
 
     def __getitems__(self, items: list[tuple[int, int]]) -> list:
         """A batch's samples (the DataLoader's batched fetch): from a store, their members are read together first."""
@@ -39,75 +41,21 @@ class ShardSamples(SampleTable, Dataset):
 
     def __getitem__(self, item: tuple[int, int]):
         number, epoch = item
-        key = self.members[number][1]
-        config = self.plan.config
-        draws = sample_draws(config, epoch, number)
-        if config.mode == "crop":  # decoded in the window it keeps (execute.py); one that does not decode is named
-            image, mask = execute.crop(self, number, draws)
-            return self._tensors(image, mask, key)
-        if config.mode == "mmseg":
-            return self._recipe(*execute.mmseg(self, number, draws), key)
-        image, mask = self.pixels(number)
-        return self._for_scoring(image, mask, key) if config.mode == "scoring" else self._resized(image, mask, key,
-                                                                                                  draws)
-
-    def _resized(self, image: np.ndarray, mask: np.ndarray, key: str, draws: np.ndarray | None):
-        """none and flip: the whole image resized to `size` where it differs, flipped as drawn."""
-        height, width = self.plan.config.size
-        if image.shape[:2] != (height, width):
-            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=None))
-            mask = np.array(Image.fromarray(mask).resize((width, height), Image.NEAREST))
-        return self._tensors(image, mask, key, flips(draws) if draws is not None else (False, False))
-
-    def _tensors(self, image: np.ndarray, mask: np.ndarray, key: str, flip: tuple[bool, bool] = (False, False)):
-        # torch, not numpy, flips: numpy's copy of a reversed H×W×3 view is several times slower. Channels first
-        # is a view here; the collate's stack makes the one copy (else the main process takes an N×C×H×W view of
-        # the H×W×C batch: no copy at all).
-        config = self.plan.config
-        image, mask = torch.from_numpy(np.asarray(image)), torch.from_numpy(np.asarray(mask))
-        if not config.channels_last:
-            image = image.permute(2, 0, 1)
-        rows, cols = (1, 2) if not config.channels_last else (0, 1)
-        if flip[0]:
-            image, mask = image.flip(cols), mask.flip(1)
-        if flip[1]:
-            image, mask = image.flip(rows), mask.flip(0)
-        return image, mask, key
-
-    def _recipe(self, image: np.ndarray, mask: np.ndarray, key: str):
-        """augment="mmseg" (execute.mmseg): the crop padded to `size` with 0 (zeroed again after normalization) and
-        ignore, and the crop's own (rows, columns)."""
-        config = self.plan.config
-        height, width = mask.shape
-        padded, labels = image, mask
-        if (height, width) != config.size:  # a crop of an image resized below the crop size
-            padded = np.zeros((*config.size, 3), np.uint8)
-            padded[:height, :width] = image
-            labels = np.full(config.size, IGNORE_INDEX, np.uint8)
-            labels[:height, :width] = mask
-        padded = torch.from_numpy(padded)
-        return (padded if config.channels_last else padded.permute(2, 0, 1)), torch.from_numpy(labels), key, \
-            (height, width)
-
-    def _for_scoring(self, image: np.ndarray, mask: np.ndarray, key: str):
-        """The image resized as scoring asks (LoaderConfig.scoring_size), the mask as it is, and (image rows, image
-        columns, label rows, label columns)."""
-        config = self.plan.config
-        rows, cols = mask.shape
-        height, width = config.scoring_size(rows, cols)
-        if image.shape[:2] != (height, width):
-            image = np.array(Image.fromarray(image).resize((width, height), Image.BILINEAR, reducing_gap=None))
-        image = torch.from_numpy(image)
-        return (image if config.channels_last else image.permute(2, 0, 1)), torch.from_numpy(mask), key, \
-            (height, width, rows, cols)
+        sample = self.job.cpu(self, number, sample_draws(self.plan.config, epoch, number))
+        # channels first is a view here; the collate's stack makes the one copy (else the main process takes an
+        # N×C×H×W view of the H×W×C batch: no copy at all)
+        image = torch.from_numpy(np.asarray(sample.image))
+        image = image if self.plan.config.channels_last else image.permute(2, 0, 1)
+        found = (image, torch.from_numpy(np.asarray(sample.mask)), self.members[number][1])
+        return (*found, sample.sizes) if self.job.sized else found
 
 
-def collate_padded(samples: list, channels_last: bool) -> tuple:
+def collate_padded(samples: list, channels_last: bool, least: tuple[int, int] = (0, 0)) -> tuple:
     """Samples of different sizes as one batch: images padded at the bottom and right with 0 (zeroed again after
-    normalization), masks with ignore, to the largest in the batch; with the real sizes."""
+    normalization), masks with ignore, to the largest in the batch (and at least `least`); with the real sizes."""
     images, masks, keys, sizes = zip(*samples)
-    rows = max(size[0] for size in sizes), max(size[2] for size in sizes)
-    cols = max(size[1] for size in sizes), max(size[3] for size in sizes)
+    rows = max(least[0], *(size[0] for size in sizes)), max(least[0], *(size[2] for size in sizes))
+    cols = max(least[1], *(size[1] for size in sizes)), max(least[1], *(size[3] for size in sizes))
     shape = (len(images), rows[0], cols[0], 3) if channels_last else (len(images), 3, rows[0], cols[0])
     image_batch = torch.zeros(shape, dtype=torch.uint8)
     mask_batch = torch.full((len(masks), rows[1], cols[1]), IGNORE_INDEX, dtype=torch.uint8)
@@ -187,6 +135,7 @@ class TorchLoader(EpochLoader):
         cuda = plan.device.type == "cuda"
         workers = plan.config.workers
         prefetch = 4 if workers else None
+        job = job_for(plan.config)
         # the batches the DataLoader hands its workers ahead keep their shards
         stream = ShardStream(plan, plan.cache, lag=workers * prefetch + 1 if workers else 0) if plan.cache else None
         if stream:
@@ -196,8 +145,9 @@ class TorchLoader(EpochLoader):
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
             pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=prefetch,
             worker_init_fn=quiet_when_orphaned,
-            collate_fn=partial(collate_padded, channels_last=plan.config.channels_last)
-            if plan.config.original_labels else None,
+            # a job's samples with sizes: padded to the largest (scoring), or to the output size (mmseg's crops)
+            collate_fn=partial(collate_padded, channels_last=plan.config.channels_last,
+                               least=(0, 0) if job.reports_sizes else plan.config.size) if job.sized else None,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
         self.buffers = HostBuffers() if plan.device.type == "cpu" else None
@@ -224,9 +174,8 @@ class TorchLoader(EpochLoader):
             raise FastsegError(str(err).strip().splitlines()[-1].rpartition("FastsegError: ")[2]) from None
 
     def _batches(self, epoch: int, start: int):
+        reports_sizes = self.loader.dataset.job.reports_sizes
         for index, (image, mask, keys, *sizes) in enumerate(self._iterate(), start):
-            if sizes and self.plan.config.augment == "mmseg":  # the crops' (rows, columns), collated as two tensors
-                sizes = [list(zip(*(side.tolist() for side in sizes[0])))]
             image = image.to(self.plan.device, non_blocking=True)
             if self.plan.config.channels_last:
                 image = image.permute(0, 3, 1, 2)  # a channels-last view; the float32 output keeps the layout
@@ -240,7 +189,7 @@ class TorchLoader(EpochLoader):
             batch = {"image": image, "mask": self.plan.mark_padding(mask, epoch, index)}
             if sizes:
                 zero_padding(image, sizes[0])
-                if self.plan.config.original_labels:
+                if reports_sizes:
                     batch["sizes"] = sizes[0]
             if self.plan.config.return_keys:
                 batch["key"] = list(keys)

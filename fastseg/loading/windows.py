@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-__all__ = ["FACTORS", "Region", "inside", "region", "whole"]
+__all__ = ["FACTORS", "Region", "decode_region", "inside", "region", "whole"]
 FACTORS = (8, 4, 2)  # the reduced scales libjpeg-turbo decodes at (1/factor), largest first
 
 
@@ -52,6 +52,12 @@ def region(window, image: tuple[int, int], out: tuple[int, int], reducible: bool
     reach = math.ceil(max(shrink / factor, 1.0)) + 1  # the filter's support, in the decoded scale's pixels
     return Region(max(0, math.floor(top / factor) - reach), max(0, math.floor(left / factor) - reach),
                   min(rows, math.ceil(bottom / factor) + reach), min(cols, math.ceil(right / factor) + reach), factor)
+
+
+def decode_region(window, image: tuple[int, int], out: tuple[int, int], windowed: bool) -> Region:
+    """What the GPU graph decodes of an image for `window`: `region` where `windowed` (window decoding on, and an
+    encoded image), else the whole image."""
+    return region(window, image, out) if windowed else whole(*image)
 
 
 def inside(window, box: Region) -> tuple[float, float, float, float]:
