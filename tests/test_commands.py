@@ -335,7 +335,8 @@ OTHER_VALUES = {
     "cache": (["--cache", "none"], "none"), "cache_limit": (["--cache-limit", "16MiB"], "16MiB"),
     "checksums": (["--no-checksums"], False), "return_keys": (["--log-batch-keys"], True),
     "channels_last": (["--channels-last"], True), "scale": (["--scale", "0.3", "0.9"], (0.3, 0.9)),
-    "base_size": (["--base-size", "40", "48"], (40, 48)), "ratio_range": (["--ratio-range", "0.75", "1.5"], (0.75, 1.5)),
+    "base_size": (["--base-size", "40", "48"], (40, 48)),
+    "ratio_range": (["--ratio-range", "0.75", "1.5"], (0.75, 1.5)), "degrees": (["--degrees", "25"], 25.0),
     "cat_max_ratio": (["--cat-max-ratio", "0.5"], 0.5), "photometric": (["--no-photometric"], False),
     "optimizer": (["--optimizer", "sgd"], "sgd"), "lr": (["--lr", "0.02"], 0.02),
     "weight_decay": (["--weight-decay", "0.001"], 0.001), "schedule": (["--schedule", "poly"], "poly"),
@@ -382,7 +383,7 @@ def test_every_declared_option_reaches_its_settings(shards, tmp_path, monkeypatc
                 (list(OTHER_VALUES[spec.name][1]) if isinstance(OTHER_VALUES[spec.name][1], tuple)
                  else OTHER_VALUES[spec.name][1]), f"{spec.name} did not arrive: {value!r}"
 
-    for mode in ("crop", "mmseg"):
+    for mode in ("crop", "mmseg", "rotate"):
         loader, loader_argv = given(LoaderConfig, mode)
         optim, optim_argv = given(OptimSettings)
         argv = ["--shards", shards, "--out", tmp_path / mode, "--accelerator", "cpu", "--augment", mode,

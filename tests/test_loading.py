@@ -68,7 +68,7 @@ def test_backends_agree_without_augmentation(fixture, size, request):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("augment,size", [("crop", (32, 32)), ("flip", (48, 64)), ("flip", (32, 32)),
-                                          ("mmseg", (32, 40))])
+                                          ("mmseg", (32, 40)), ("rotate", (48, 64))])
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size, device, tmp_path):
     # The image's red channel encodes the class of each pixel; class = position cell, so a crop, flip or
@@ -92,21 +92,23 @@ def test_paired_augmentation_keeps_image_and_mask_aligned(backend, augment, size
             mask = batch["mask"]
             if augment == "mmseg":  # padding: ignore in the mask, 0 in the normalized image
                 assert (batch["image"].permute(1, 0, 2, 3)[:, mask == 255] == 0).all()
+            if augment in ("mmseg", "rotate"):  # rotate: the border the rotated image leaves uncovered is ignored
                 decoded, mask = decoded[mask != 255], mask[mask != 255]
             assert set(mask.unique().tolist()) <= set(range(6)), "augmentation made a new class value"
             assert (decoded == mask).float().mean() > 0.93, f"image and mask disagree (seed {seed})"
             if (augment, size) == ("flip", (h, w)):  # native size, no resampling: exactly equal
                 assert torch.equal(decoded, mask)
-            if augment != "mmseg":
+            if augment not in ("mmseg", "rotate"):
                 flips += int((mask[:, :, 0] > mask[:, :, -1]).sum())  # flipped rows have class 2 left of class 0
             else:
-                flips += 1  # the flip share is checked in test_recipe.py
+                flips += 1  # the flip share is checked in test_recipe.py (mmseg) and below (rotate)
         assert len(loader) == 1
     assert flips > 0  # the flips that the agreement check covers did happen
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("augment,size", [("flip", None), ("crop", (32, 40)), ("mmseg", (32, 40))])
+@pytest.mark.parametrize("augment,size", [("flip", None), ("crop", (32, 40)), ("mmseg", (32, 40)),
+                                          ("rotate", (32, 40))])
 def test_one_seed_draws_the_same_samples_through_both_loaders(augment, size, device, png_shards):
     """The draws are made once (loading/draws.py) and both backends only execute them: with the same seed, in the
     same epoch, DALI and the torch loader flip the same samples and cut the same windows (and colour them alike);
@@ -127,7 +129,7 @@ def test_one_seed_draws_the_same_samples_through_both_loaders(augment, size, dev
     for where, (image, mask) in dali.items():
         other_image, other_mask = torch_loader[where]
         diff = (image - other_image).abs()
-        if augment == "crop":  # DALI's and Pillow's resampling of the same window
+        if augment in ("crop", "rotate"):  # DALI's and Pillow's (OpenCV's) resampling of the same window (rotation)
             assert (mask == other_mask).float().mean() > 0.97, where  # 0.996 at least here; another window: 0.13
             assert diff.mean() < 2.0, where  # 0.32 at most here; another window: 11 and more
         else:  # flip: no resampling; mmseg: one geometry (recipe.py), OpenCV on the CPU, DALI's operators on a GPU
@@ -384,7 +386,8 @@ def test_set_epoch_follows_the_trainer(backend, png_shards):
 
 
 def test_unknown_augmentation_is_named(png_shards):
-    with pytest.raises(FastsegError, match="unknown augmentation 'elastic'; choose one of none, flip, crop, mmseg, rotate"):
+    with pytest.raises(FastsegError, match="unknown augmentation 'elastic'; choose one of none, flip, crop, mmseg, "
+                                           "rotate"):
         make_loader(png_shards, augment="elastic")
 
 
@@ -415,3 +418,47 @@ assert "nvidia.dali" not in sys.modules, "the feed imported DALI"
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotate_turns_image_and_mask_together_and_ignores_the_uncovered_border(device, png_shards, monkeypatch):
+    """augment="rotate" (loading/job_rotate.py): each sample turned by its drawn angle within ±degrees, as PIL's
+    own rotate turns it (counter-clockwise for a positive angle), flipped as drawn; the border the turned image
+    leaves uncovered is ignore in the mask; DALI's graph (warp_affine, what a GPU runs) and the torch loader
+    (OpenCV) agree on the same seed's rotations."""
+    from PIL import Image
+
+    from fastseg.loading import feed, sample_draws
+    from fastseg.loading.job_rotate import ANGLE
+    from fastseg.loading.members import SampleTable
+
+    options = dict(batch_size=5, augment="rotate", degrees=40, vflip=True, return_keys=True, seed=4, workers=INLINE,
+                   device=device)
+    by_torch = list(make_loader(png_shards, backend="torch", **options))
+    plan = make_loader(png_shards, backend="torch", **options).plan
+    numbers = {key: number for number, (_, key, _) in enumerate(SampleTable(plan).members)}  # manifest order
+    source = {b_key: (image, mask) for b in make_loader(png_shards, backend="torch", batch_size=5, augment="none",
+                                                        return_keys=True, workers=INLINE, device=device)
+              for b_key, image, mask in zip(b["key"], b["image"], b["mask"])}
+    turned = 0
+    for batch in by_torch:
+        for key, mask in zip(batch["key"][:batch["real"]], batch["mask"][:batch["real"]].cpu()):
+            draws = sample_draws(plan.config, 0, numbers[key])
+            original = source[key][1].cpu().numpy().astype(np.uint8)
+            expected = np.asarray(Image.fromarray(original).rotate(float(draws[ANGLE]), resample=Image.NEAREST,
+                                                                   fillcolor=255))
+            expected = expected[:, ::-1] if draws[0] else expected
+            expected = expected[::-1] if draws[1] else expected
+            assert (mask.numpy() == expected).mean() > 0.97, key  # nearest neighbour, rounded at pixel edges
+            if abs(draws[ANGLE]) > 10:  # the corners are off the turned picture: ignored, never a class
+                assert {int(mask[0, 0]), int(mask[0, -1]), int(mask[-1, 0]), int(mask[-1, -1])} == {255}, key
+                turned += 1
+    assert turned >= 3
+    dali = list(make_loader(png_shards, backend="dali", **options))  # on the CPU: the feed runs OpenCV's warp
+    monkeypatch.setattr(feed, "executed_in_feed", lambda plan: False)  # the graph's warp_affine, as on a GPU
+    graph = list(make_loader(png_shards, backend="dali", **options))
+    for ours, theirs in ((dali, by_torch), (graph, by_torch)):
+        for a, b in zip(ours, theirs):
+            assert a["key"] == b["key"]
+            assert float((a["mask"].cpu() == b["mask"].cpu()).float().mean()) >= 0.97
+            assert float((a["image"].cpu() - b["image"].cpu()).abs().mean()) < 0.05

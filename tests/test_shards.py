@@ -735,7 +735,8 @@ def test_writing_and_reporting_a_set_import_no_torch(tmp_path):
     code = ("import sys\nfrom fastseg.cli import shard, report\n"
             f"assert shard.main([{str(data)!r}, {str(tmp_path / 'shards')!r}, '--quiet', '--workers', '1']) == 0\n"
             f"assert report.main([{str(tmp_path / 'shards')!r}, '--out', {str(tmp_path / 'again.html')!r}]) == 0\n"
-            "heavy = [m for m in ('torch', 'cv2', 'nvidia.dali', 'pytorch_lightning', 'lightning') if m in sys.modules]\n"
+            "heavy = [m for m in ('torch', 'cv2', 'nvidia.dali', 'pytorch_lightning', 'lightning')"
+            " if m in sys.modules]\n"
             "assert not heavy, f'imported {heavy}'\n")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]

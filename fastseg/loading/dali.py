@@ -121,6 +121,7 @@ class Ops:
         """Image and mask through the affine `matrix` (an output pixel to the source point it reads, DALI's pixel
         convention) at `size`: the image bilinearly, filled with 0; the mask by nearest neighbour, filled with
         ignore."""
+        matrix = fn.reshape(matrix, shape=[2, 3])
         image = fn.warp_affine(image, matrix=matrix, size=list(size), interp_type=types.INTERP_LINEAR, fill_value=0,
                                inverse_map=True)
         mask = fn.warp_affine(mask, matrix=matrix, size=list(size), interp_type=types.INTERP_NN,

@@ -23,8 +23,8 @@ import numpy as np
 from .config import LoaderConfig
 
 __all__ = ["BRIGHTNESS", "COLOUR", "CONTRAST", "CORNERS", "CROP_TRIES", "DRAWS", "HFLIP", "HUE", "RATIO",
-           "SATURATION", "VFLIP", "WINDOW", "coins", "crop_box", "crop_window", "draw_crop", "flips", "photometric_draws",
-           "roi"]
+           "SATURATION", "VFLIP", "WINDOW", "coins", "crop_box", "crop_window", "draw_crop", "flips",
+           "photometric_draws", "roi"]
 HFLIP, VFLIP = 0, 1
 WINDOW = slice(2, 6)  # crop
 RATIO, COLOUR = 2, slice(3, 7)  # mmseg

@@ -51,7 +51,7 @@ its value."""
             raise ValueError(f"no value for {', '.join(sorted(missing))}")
         vector = np.empty(self.width, self.dtype)
         for name, value in values.items():
-            vector[self.slices[name]] = value
+            vector[self.slices[name]] = np.ravel(value)
         return vector
 
     def read(self, vector, name: str):

@@ -51,4 +51,5 @@ def local_checkpoint(where) -> Path:
     once into the cache (sets.cache_root: $FASTSEG_CACHE, else $XDG_CACHE_HOME/fastseg, else
     ~/.cache/fastseg), by its URL, and read from there."""
     name = hashlib.sha256(str(where).encode()).hexdigest()[:16] + "-" + str(where).rpartition("/")[2]
-    return storage.cached(where, cache_root() / "checkpoints" / name, missing=f"{where}: no such checkpoint in the store")
+    return storage.cached(where, cache_root() / "checkpoints" / name,
+                          missing=f"{where}: no such checkpoint in the store")
