@@ -59,6 +59,77 @@ class Benchmark:
     measured: str | None = None  # the commit, for files written before results recorded it
     side: tuple[str, ...] = ()  # packages that cannot share fastseg's environment: pip-installed once into SIDE,
     # on the benchmark's PYTHONPATH only
+    headline: tuple = ()  # its rows of the headline table: functions of its results, each (what, figure) or None
+
+
+# --- the headline rows: each a function of one benchmark's results, (what, figure), or None where it has no figure
+def versus(ours: str, peer: str, what: str):
+    """A row: loader `ours` against the best recipe of `peer`, in the file's last run."""
+    def row(result: dict):
+        rates = rates_of(result)
+        theirs = charts.best_peer(rates, peer)
+        if ours in rates and theirs:
+            return what, (f"**{rates[ours] / rates[theirs]:.2f}×** ({rates[ours]:.1f} against {rates[theirs]:.1f} "
+                          f"samples/s, {theirs})")
+        return None
+    return row
+
+
+def stages_row(result: dict):
+    return ("the recipe's loader against decoding whole frames alone (DALI, 2 CPU threads)",
+            f"{result['loader_of_whole_frames_decode']:.2f} of its rate")
+
+
+def shard_row(result: dict):
+    found = {name: d["of_limit"] for name, d in result["datasets"].items() if d.get("of_limit")}
+    if not found:
+        return None
+    return ("fastseg-shard against the decode-bound limit (2 CPU workers)",
+            " / ".join(f"{share:.0%} ({name})" for name, share in found.items()))
+
+
+def ranged_reads_row(result: dict):
+    cpu = result["client_cpu_ms_per_read"]
+    return ("ranged reads from a store, the client's CPU per read: " + " / ".join(cpu),
+            "**" + " / ".join(f"{v:.2f}" for v in cpu.values()) + " ms**")
+
+
+def stores_row(result: dict):
+    runs = [run for store in result["stores"].values() for run in store.values()]
+
+    def worst(label: str, base: str) -> list[float]:
+        return [min(r / d for r, d in zip(run[label]["rates"], run[base]["rates"])) for run in runs]
+
+    disk, faulty = worst("clean", "disk"), worst("faulty", "clean")
+    gets = max(max(run["clean"]["gets"]) for run in runs)
+    return (f"a set in S3 (moto) and Azure (Azurite) behind {result['latency_s'] * 1000:.0f} ms a request, both "
+            "loaders through the shard cache: the worst epoch (the first included) against the same loader from "
+            f"disk; with {result['cache_faults']:.0%} of GETs failing, against clean",
+            f"**{min(disk):.2f}–{max(disk):.2f}×** of disk; {min(faulty):.2f}–{max(faulty):.2f}× with faults; at "
+            f"most {gets} GETs an epoch for {result['set']['shards']} shards")
+
+
+def gpu_flip_row(result: dict):
+    rates = rates_of(result)
+    if "dali_gpu" not in rates or "vanilla" not in rates:
+        return None
+    return (f"GPU ({result['host'].get('gpu')}): DALI's mixed decoding, DAVIS ×10 flip",
+            f"**{rates['dali_gpu']:.0f} samples/s**, {rates['dali_gpu'] / rates['vanilla']:.1f}× the tutorial "
+            "DataLoader")
+
+
+def gpu_train_row(result: dict):
+    found = {f"{loader}, {path}": rate for path, bars in charts.train_rates(result).items() for loader, rate in bars}
+    if not found:
+        return None
+    best = max(found, key=found.get)
+    return (f"GPU ({result['host'].get('gpu')}): training UNet-64 at 512², 16-mixed",
+            f"**{found[best]:.0f} images/s** ({best})")
+
+
+def rates_of(result: dict) -> dict[str, float]:
+    """samples/s by loader in the file's last run (its largest worker count)."""
+    return charts.loader_rates(charts.loader_runs(result)[-1])
 
 
 BENCHMARKS = (
@@ -71,7 +142,9 @@ BENCHMARKS = (
               ("loader_bench.py", "--data", "{davis10}", "--shards", "{shards10}", "--augment", "flip", "--workers",
                "2", "--loaders", *PEERS[:3], "webdataset_r2", *PEERS[3:], "--peer-python", "{peer_python}"),
               quick=False, chart="loader",
-              baseline="best:litdata"),
+              baseline="best:litdata",
+              headline=(versus("dali_cpu", "litdata", "JPEG set (DAVIS ×10, flip, 2 CPU workers): fastseg DALI "
+                                                       "on the CPU against LitData's best"),)),
     Benchmark("peers_png", "peers_camvid_flip_cpu", "PNG sets: fastseg against the same peers",
               "CamVid's 367 training pairs (480×360 PNG images), flip, 2 workers. fastseg-shard stores a PNG set's "
               "images as raw pixels by default (`--store auto`; they are decoded once, when sharding), so its "
@@ -79,27 +152,36 @@ BENCHMARKS = (
               "so it is compared on the JPEG set only.)",
               ("loader_bench.py", "--data", "{camvid}/train", "--shards", "{camvid_shards}", "--augment", "flip",
                "--workers", "2", "--loaders", *PEERS, "--peer-python", "{peer_python}"), quick=False,
-              chart="loader", baseline="best:litdata"),
+              chart="loader", baseline="best:litdata",
+              headline=(versus("dali_cpu", "litdata", "PNG set (CamVid, flip, 2 CPU workers): the same"),)),
     Benchmark("mmseg", "loader_davis10_mmseg_window_cpu", "MMSegmentation's recipe against albumentations",
               "The recipe people train with (MMSegmentation's random resize with ratio 0.5–2.0, crop 512×512 with "
               "cat_max_ratio 0.75, flip, photometric distortion, pad) on DAVIS ×10, 2 workers; albumentations runs "
               "the same recipe in a DataLoader. `_full` decodes whole frames instead of the crop's window.",
               ("loader_bench.py", "--data", "{davis10}", "--shards", "{shards10}", *RECIPE, "--workers", "2",
                "--loaders", "vanilla", "torch", "torch_full", "dali_cpu", "dali_cpu_full", "albumentations_r1",
-               "albumentations_r2"), quick=False, chart="loader", baseline="best:albumentations"),
+               "albumentations_r2"), quick=False, chart="loader", baseline="best:albumentations",
+              headline=(
+                  versus("dali_cpu", "albumentations", "MMSegmentation's recipe (DAVIS ×10, 512² crops, 2 CPU "
+                                                       "workers): fastseg DALI on the CPU against albumentations' best"),
+                  versus("torch", "albumentations", "the same, fastseg's torch loader"))),
     Benchmark("crop", "loader_davis_crop_window_cpu", "Random scale-crop against the tutorial DataLoader",
               "The DAVIS subset, random scale-crop at the native size, 2 workers; the tutorial DataLoader decodes "
               "with Pillow and crops in Python.",
               ("loader_bench.py", "--data", "{davis}", "--shards", "{shards}", "--augment", "crop", "--workers", "2",
-               "--loaders", "vanilla", "torch", "torch_full", "dali_cpu", "dali_cpu_full"), chart="loader"),
+               "--loaders", "vanilla", "torch", "torch_full", "dali_cpu", "dali_cpu_full"), chart="loader",
+              headline=(versus("dali_cpu", "vanilla", "random scale-crop (DAVIS, 2 CPU workers): DALI on the CPU "
+                                                      "against the tutorial DataLoader"),)),
     Benchmark("stages", "dali_stages_davis10_mmseg_window_cpu", "Where the recipe's time goes",
               "DALI's loader on the recipe above, cut after each stage, and the feed's steps timed alone: what is "
               "left between the loader and decoding whole frames.",
-              ("dali_stages.py", "--shards", "{shards10}", *RECIPE[:-3], "--threads", "2")),
+              ("dali_stages.py", "--shards", "{shards10}", *RECIPE[:-3], "--threads", "2"),
+              headline=(stages_row,)),
     Benchmark("shard", "shard_cpu", "Sharding: fastseg-shard against the decode-bound limit",
               "fastseg-shard decodes and checks every image and mask, so its ceiling is the workers × one core's "
               "decode rate; its memory must not grow with the set (each set is also sharded as a quarter of itself).",
-              ("shard_bench.py", "--data", "{davis10}", "{davis}", "{camvid}/train", "--workers", "2")),
+              ("shard_bench.py", "--data", "{davis10}", "{davis}", "{camvid}/train", "--workers", "2"),
+              headline=(shard_row,)),
     Benchmark("parts", "parts_cpu", "Sharding in parts, then the merge",
               "N parts as concurrent processes on this one machine (as N machines would run them), the merge of "
               "their records, and the merge alone over simulated sets of many parts.",
@@ -117,15 +199,18 @@ BENCHMARKS = (
               "from the loader's making, through the shard cache and by ranged reads (`cache none`). The chart shows "
               "the first epoch. That every epoch gives the disk's samples, faults or not, is checked by "
               "tests/test_s3.py, tests/test_stores.py and tests/test_cache.py as well.",
-              ("store_bench.py", "--data", "{davis}", "--workers", "2"), chart="stores"),
+              ("store_bench.py", "--data", "{davis}", "--workers", "2"), chart="stores",
+              headline=(stores_row,)),
     Benchmark("ranged_reads", "ranged_reads_cpu", "Ranged reads by client",
               "Why fastseg reads stores through obstore: 600 ranged reads of 64 KiB on 16 threads from one local "
               "moto server; the rate is the server's, the CPU per read is the reading process's own. s3fs comes from "
               "a side folder (`.side-packages/`, on its `PYTHONPATH` only): it pins its own botocore.",
-              ("ranged_reads.py",), chart="ranged_reads", baseline="obstore", side=("s3fs", "boto3")),
+              ("ranged_reads.py",), chart="ranged_reads", baseline="obstore", side=("s3fs", "boto3"),
+              headline=(ranged_reads_row,)),
     Benchmark("gpu_flip", "loader_davis10_flip_gpu", "GPU: DALI's mixed decoding against the tutorial DataLoader",
               "DAVIS ×10 at the native size, batch 16, 4 and 16 workers/threads, one GPU (the device kit's `loader` "
-              "step).", chart="loader", measured="c0099b7"),
+              "step).", chart="loader", measured="c0099b7",
+              headline=(gpu_flip_row,)),
     Benchmark("gpu_fhd", "loader_fhd_flip_gpu", "GPU: full-HD frames",
               "The DAVIS frames upscaled to 1920×1080 JPEG (300 pairs), 16 workers/threads, one GPU.", chart="loader",
               measured="c0099b7"),
@@ -134,14 +219,10 @@ BENCHMARKS = (
               "step).", chart="loader", baseline="best:albumentations"),
     Benchmark("gpu_train", "train_davis10_gpu", "GPU: training throughput",
               "UNet width 64 at 512×512, batch 16, 16-mixed, one GPU: the plain loop with each loader and "
-              "fastseg-train (the device kit's `train-bench` step).", chart="train", measured="c0099b7"),
+              "fastseg-train (the device kit's `train-bench` step).", chart="train", measured="c0099b7",
+              headline=(gpu_train_row,)),
 )
 BY_NAME = {b.name: b for b in BENCHMARKS}
-
-
-def rates_of(result: dict) -> dict[str, float]:
-    """samples/s by loader in the file's last run (its largest worker count)."""
-    return charts.loader_rates(charts.loader_runs(result)[-1])
 
 
 def code(result: dict, bench: Benchmark) -> str:
@@ -150,71 +231,14 @@ def code(result: dict, bench: Benchmark) -> str:
 
 
 def headline(results: dict[str, dict], link) -> list[str]:
-    """The headline table: each figure computed from its results file; `link(bench)` says where a row points."""
+    """The headline table: each benchmark's own rows (Benchmark.headline), computed from its results file;
+    `link(bench)` says where a row points."""
     rows = ["| what | figure | results | code |", "|---|---|---|---|"]
-
-    def row(name: str, what: str, figure: str) -> None:
-        bench = BY_NAME[name]
-        rows.append(f"| {what} | {figure} | {link(bench)} | {code(results[name], bench)} |")
-
-    def versus(name: str, ours: str, peer: str, what: str) -> None:
-        rates = rates_of(results[name])
-        theirs = charts.best_peer(rates, peer)
-        if ours in rates and theirs:
-            row(name, what, f"**{rates[ours] / rates[theirs]:.2f}×** ({rates[ours]:.1f} against {rates[theirs]:.1f} "
-                            f"samples/s, {theirs})")
-
-    if "peers" in results:
-        versus("peers", "dali_cpu", "litdata", "JPEG set (DAVIS ×10, flip, 2 CPU workers): fastseg DALI on the CPU "
-                                               "against LitData's best")
-    if "peers_png" in results:
-        versus("peers_png", "dali_cpu", "litdata", "PNG set (CamVid, flip, 2 CPU workers): the same")
-    if "mmseg" in results:
-        versus("mmseg", "dali_cpu", "albumentations", "MMSegmentation's recipe (DAVIS ×10, 512² crops, 2 CPU "
-                                                      "workers): fastseg DALI on the CPU against albumentations' best")
-        versus("mmseg", "torch", "albumentations", "the same, fastseg's torch loader")
-    if "crop" in results:
-        versus("crop", "dali_cpu", "vanilla", "random scale-crop (DAVIS, 2 CPU workers): DALI on the CPU against "
-                                              "the tutorial DataLoader")
-    if "stages" in results:
-        row("stages", "the recipe's loader against decoding whole frames alone (DALI, 2 CPU threads)",
-            f"{results['stages']['loader_of_whole_frames_decode']:.2f} of its rate")
-    if "shard" in results:
-        found = {name: d["of_limit"] for name, d in results["shard"]["datasets"].items() if d.get("of_limit")}
-        if found:
-            row("shard", "fastseg-shard against the decode-bound limit (2 CPU workers)",
-                " / ".join(f"{share:.0%} ({name})" for name, share in found.items()))
-    if "ranged_reads" in results:
-        cpu = results["ranged_reads"]["client_cpu_ms_per_read"]
-        row("ranged_reads", "ranged reads from a store, the client's CPU per read: " + " / ".join(cpu),
-            "**" + " / ".join(f"{v:.2f}" for v in cpu.values()) + " ms**")
-    if "stores" in results:
-        found = results["stores"]
-        runs = [run for store in found["stores"].values() for run in store.values()]
-
-        def worst(label: str, base: str) -> list[float]:
-            return [min(r / d for r, d in zip(run[label]["rates"], run[base]["rates"])) for run in runs]
-
-        disk, faulty = worst("clean", "disk"), worst("faulty", "clean")
-        gets = max(max(run["clean"]["gets"]) for run in runs)
-        row("stores", f"a set in S3 (moto) and Azure (Azurite) behind {found['latency_s'] * 1000:.0f} ms a request, "
-                      "both loaders through the shard cache: the worst epoch (the first included) against the same "
-                      f"loader from disk; with {found['cache_faults']:.0%} of GETs failing, against clean",
-            f"**{min(disk):.2f}–{max(disk):.2f}×** of disk; {min(faulty):.2f}–{max(faulty):.2f}× with faults; at "
-            f"most {gets} GETs an epoch for {found['set']['shards']} shards")
-    if "gpu_flip" in results:
-        rates = rates_of(results["gpu_flip"])
-        if "dali_gpu" in rates and "vanilla" in rates:
-            row("gpu_flip", f"GPU ({results['gpu_flip']['host'].get('gpu')}): DALI's mixed decoding, DAVIS ×10 flip",
-                f"**{rates['dali_gpu']:.0f} samples/s**, {rates['dali_gpu'] / rates['vanilla']:.1f}× the tutorial "
-                "DataLoader")
-    if "gpu_train" in results:
-        found = {f"{loader}, {path}": rate for path, bars in charts.train_rates(results["gpu_train"]).items()
-                 for loader, rate in bars}
-        if found:
-            best = max(found, key=found.get)
-            row("gpu_train", f"GPU ({results['gpu_train']['host'].get('gpu')}): training UNet-64 at 512², 16-mixed",
-                f"**{found[best]:.0f} images/s** ({best})")
+    for bench in BENCHMARKS:
+        if bench.name not in results:
+            continue
+        for made in filter(None, (row(results[bench.name]) for row in bench.headline)):
+            rows.append(f"| {made[0]} | {made[1]} | {link(bench)} | {code(results[bench.name], bench)} |")
     return rows
 
 
