@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
-import socket
 import statistics
-import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -25,6 +23,7 @@ from pathlib import Path
 
 import psutil
 from harness import host, publish
+from servers import moto_s3
 
 
 def main() -> int:
@@ -34,20 +33,15 @@ def main() -> int:
     p.add_argument("--size", type=int, default=65536)
     p.add_argument("--json", type=Path)
     args = p.parse_args()
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    server = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
-                      AWS_ENDPOINT_URL=endpoint)
-    time.sleep(2)
+    server = moto_s3("reads")
+    if server is None:
+        raise SystemExit("moto's S3 server did not start (pip install 'moto[server]')")
+    endpoint = server.url
+    os.environ.update(server.environment)
     try:
         import boto3
 
         client = boto3.client("s3")
-        client.create_bucket(Bucket="reads")
         client.put_object(Bucket="reads", Key="blob", Body=os.urandom(16 << 20))
         rng = random.Random(0)
         offsets = [rng.randrange(0, (16 << 20) - args.size) for _ in range(args.reads)]
@@ -72,15 +66,19 @@ def main() -> int:
             result["reads_per_s"][name] = round(statistics.median(rates), 1)
             result["client_cpu_ms_per_read"][name] = round(statistics.median(cpu), 3)
     finally:
-        server.kill()
+        server.stop()
+    publish(table(result), args.json, result, "Ranged reads by client, CPU, local S3 server")
+    return 0
+
+
+def table(result: dict) -> list[str]:
+    """The results as Markdown: a row a client, its rate against obstore's and its CPU per read."""
     best = result["reads_per_s"]["obstore"]
-    rows = ["| client | ranged reads/s | × obstore | the client's CPU ms per read |", "|---|---:|---:|---:|"] + [
+    return ["| client | ranged reads/s | × obstore | the client's CPU ms per read |", "|---|---:|---:|---:|"] + [
         f"| {name} | {rate:.1f} | {rate / best:.2f}× | {result['client_cpu_ms_per_read'][name]:.3f} |"
         for name, rate in result["reads_per_s"].items()] + [
-        "", f"{args.reads} reads of {args.size} bytes, {args.threads} threads, one local moto server (in its own "
-        "process: the rate is the server's; the CPU is the reading process's own, server excluded)."]
-    publish(rows, args.json, result, "Ranged reads by client, CPU, local S3 server")
-    return 0
+        "", f"{result['reads']} reads of {result['size']} bytes, {result['threads']} threads, one local moto server "
+        "(in its own process: the rate is the server's; the CPU is the reading process's own, server excluded)."]
 
 
 def obstore_reader():

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,60 +25,12 @@ from pathlib import Path
 
 from faults import FaultyProxy
 from harness import Sampling, host, publish
+from servers import azurite, moto_s3
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
 # the runs of each store and loader: (label, share of ranged GETs failing, loader options)
 RUNS = (("clean", 0.0, {}), ("faulty", "cache_faults", {}), ("ranged", 0.0, {"cache": "none"}),
         ("ranged_faulty", "faults", {"cache": "none"}))
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def started(argv: list[str], port: int, env=None) -> subprocess.Popen:
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return proc
-        except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"{argv[0]} did not start")
-
-
-def s3_server() -> tuple[subprocess.Popen, dict[str, str], str]:
-    """moto's S3 server with the bucket `sets`; the environment that points the stores at it."""
-    port = free_port()
-    proc = started([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)], port)
-    environment = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
-                   "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}"}
-    import boto3
-
-    boto3.client("s3", endpoint_url=environment["AWS_ENDPOINT_URL"], region_name="us-east-1",
-                 aws_access_key_id="bench", aws_secret_access_key="bench").create_bucket(Bucket="sets")
-    return proc, environment, "AWS_ENDPOINT_URL"
-
-
-def azure_server() -> tuple[subprocess.Popen, dict[str, str], str] | None:
-    binary = Path(__file__).parents[1] / ".ci/node/node_modules/.bin/azurite-blob"
-    if not binary.exists():
-        return None
-    from azure.storage.blob import BlobServiceClient
-
-    port = free_port()
-    proc = started([str(binary), "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                    "--skipApiVersionCheck", "--silent"], port)
-    url = f"http://127.0.0.1:{port}"
-    BlobServiceClient.from_connection_string(
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};"
-        f"BlobEndpoint={url}/devstoreaccount1;").create_container("sets")
-    return proc, {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": url}, "AZURITE_BLOB_STORAGE_URL"
 
 
 class FolderSize(Sampling):
@@ -144,8 +94,10 @@ def main() -> int:
     from fastseg.cli.shard import main as shard_main
     from fastseg.sets import open_set
 
-    servers = {"s3": s3_server()}
-    azure = azure_server()
+    servers = {"s3": moto_s3()}
+    if servers["s3"] is None:
+        raise SystemExit("moto's S3 server did not start (pip install 'moto[server]')")
+    azure = azurite()  # where it is installed
     if azure:
         servers["az"] = azure
     result = {"data": str(args.data), "copies": args.copies, "part_size": args.part_size, "workers": args.workers,
@@ -174,7 +126,8 @@ def main() -> int:
                                  "limit below the split; raise --copies or lower --per-shard")
             on_disk = {name: epochs(disk, backend, args.workers, args.epochs) for name, backend in LOADERS.items()}
             print("disk:", {name: run["rates"] for name, run in on_disk.items()}, flush=True)
-            for scheme, (_, environment, endpoint_key) in servers.items():
+            for scheme, server in servers.items():
+                environment, endpoint_key = server.environment, server.endpoint
                 os.environ.update(environment)
                 url = f"{scheme}://sets/bench"
                 run_cli("fastseg-shard", shard_main, [str(data), url, *shard_args])
@@ -208,8 +161,8 @@ def main() -> int:
                     for run in found.values():
                         del run["keys"]
     finally:
-        for proc, _, _ in servers.values():
-            proc.kill()
+        for server in servers.values():
+            server.stop()
     rows += table(result)
     publish(rows, args.json, result, f"Stores: {args.data.name} ×{args.copies}, CPU, {args.workers} workers, "
                                      f"{args.latency * 1000:.0f} ms a request")

@@ -19,6 +19,9 @@ from fastseg.cli.train import main as train_main
 
 from .conftest import corrupt_one_image, save, split_shards, textured
 
+sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import servers  # noqa: E402  (benchmarks/servers.py: free ports, as the benchmarks find them)
+
 TRAIN = ["--width", "4", "--batch-size", "4", "--accelerator", "cpu", "--workers", "1", "--no-checksums",
          "--log-every", "1"]
 
@@ -102,17 +105,9 @@ def test_ddp_on_cpu_splits_the_data_and_syncs_metrics(shards, tmp_path):
     assert said.count("throughput: ") == 1  # the report comes from rank 0 alone
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_two_nodes_launched_by_torchrun(shards, tmp_path):
     """Two `torchrun --nnodes 2` processes on this machine, as two nodes would start them (gloo on the CPU)."""
-    out, port = tmp_path / "nodes", free_port()
+    out, port = tmp_path / "nodes", servers.free_port()
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                 "--master-addr", "127.0.0.1", "--master-port", str(port)]
     train = ["-m", "fastseg.cli.train", "--shards", str(shards), "--out", str(out), "--epochs", "1", "--num-nodes",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -22,15 +21,10 @@ from fastseg.loading import make_loader
 from .conftest import assert_same_samples, make_dataset, samples_by_key
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import servers  # noqa: E402  (benchmarks/servers.py: the stores' local servers, as the benchmarks start them)
 from faults import FaultyProxy  # noqa: E402  (benchmarks/faults.py: the stores' benchmark injects faults with it)
 
 POLICY = json.dumps({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 KEYS = {}
@@ -41,23 +35,10 @@ def server(tmp_path_factory):
     """moto's S3 server in its own process (DALI's client blocks the GIL of the process that calls it), checking
     credentials: its first three requests (an IAM user, its policy, its key) are free, every later one is signed
     with that key."""
-    binary = Path(sys.executable).parent / "moto_server"
-    if not binary.exists():
-        pytest.skip("moto's server is not installed (pip install 'moto[server]')")
-    port = free_port()
-    proc = subprocess.Popen([str(binary), "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"))
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    else:
-        proc.kill()
-        pytest.skip("moto's server did not start")
+    found = servers.moto_s3(bucket=None, env=dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3"))
+    if found is None:
+        pytest.skip("moto's server is not installed or did not start (pip install 'moto[server]')")
+    url = found.url
     import boto3
 
     iam = boto3.client("iam", endpoint_url=url, region_name="us-east-1", aws_access_key_id="setup",
@@ -72,7 +53,7 @@ def server(tmp_path_factory):
     boto3.DEFAULT_SESSION = None  # boto3.client() keeps the credentials it first found: this server's keys are new
     boto3.client("s3").create_bucket(Bucket="sets")
     yield url
-    proc.kill()
+    found.stop()
     boto3.DEFAULT_SESSION = None
     for key, value in saved.items():
         if value is None:
@@ -287,7 +268,7 @@ def test_bad_remote_input_is_one_line_naming_the_url(bucket_set, data, monkeypat
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", KEYS["AWS_SECRET_ACCESS_KEY"])
 
     # an unreachable endpoint: said within seconds, naming it
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{servers.free_port()}")
     start = time.time()
     with pytest.raises(FastsegError, match=r"s3://sets/tiny: cannot reach http://127.0.0.1:\d+"):
         make_loader(url)

