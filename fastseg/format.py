@@ -173,6 +173,9 @@ class Manifest:
     # (class_pixels, class_images: {split: {class: count}}), the images per split, and the checks' warnings (lines).
     # Sets written before it have none: fastseg-report then counts a bounded sample of masks
     statistics: dict = field(default_factory=dict)
+    # the layout fastseg-shard found the source in ("Pascal VOC 2012", "COCO annotations (…)", "SRC/images +
+    # SRC/masks", …); None for sets written before it was recorded
+    layout: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -194,7 +197,7 @@ class Manifest:
         }
         classes = [ClassInfo(**c) for c in raw["classes"]]
         fields = {k: raw[k] for k in ("mean", "std", "class_pixels", "sizes", "storage", "ignore_index",
-                                      "format_version", "statistics") if k in raw}
+                                      "format_version", "statistics", "layout") if k in raw}
         return cls(classes=classes, splits=splits, **fields)
 
 

@@ -262,3 +262,52 @@ def test_coco_files_can_be_named_and_parquet_columns_too(coco, tmp_path, capsys)
     code, text = shard(hub, tmp_path / "columns", capsys, "--image-column", "photo", "--mask-column", "target",
                        "--val-fraction", "0")
     assert code == 0 and load_manifest(tmp_path / "columns").splits["train"].samples == 2, text
+
+
+def test_a_save_to_disk_set_shards_with_the_class_names_its_card_lists_and_the_layout_is_recorded(tmp_path, capsys):
+    """`datasets`' save_to_disk folders (SPLIT/data-*.arrow, arrow streams read batch by batch) shard with no
+    flags, the same samples as the folder set; the class names come from the set's card (README.md's dataset_info:
+    a class_label feature for the masks), and a class_label of another column (scene_parse_150's scene_category)
+    is not taken for them; the layout found is printed and named in the manifest and the report."""
+    import pyarrow as pa
+
+    folders = make_dataset(tmp_path / "folders", count=6, size=SIZE, mask="index", classes=3)
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rows = [({"bytes": image.read_bytes(), "path": image.name},
+             {"bytes": (folders / "masks" / f"{image.stem}.png").read_bytes(), "path": f"{image.stem}.png"})
+            for image in sorted((folders / "images").iterdir())]
+    disk = tmp_path / "saved"
+    for split, part in (("train", rows[:4]), ("validation", rows[4:])):
+        (disk / split).mkdir(parents=True)
+        table = pa.table({"image": pa.array([r[0] for r in part], struct),
+                          "annotation": pa.array([r[1] for r in part], struct),
+                          "scene_category": pa.array([0] * len(part), pa.int64())})
+        with pa.OSFile(str(disk / split / "data-00000-of-00001.arrow"), "wb") as sink, \
+                pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table, max_chunksize=2)  # batches of 2 rows
+    features = {"features": [{"name": "image", "dtype": "image"}, {"name": "annotation", "dtype": "image"},
+                             {"name": "scene_category", "dtype": {"class_label": {"names": {"0": "kitchen"}}}},
+                             {"name": "classes", "dtype": {"class_label": {"names": {"0": "sky", "1": "disk",
+                                                                                     "2": "stripe"}}}}]}
+    import yaml
+
+    (disk / "README.md").write_text("---\n" + yaml.safe_dump({"dataset_info": features}) + "---\n# a card\n")
+    code, text = shard(disk, tmp_path / "out", capsys)
+    assert code == 0 and "recognised Hugging Face arrow (save_to_disk)" in text and "3 class names from the card" \
+        in text, text
+    manifest = load_manifest(tmp_path / "out")
+    assert [c.name for c in manifest.classes] == ["sky", "disk", "stripe"]
+    assert manifest.splits["train"].samples == 4 and manifest.splits["val"].samples == 2
+    assert manifest.layout.startswith("Hugging Face arrow (save_to_disk)")
+    assert "found as Hugging Face arrow" in (tmp_path / "out" / "report.html").read_text()
+    code, text = shard(folders, tmp_path / "from_folders", capsys, "--val-fraction", "0")
+    assert code == 0 and "found SRC/images + SRC/masks: train 6" in text, text
+    assert load_manifest(tmp_path / "from_folders").layout == "SRC/images + SRC/masks"
+    assert stored_images(tmp_path / "out") == stored_images(tmp_path / "from_folders")
+    ours, theirs = stored_masks(tmp_path / "out"), stored_masks(tmp_path / "from_folders")
+    assert sorted(ours) == sorted(theirs) and all(np.array_equal(ours[k], theirs[k]) for k in theirs)
+    (disk / "README.md").write_text("---\n" + yaml.safe_dump({"dataset_info": {"features": features["features"][:3]}})
+                                    + "---\n")
+    code, text = shard(disk, tmp_path / "unnamed", capsys)
+    assert code == 0 and "from the card" not in text, text  # scene_category names scenes, not mask classes
+    assert [c.name for c in load_manifest(tmp_path / "unnamed").classes] == ["class_0", "class_1", "class_2"]

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import atexit
 import glob
+import importlib.util
 import json
 import math
 import shutil
@@ -40,7 +41,8 @@ from .datasets import Recognised
 from .options import ShardOptions
 from .pairs import IMAGE_SUFFIXES, Pair
 
-LAYOUTS = ("COCO (annotations/*.json)", "labelme (a .json beside each image)", "Hugging Face parquet (*.parquet)")
+LAYOUTS = ("COCO (annotations/*.json)", "labelme (a .json beside each image)",
+           "Hugging Face parquet (*.parquet) or arrow (save_to_disk's *.arrow)")
 LINE_WIDTH, POINT_SIZE = 10, 5  # labelme's shape_to_mask defaults
 IMAGE_COLUMNS = ("image", "pixel_values", "img", "images")
 MASK_COLUMNS = ("annotation", "label", "mask", "segmentation", "semantic_map", "labels", "masks", "gt")
@@ -272,7 +274,8 @@ def _column(schema, wanted: tuple[str, ...], path: Path, what: str, named: str |
         if name in candidates:
             return name
     raise FastsegError(f"{path}: no {what} column among {', '.join(candidates) or 'none'} (image columns are "
-                       f"found by the names {', '.join(IMAGE_COLUMNS)}; mask columns by {', '.join(MASK_COLUMNS)}; or name them: --image-column, --mask-column)")
+                       f"found by the names {', '.join(IMAGE_COLUMNS)}; mask columns by {', '.join(MASK_COLUMNS)}; "
+                       "or name them: --image-column, --mask-column)")
 
 
 def _is_file_struct(kind) -> bool:
@@ -287,23 +290,90 @@ def _suffix(data: bytes, path: str | None) -> str:
     return ".jpg" if data[:3] == b"\xff\xd8\xff" else ".png" if data[:8] == b"\x89PNG\r\n\x1a\n" else ".img"
 
 
-def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
-    files = sorted(src.rglob("*.parquet"))
-    if not files:
+def _tables(src: Path) -> list[tuple[Path, str]]:
+    """The Hub's table files under SRC with their split: parquet (`data/SPLIT-*.parquet`: the split from the name)
+    or `datasets`' save_to_disk arrow files (`SPLIT/data-*.arrow`: from the folder; at SRC itself, one split)."""
+    found = [(path, split_of(path.stem)) for path in sorted(src.rglob("*.parquet"))]
+    return found or [(path, split_of(path.parent.name) if path.parent != src else "all")
+                     for path in sorted(src.rglob("*.arrow"))]
+
+
+def _batches(path: Path, columns: list[str]):
+    """A table file's record batches, bounded in size (parquet's row groups read 64 rows at a time; an arrow
+    stream's own batches), with only `columns`."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=64, columns=columns)
+        return
+    with pa.memory_map(str(path)) as source:
+        for batch in pa.ipc.open_stream(source):
+            yield batch.select(columns)
+
+
+def _schema(path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    if path.suffix == ".parquet":
+        return pq.ParquetFile(path).schema_arrow
+    with pa.memory_map(str(path)) as source:
+        return pa.ipc.open_stream(source).schema
+
+
+# where a card's class_label names the masks' classes: the mask column itself, or a feature named for them (a
+# class_label of another column, scene_parse_150's scene_category say, names something else)
+CLASS_FEATURES = ("classes", "class_names", "label_names", "semantic_classes", "id2label")
+
+
+def card_names(src: Path, mask_column: str) -> list[str] | None:
+    """The masks' class names the Hub's set lists, by id: its id2label.json (the Hub's segmentation sets ship one),
+    else the names of a class_label feature for the masks (the mask column, or one of CLASS_FEATURES) in its card
+    (README.md's `dataset_info`) or in save_to_disk's dataset_info.json; None where none does. Ids missing from the
+    table are named class_ID."""
+    import yaml
+
+    table = json.loads((src / "id2label.json").read_text()) if (src / "id2label.json").is_file() else None
+    infos = []
+    card = src / "README.md"
+    if table is None and card.is_file() and card.read_text(errors="replace").startswith("---"):
+        info = (yaml.safe_load(card.read_text(errors="replace").split("---", 2)[1]) or {}).get("dataset_info") or []
+        infos += info if isinstance(info, list) else [info]
+    if table is None:
+        infos += [json.loads(path.read_text()) for path in sorted(src.rglob("dataset_info.json"))]
+    for info in infos:
+        features = info.get("features") or []
+        named = features.items() if isinstance(features, dict) else ((f.get("name"), f) for f in features)
+        for name, feature in named:
+            labels = (feature.get("dtype") or {}).get("class_label") if isinstance(feature.get("dtype"), dict) \
+                else feature if feature.get("_type") == "ClassLabel" else None
+            if labels and labels.get("names") and name in (mask_column, *CLASS_FEATURES):
+                names = labels["names"]
+                table = names if isinstance(names, dict) else dict(enumerate(names))
+                break
+        if table is not None:
+            break
+    if not table:
         return None
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:  # pragma: no cover - a declared dependency
-        raise FastsegError("parquet sets need pyarrow: pip install pyarrow") from None
+    ids = {int(k): str(v) for k, v in table.items()}
+    return [ids.get(i, f"class_{i}") for i in range(max(ids) + 1)]
+
+
+def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
+    tables = _tables(src)
+    if not tables:
+        return None
+    if importlib.util.find_spec("pyarrow") is None:  # pragma: no cover - a declared dependency
+        raise FastsegError("Hub sets need pyarrow: pip install pyarrow")
     splits: dict[str, list[Pair]] = {}
     seen: set[tuple[str, str]] = set()
-    for path in files:
-        reader = pq.ParquetFile(path)
-        image_column = _column(reader.schema_arrow, IMAGE_COLUMNS, path, "image", opts.image_column)
-        mask_column = _column(reader.schema_arrow, MASK_COLUMNS, path, "mask", opts.mask_column)
-        split = split_of(path.stem)
+    for path, split in tables:
+        schema = _schema(path)
+        image_column = _column(schema, IMAGE_COLUMNS, path, "image", opts.image_column)
+        mask_column = _column(schema, MASK_COLUMNS, path, "mask", opts.mask_column)
         row = 0
-        for batch in reader.iter_batches(batch_size=64, columns=[image_column, mask_column]):  # bounded memory
+        for batch in _batches(path, [image_column, mask_column]):  # bounded memory
             for image, mask in zip(batch.column(0).to_pylist(), batch.column(1).to_pylist()):
                 where = f"{path}: row {row}"
                 row += 1
@@ -313,7 +383,7 @@ def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
                 key = make_key(stem) if stem and (split, make_key(stem)) not in seen else \
                     make_key(f"{path.stem}-{row - 1:06d}")
                 seen.add((split, key))
-                folder = staging() / "parquet" / split
+                folder = staging() / "tables" / split
                 files_of = []
                 for kind, item in (("images", image), ("masks", mask)):
                     target = folder / kind / f"{key}{_suffix(item['bytes'], item.get('path'))}"
@@ -321,12 +391,19 @@ def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
                     target.write_bytes(item["bytes"])
                     files_of.append(target)
                 splits.setdefault(split, []).append(Pair(key, *files_of))
+    classes, named = opts.classes, ""
+    if classes is None and (names := card_names(src, mask_column)):
+        classes = staging() / "card-classes.json"
+        classes.write_text(json.dumps([{"name": name} for name in names]))
+        named = f"; {len(names)} class names from the card"
     everything = [p for pairs in splits.values() for p in pairs]
     spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
-    spec = maskmod.detect_spec(spread, opts.classes, opts.ignore_value, threshold=opts.mask_threshold,
+    spec = maskmod.detect_spec(spread, classes, opts.ignore_value, threshold=opts.mask_threshold,
                                value_map=opts.map_values)
+    files = [path for path, _ in tables]
     where = ", ".join(str(p.relative_to(src)) for p in files[:3]) + (" …" if len(files) > 3 else "")
-    return Recognised(f"Hugging Face parquet ({where}: columns {image_column}, {mask_column})", splits, spec)
+    kind = "parquet" if files[0].suffix == ".parquet" else "arrow (save_to_disk)"
+    return Recognised(f"Hugging Face {kind} ({where}: columns {image_column}, {mask_column}{named})", splits, spec)
 
 
 __all__ = ["recognise", "shape_to_mask", "split_of"]

@@ -48,12 +48,12 @@ def _write(src: Path, folder: Path, opts: ShardOptions, name: str) -> Manifest:
     `name`: where the set goes)."""
     from .report import write_report
 
-    splits, spec = pairs_and_spec(src, opts)
+    splits, spec, layout = pairs_and_spec(src, opts)
     with encoding_pool(opts.workers) as pool:
         discover_classes(pool, splits, spec)
         manifest = write_set(pool, in_shard_order(splits, opts.seed), spec, folder, shard_size=opts.shard_size,
                              max_count=opts.max_count, resize_masks=opts.resize_masks, progress=opts.progress,
-                             storage=storage_for(opts.store, splits))
+                             storage=storage_for(opts.store, splits), layout=layout)
     write_report(folder, folder / REPORT, seed=opts.seed, name=name)
     return manifest
 

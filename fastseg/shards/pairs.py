@@ -28,6 +28,7 @@ class Pair:
 class FoundPairs:
     splits: dict[str, list[Pair]]  # None-split data sits under "all" until split_off_val
     unpaired: list[Path]
+    layout: str = ""  # which layout they were found in (GENERIC_LAYOUTS, or the folders given)
 
 
 def _files(folder: Path, suffixes: set[str]) -> dict[str, Path]:
@@ -122,14 +123,17 @@ def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None,
     if images or masks:
         if not (images and masks):
             raise FastsegError("--images and --masks go together; give both folders")
-        layouts = {"all": (images, masks)}
+        layouts, layout = {"all": (images, masks)}, "the folders given (--images, --masks)"
     else:
         if not src.is_dir():
             raise FastsegError(f"{src}: no such folder")
         layouts = {s: (src / s / "images", src / s / "masks") for s in SPLITS if (src / s / "images").is_dir()}
-        layouts = layouts or {s: (src / f"{s}A", src / f"{s}B") for s in SPLITS if (src / f"{s}A").is_dir()}
+        layout = GENERIC_LAYOUTS[1]
+        if not layouts:
+            layouts = {s: (src / f"{s}A", src / f"{s}B") for s in SPLITS if (src / f"{s}A").is_dir()}
+            layout = GENERIC_LAYOUTS[2]
         if not layouts and (src / "images").is_dir():
-            layouts = {"all": (src / "images", src / "masks")}
+            layouts, layout = {"all": (src / "images", src / "masks")}, GENERIC_LAYOUTS[0]
         if not layouts:
             raise FastsegError(
                 f"{src}: no layout found; tried {', '.join(also_tried + GENERIC_LAYOUTS)}. For other folders: "
@@ -145,7 +149,7 @@ def find_pairs(src: Path, images: Path | None = None, masks: Path | None = None,
         how = "by --pair-key" if pair_key else "with the same name stem (or the stem plus _mask, _gt, …)"
         raise FastsegError(f"no image has a mask {how} in {looked}; check the file names, or give --pair-key REGEX "
                            "whose first group is the part image and mask names share")
-    return FoundPairs(splits, unpaired)
+    return FoundPairs(splits, unpaired, layout)
 
 
 def split_off_val(splits: dict[str, list[Pair]], fraction: float, seed: int,

@@ -79,7 +79,7 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
     """Write part I of N of the set under OUT (a folder or an object-store prefix): its shards, then its record. A rerun
     replaces this part's files and no other's. Returns the record."""
     index, count = opts.part
-    splits, spec = pairs_and_spec(src, opts)
+    splits, spec, layout = pairs_and_spec(src, opts)
     if spec.kind == "rgb" and not spec.fixed:
         raise FastsegError("colour masks without --classes: each part would take its class ids from the colours of "
                            "its own masks, and parts could disagree; give the classes with --classes FILE (names and "
@@ -87,7 +87,7 @@ def write_part(src: Path, out, opts: ShardOptions) -> dict:
     mine = {split: pairs[index::count] for split, pairs in in_shard_order(splits, opts.seed).items()}
     stored = storage_for(opts.store, splits)
     record = {"format_version": FORMAT_VERSION, "part": index, "parts": count, "storage": stored,
-              "fingerprint": fingerprint(splits, spec, opts), "spec": asdict(spec)}
+              "fingerprint": fingerprint(splits, spec, opts), "spec": asdict(spec), "layout": layout}
     print(f"part {index} of {count}: {', '.join(f'{s} {len(p)}' for s, p in mine.items())} of "
           f"{', '.join(f'{s} {len(p)}' for s, p in splits.items())}")
     with tempfile.TemporaryDirectory(prefix="fastseg-part-") as tmp:
@@ -154,7 +154,8 @@ def merge(out) -> Manifest:
         # round-robin by part, so that DALI's contiguous rank slices each read from every part
         shards = [part[k] for k in range(max(map(len, per_part))) for part in per_part if k < len(part)]
         infos[split] = SplitInfo(sum(s.samples for s in shards), shards)
-    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), _storage(records))
+    manifest = manifest_from(infos, stats, MaskSpec(**records[0]["spec"]), _storage(records),
+                             records[0].get("layout"))
     storage.write_bytes(storage.join(root, MANIFEST), manifest.to_json().encode())  # whole or not at all
     print(f"merged {len(records)} part(s) into {root}: "
           f"{', '.join(f'{s} {i.samples} in {len(i.shards)} shard(s)' for s, i in manifest.splits.items())}; "

@@ -80,7 +80,8 @@ def _header(shard_set: ShardSet, samples: int, name: str) -> str:
                    f"<td>{sum(s.bytes for s in split.shards) / 1e6:.1f} MB</td></tr>"
                    for name, split in manifest.splits.items())
     stored = ", ".join(f"{kind}s {how}" for kind, how in manifest.storage.items())
-    return (f"<h1>{html.escape(name)}</h1><p>{manifest.num_classes} classes; stored as {stored}; "
+    found = f"found as {html.escape(manifest.layout)}; " if manifest.layout else ""
+    return (f"<h1>{html.escape(name)}</h1><p>{found}{manifest.num_classes} classes; stored as {stored}; "
             f"format {manifest.format_version}; per-channel mean {manifest.mean}, std {manifest.std}.</p>"
             f"<table><tr><th>split</th><th>samples</th><th>shards</th><th>on disk</th></tr>{rows}</table>"
             f"<p class=note>Read for this page: the manifest, the shard indexes and {samples} random sample(s) per "

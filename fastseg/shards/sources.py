@@ -19,14 +19,16 @@ from .options import ShardOptions
 from .pairs import Pair, compile_pair_key, find_pairs, split_off_val
 
 
-def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec]:
-    """The pairs per split and how their masks become class ids: a public dataset's own (datasets.py), or the
-    generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
+def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]], maskmod.MaskSpec, str]:
+    """The pairs per split, how their masks become class ids, and the layout they were found in (printed, and named
+    in the manifest and the report): an annotation tool's or the Hub's (annotations.py), a public dataset's own
+    (datasets.py), or the generic layouts' (pairs.py) with the mask kind detected from a spread of masks."""
     if not (opts.images or opts.masks or opts.pair_key):
         annotated = annotations.recognise(src, opts)  # COCO, labelme, parquet: made into pairs of files first
         if annotated is not None:
             print(annotated.describe())
-            return split_off_val(annotated.splits, opts.val_fraction, opts.seed, opts.group_by), annotated.spec
+            splits = split_off_val(annotated.splits, opts.val_fraction, opts.seed, opts.group_by)
+            return splits, annotated.spec, annotated.name
     known = None if opts.images or opts.masks or opts.pair_key else recognise(src, opts.keep_zero_label)
     if known is not None:
         own = [flag for flag, value in (("--classes", opts.classes), ("--ignore-value", opts.ignore_value),
@@ -38,7 +40,7 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
         print(known.describe())
         for split, why in known.skipped.items():
             print(f"skipping the {split} split: {why}")
-        return split_off_val(known.splits, opts.val_fraction, opts.seed, opts.group_by), known.spec
+        return split_off_val(known.splits, opts.val_fraction, opts.seed, opts.group_by), known.spec, known.name
     pair_key = compile_pair_key(opts.pair_key) if opts.pair_key else None
     found = find_pairs(src, opts.images, opts.masks, pair_key, also_tried=KNOWN_LAYOUTS + annotations.LAYOUTS)
     if found.unpaired:
@@ -48,10 +50,11 @@ def pairs_and_spec(src: Path, opts: ShardOptions) -> tuple[dict[str, list[Pair]]
                                "rename them to match, or pass --skip-unpaired")
         print(f"skipping {len(found.unpaired)} unpaired file(s): {named}")
     splits = split_off_val(found.splits, opts.val_fraction, opts.seed, opts.group_by)
+    print(f"found {found.layout}: {', '.join(f'{split} {len(pairs)}' for split, pairs in splits.items())}")
     everything = [p for pairs in splits.values() for p in pairs]
     spread = [p.mask for p in everything[:: max(1, len(everything) // 32)]]
     return splits, maskmod.detect_spec(spread, opts.classes, opts.ignore_value, threshold=opts.mask_threshold,
-                                       value_map=opts.map_values)
+                                       value_map=opts.map_values), found.layout
 
 
 def in_shard_order(splits: dict[str, list[Pair]], seed: int) -> dict[str, list[Pair]]:

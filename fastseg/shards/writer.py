@@ -120,11 +120,11 @@ class Stats:
 
 
 def write_set(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Path, *, storage: dict[str, str],
-              **options) -> Manifest:
+              layout: str | None = None, **options) -> Manifest:
     """A whole set in `folder`: every split's shards and indexes (write_shards), then the manifest, written last
-    and returned."""
+    and returned; `layout`: the source's, as sources.pairs_and_spec found it."""
     infos, stats = write_shards(pool, splits, spec, folder, storage=storage, **options)
-    manifest = manifest_from(infos, stats, spec, storage)
+    manifest = manifest_from(infos, stats, spec, storage, layout)
     (folder / MANIFEST).write_text(manifest.to_json())
     return manifest
 
@@ -163,7 +163,8 @@ def write_shards(pool, splits: dict[str, list[Pair]], spec: MaskSpec, folder: Pa
     return infos, stats
 
 
-def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, storage: dict[str, str]) -> Manifest:
+def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, storage: dict[str, str],
+                  layout: str | None = None) -> Manifest:
     """The manifest of a set: its splits and shards, and the classes and statistics from the gathered counts."""
     present = sum(stats.class_hist.values()) if stats.class_hist else np.zeros(256, np.int64)
     classes = spec.classes(present)
@@ -177,7 +178,7 @@ def manifest_from(infos: dict[str, SplitInfo], stats: Stats, spec: MaskSpec, sto
         classes=classes, mean=mean, std=std, splits=infos,
         class_pixels={c.name: int(train_hist[c.id]) for c in classes},
         sizes={s: sorted([list(wh) for wh in sizes]) for s, sizes in stats.sizes.items()},
-        storage={**storage, **({"grey": GREY} if stats.grey else {})}, statistics=statistics,
+        storage={**storage, **({"grey": GREY} if stats.grey else {})}, statistics=statistics, layout=layout,
     )
 
 
