@@ -312,6 +312,28 @@ def test_the_store_and_ranged_read_tables_are_what_their_results_files_hold():
     assert any(row.startswith("| s3 | torch | clean |") and f"{ratio:.2f}×" in row for row in worst)
 
 
+def test_loader_bench_compares_and_reports_its_committed_results_again(tmp_path):
+    """loader_bench.py's comparison (each loader × vanilla's and × the best peer's) and its report, run in this
+    process on the committed results files with their ratios taken away: the same ratios, the same best peer, and
+    the rows of the committed pages."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import loader_bench
+
+    for stem in ("peers_davis10_flip_cpu", "peers_camvid_flip_cpu", "loader_davis10_mmseg_window_cpu"):
+        result = json.loads((ROOT / f"benchmarks/results/{stem}.json").read_text())
+        stored = json.loads(json.dumps(result["runs"]))
+        for run in result["runs"]:
+            run.pop("best_peer", None)
+            for figures in run["loaders"].values():
+                figures.pop("vs_vanilla", None), figures.pop("vs_best_peer", None)
+        assert [loader_bench.compare(run) for run in result["runs"]] == stored, stem
+        loader_bench.report(result, tmp_path / f"{stem}.json")
+        page = (ROOT / f"benchmarks/results/{stem}.md").read_text()
+        rows = [line for line in (tmp_path / f"{stem}.md").read_text().splitlines() if line.startswith("|")]
+        assert len(rows) > 6 and all(row in page for row in rows), stem
+        assert (tmp_path / f"{stem}.png").stat().st_size > 5000  # its chart
+
+
 def test_the_ranged_reads_benchmark_runs(tmp_path):
     found, _ = bench("ranged_reads.py", tmp_path / "reads.json", "--reads", "40", "--threads", "4", "--size", "4096")
     assert found["reads_per_s"]["obstore"] > 0 and found["reads_per_s"]["boto3"] > 0
