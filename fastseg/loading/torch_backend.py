@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX
-from ..processes import quiet_when_orphaned, workers_starting
+from ..processes import quiet_when_orphaned, warm_forkserver, workers_starting
 from .contract import EpochLoader, LoaderPlan, Normalize
 from .jobs import job_for, sample_draws
 from .members import SampleTable
@@ -140,6 +140,8 @@ class TorchLoader(EpochLoader):
         stream = ShardStream(plan, plan.cache, lag=workers * prefetch + 1 if workers else 0) if plan.cache else None
         if stream:
             stream.prepare(0, 0)  # the first shards on their way at once
+        if workers:
+            warm_forkserver()  # where workers start from one, it boots while those shards arrive
         self.order = RankEpochSampler(plan, stream)
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
