@@ -29,23 +29,28 @@ class ShardSet:
 
 def open_set(shards: str | os.PathLike | ShardSet) -> ShardSet:
     """Find and check `manifest.json` of a folder or a prefix in an object store; every reader starts here: one
-    listing and one read."""
+    listing and one read (in a store, both at once)."""
     if isinstance(shards, ShardSet):
         return shards
     root = storage.location(str(shards))
-    listed = storage.sizes(root, missing=f"{root}: no such shard folder; make one with `fastseg-shard DATA {root}`")
-    if MANIFEST not in listed:
-        tars = [n for n in listed if n.endswith(".tar")]
-        if tars:
-            raise FastsegError(f"{root} has {len(tars)} shard(s) but no {MANIFEST}: an unfinished fastseg-shard run; "
-                               "shard the data again (fastseg-shard ... --overwrite)")
-        raise FastsegError(f"{root}: no {MANIFEST} here; not a fastseg shard set (make one with fastseg-shard DATA "
-                           f"{root})")
     where = storage.join(root, MANIFEST)
-    try:
-        return ShardSet(root, parse_manifest(storage.read(where).decode(), str(where)), listed)
-    except (OSError, UnicodeDecodeError) as err:
-        raise FastsegError(f"{where}: unreadable manifest ({err}); shard the data again") from err
+    with ThreadPoolExecutor(1) as pool:
+        # in a store, the manifest is asked for beside the listing: one round trip, not two, before the indexes
+        early = pool.submit(storage.read, where) if storage.at(root).streamed else None
+        listed = storage.sizes(root, missing=f"{root}: no such shard folder; make one with `fastseg-shard DATA "
+                                             f"{root}`")
+        if MANIFEST not in listed:  # whatever the early read found, the listing says what the folder is
+            tars = [n for n in listed if n.endswith(".tar")]
+            if tars:
+                raise FastsegError(f"{root} has {len(tars)} shard(s) but no {MANIFEST}: an unfinished fastseg-shard "
+                                   "run; shard the data again (fastseg-shard ... --overwrite)")
+            raise FastsegError(f"{root}: no {MANIFEST} here; not a fastseg shard set (make one with fastseg-shard "
+                               f"DATA {root})")
+        try:
+            text = (early.result() if early else storage.read(where)).decode()
+        except (OSError, UnicodeDecodeError) as err:
+            raise FastsegError(f"{where}: unreadable manifest ({err}); shard the data again") from err
+    return ShardSet(root, parse_manifest(text, str(where)), listed)
 
 
 def load_manifest(shards: str | os.PathLike | ShardSet) -> Manifest:
