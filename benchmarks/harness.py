@@ -1,7 +1,7 @@
 """The benchmarks' harness, written once: running a child process while sampling its whole process tree (peak RSS,
 CPU use), the machine's description, the Pillow decode limit, and publishing results (JSON and a Markdown table).
-Every figure is a rate over timed rounds, taken side by side in one run; the recipes that are timed live in
-recipes.py (fastseg's own and the tutorial's) and peers.py (the loaders users would pick instead)."""
+Every figure is a rate over timed rounds, taken side by side in one run; what is timed besides fastseg lives in
+baselines.py (the tutorial DataLoader) and peers.py (the loaders users would pick instead)."""
 from __future__ import annotations
 
 import io

@@ -1,4 +1,4 @@
-"""Loaders side by side on the same samples, doing the same work: the vanilla tutorial recipe, fastseg's
+"""Loaders side by side on the same samples, doing the same work: the vanilla tutorial DataLoader, fastseg's
 torch loader (a DataLoader), and the DALI pipeline on the CPU (and, where there is a GPU, DALI with `mixed`
 decoding and the torch loader normalizing on the GPU).
 
@@ -47,11 +47,11 @@ import peers
 from charts import MAX_BARS, loader_chart
 from harness import decode_rate, host, publish, run_child
 from peers import WebdatasetEpochs, convert_peers, webdataset_loader
-from recipes import default_dataset, train_pairs, vanilla_loader
+from baselines import default_dataset, train_pairs, vanilla_loader
 
 from fastseg.storage import at, join, location
 
-# name -> (backend, device); vanilla is the tutorial recipe (recipes.vanilla_loader)
+# name -> (backend, device); vanilla is the tutorial DataLoader (baselines.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda"),
            # --augment crop or mmseg: the same loaders decoding whole images (window_decode=False), beside them
@@ -150,7 +150,7 @@ def child(args) -> None:
                                                               mmseg, recipe), mean, std, recipe, device)
     elif backend == "webdataset":
         if args.augment != "flip":
-            raise SystemExit("the webdataset peer runs --augment flip only (its crop recipe is not written yet)")
+            raise SystemExit("the webdataset peer runs --augment flip only (its crop is not written yet)")
         from fastseg.sets import check_shards, open_set
 
         if manifest.storage.get("image") == "raw" or manifest.storage.get("mask") == "raw":

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 from harness import run_child
-from recipes import train_pairs
+from baselines import train_pairs
 
 FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once per benchmark run
 

@@ -206,7 +206,7 @@ def main() -> int:
         p.error("give --shards (a fastseg set on disk)")
     from tqdm import tqdm
 
-    from recipes import train_pairs
+    from baselines import train_pairs
 
     keys = {Path(image).stem for image, _ in train_pairs(args.shards)}
     result = {"shards": str(args.shards), "batch_size": BATCH, "resume_at_batch": RESUME_AT, "limit_s": LIMIT_S,

@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from harness import host, publish
-from recipes import default_dataset, train_pairs, vanilla_loader
+from baselines import default_dataset, train_pairs, vanilla_loader
 
 from fastseg.training import PRECISION_DTYPES
 

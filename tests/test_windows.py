@@ -45,7 +45,7 @@ def test_the_region_holds_every_pixel_resampling_reads():
         # OpenCV's bilinear (the mmseg recipe): exactly the pixels of the whole image's resample
         assert np.array_equal(recipe.resample_window(cut, inside(flipped, box), out),
                               recipe.resample_window(image, flipped, out))
-        # Pillow's antialiased bilinear (the crop recipe): the same up to the float rounding of a shifted box
+        # Pillow's antialiased bilinear (the crop job): the same up to the float rounding of a shifted box
         t, l, b, r = inside((top, left, bottom, right), box)
         ours = np.array(Image.fromarray(cut).resize(out[::-1], Image.BILINEAR, box=(l, t, r, b), reducing_gap=None))
         whole = np.array(Image.fromarray(image).resize(out[::-1], Image.BILINEAR, box=(left, top, right, bottom),
@@ -189,7 +189,7 @@ def mmseg_random_crop(seg: np.ndarray, crop: tuple[int, int], cat_max_ratio: flo
 
 
 def test_opencv_enlarges_as_pillow_does():
-    """The crop recipe enlarges a window with OpenCV (job_crop's CPU executor) and shrinks with Pillow's antialiased bilinear:
+    """The crop job enlarges a window with OpenCV (job_crop's CPU executor) and shrinks with Pillow's antialiased bilinear:
     where nothing shrinks the two are one filter, up to OpenCV's fixed-point rounding."""
     image = np.random.default_rng(3).integers(0, 256, (60, 80, 3)).astype(np.uint8)
     for (top, left, bottom, right), out in (((5.3, 7.1, 45.2, 70.4), (64, 96)), ((0, 0, 60, 80), (60, 80)),

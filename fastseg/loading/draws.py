@@ -57,7 +57,7 @@ def draw_crop(rng: np.random.Generator, width: int, height: int, scale) -> tuple
 
 
 def crop_box(draws: np.ndarray, width: int, height: int) -> tuple[float, float, float, float]:
-    """The crop recipe's window as a box (x0, y0, x1, y1) in the pixels of a width × height image, as Pillow's
+    """The crop job's window as a box (x0, y0, x1, y1) in the pixels of a width × height image, as Pillow's
     resize takes it (unflipped: the flips come after)."""
     top, left, bottom, right = (float(v) for v in draws[WINDOW])
     return left * width, top * height, right * width, bottom * height
@@ -69,7 +69,7 @@ def flips(draws: np.ndarray) -> tuple[bool, bool]:
 
 
 def roi(draws: np.ndarray) -> np.ndarray:
-    """The crop recipe's window as DALI's resize reads it, (start row, start column, end row, end column) as
+    """The crop job's window as DALI's resize reads it, (start row, start column, end row, end column) as
     fractions, its start and end swapped along a flipped axis: resampling then mirrors image and mask alike."""
     top, left, bottom, right = (float(v) for v in draws[WINDOW])
     hflip, vflip = flips(draws)

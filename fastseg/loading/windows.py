@@ -1,6 +1,6 @@
 """Decode only what a sample keeps: the region of its image that a drawn window needs, found before decoding.
 
-A crop (crop recipe) or a crop of a resized image (mmseg) is resampled from a window of the source image, in
+A crop (the crop job) or a crop of a resized image (mmseg) is resampled from a window of the source image, in
 pixel-edge coordinates (top, left, bottom, right; the edges swapped along a flipped axis). Resampling reads the
 pixels the window covers plus the filter's reach around it: one pixel for bilinear sampling, the shrink factor
 where an antialiased filter shrinks. `region` is that box in whole pixels, clamped to the image, so resampling the

@@ -1,5 +1,7 @@
-"""What the benchmarks time besides fastseg's public API: the tutorial recipe (a Pillow DataLoader over the source
-files), the source files of a shard set's train split, and the default synthetic dataset."""
+"""The baselines the benchmarks time fastseg against, and what they read: the tutorial DataLoader ("vanilla": Pillow
+over the source files, flips and crops in Python, MMSegmentation's recipe step by step), the source files of a shard
+set's train split, and the default synthetic dataset. ("Recipe" means one thing in fastseg: MMSegmentation's
+training recipe, loading/recipe.py.)"""
 from __future__ import annotations
 
 import json
@@ -78,7 +80,7 @@ def vanilla_loader(pairs, mean, std, batch_size, workers, size, augment="flip", 
             image = (image - mean) / std
             return {"image": torch.from_numpy(image.transpose(2, 0, 1).copy()), "mask": torch.from_numpy(mask.copy())}
 
-    # pinned, as the tutorial recipe has it: on a GPU, .to(cuda, non_blocking=True) from pageable memory blocks
+    # pinned, as the tutorial has it: on a GPU, .to(cuda, non_blocking=True) from pageable memory blocks
     return DataLoader(FolderDataset(), batch_size=batch_size, shuffle=True, num_workers=workers,
                       persistent_workers=workers > 0, pin_memory=torch.cuda.is_available())
 
