@@ -20,7 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,7 +85,7 @@ def main() -> None:
     rows.append("| | after ÷ before (medians) | " + " | ".join(
         f"{summary['after'][name]['median'] / summary['before'][name]['median']:.2f}×" for name in loaders) + " |")
     result = {"commits": commits, "bench": args.bench, "repeats": args.repeats, "bench_args": bench_args, "runs": runs,
-              "summary": summary, "host": host(), "command": " ".join(["python", *sys.argv])}
+              "summary": summary, **provenance()}
     publish(rows, args.json, result, args.title)
 
 

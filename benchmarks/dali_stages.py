@@ -19,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 
 STAGES = ("read", "decode", "augment", "normalize", "widen")  # widen: the whole pipeline, nothing cut
 
@@ -107,8 +107,7 @@ def main() -> int:
     plan = loader.plan
     result = {"shards": str(args.shards), "size": list(plan.size), "augment": args.augment, "threads": args.threads,
               **({"photometric": args.photometric} if args.augment == "mmseg" else {}),
-              "batch_size": args.batch_size, "stages_samples_per_s": {}, "host": host(),
-              "command": " ".join(["python", *sys.argv])}
+              "batch_size": args.batch_size, "stages_samples_per_s": {}, **provenance()}
     from fastseg.loading import build_pipeline
 
     for stage in STAGES:

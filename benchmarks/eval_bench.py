@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 
 
 def rules(eval_size, window, stride) -> dict:
@@ -65,7 +65,7 @@ def main() -> int:
     torch.set_num_threads(args.workers)
     module = load_module(args.checkpoint, "cpu")
     result = {"shards": str(args.shards), "split": args.split, "train_size": list(module.hparams.image_size),
-              "workers": args.workers, "rules": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
+              "workers": args.workers, "rules": {}, **provenance()}
     rows = ["| loader | scoring | images/s | vs quick rule | val mIoU | pixels |", "|---|---|---:|---:|---:|---:|"]
     for backend in ("torch", "dali"):
         quick = None

@@ -112,6 +112,11 @@ def host() -> dict:
     return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "versions": versions, "commit": commit()}
 
 
+def provenance() -> dict:
+    """What every results file records of where it came from: the machine (host) and the command that wrote it."""
+    return {"host": host(), "command": " ".join(["python", *sys.argv])}
+
+
 def commit() -> str | None:
     """The code a figure measured: the checkout's commit, "+changes" where its tracked code differs from it."""
     root = Path(__file__).parents[1]

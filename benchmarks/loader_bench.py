@@ -45,8 +45,8 @@ import numpy as np
 
 import peers
 from charts import MAX_BARS, loader_chart
-from harness import decode_rate, host, publish, run_child
-from peers import WebdatasetEpochs, convert_peers, webdataset_loader
+from harness import decode_rate, provenance, publish, run_child
+from peers import PeerEpochs, convert_peers, webdataset_loader
 from baselines import default_dataset, train_pairs, vanilla_loader
 
 from fastseg.storage import at, join, location
@@ -146,7 +146,7 @@ def child(args) -> None:
     elif backend == "albumentations":
         if args.augment != "mmseg":
             raise SystemExit("the albumentations peer runs --augment mmseg only")
-        loader = WebdatasetEpochs(peers.albumentations_loader(pairs, mean, std, args.batch_size, args.workers, size,
+        loader = PeerEpochs(peers.albumentations_loader(pairs, mean, std, args.batch_size, args.workers, size,
                                                               mmseg, recipe), mean, std, recipe, device)
     elif backend == "webdataset":
         if args.augment != "flip":
@@ -158,9 +158,9 @@ def child(args) -> None:
                              "--store source or fast-png (add --stores for fastseg's loaders on raw sets)")
         urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
         peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
-        loader = WebdatasetEpochs(peer, mean, std, recipe, device)
+        loader = PeerEpochs(peer, mean, std, recipe, device)
     elif backend in PEER_FORMATS:
-        loader = WebdatasetEpochs(peers.loader(backend, peer_folder, mean, std, args.batch_size,
+        loader = PeerEpochs(peers.loader(backend, peer_folder, mean, std, args.batch_size,
                                                args.workers, recipe, pin=device == "cuda"), mean, std, recipe, device)
     else:
         recipe_options = {} if args.augment != "mmseg" else {
@@ -367,7 +367,7 @@ def describe_run(args, pairs) -> dict:
             "device_kind": "GPU" if torch.cuda.is_available() else "CPU",
             "decode_single_core_samples_per_s": round(decode["samples_per_s"], 2),
             "decode_single_core_rounds": decode["rounds"], "resampling": RESAMPLING,
-            "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
+            "runs": [], **provenance()}
 
 
 def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, object]]:

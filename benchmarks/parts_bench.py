@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SHARD_BYTES = 256 * 1024**2  # a simulated part's shard: the default --shard-size, as a sparse file
@@ -78,7 +78,7 @@ def main() -> int:
     cores = os.cpu_count() or 1
     samples = sum(len(pairs) for pairs in find_pairs(args.data).splits.values())
     result = {"dataset": args.data.name, "samples": samples, "cores": cores, "runs": [], "merge_only": [],
-              "host": host(), "command": " ".join(["python", *sys.argv])}
+              **provenance()}
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         subprocess.run(shard_cli(args.data, Path(tmp) / "single", "--workers", cores), check=True, capture_output=True)

@@ -92,7 +92,7 @@ def webdataset_loader(urls: list[str], mean, std, batch_size: int, workers: int,
     """webdataset's own pipeline over fastseg's shards (they are WebDataset tars): shard shuffle, a sample shuffle
     buffer, Pillow decoding, the paired flip at the native size, as its docs compose it. Recipe 1 normalizes each
     sample in the workers (the docs' way); recipe 2 hands uint8 out and normalizes the batch in the main process
-    (timm's and fastseg's way), see `WebdatasetEpochs`. webdataset splits work by shard: give it at least as many
+    (timm's and fastseg's way), see `PeerEpochs`. webdataset splits work by shard: give it at least as many
     train shards as workers (and, with `ranks`, shards split by torch.distributed rank too). Each sample keeps its
     key."""
     import webdataset as wds
@@ -126,7 +126,7 @@ def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size,
     retry loop for cat_max_ratio (albumentations has none), HorizontalFlip, RandomBrightnessContrast (brightness and
     contrast, each p = 0.5) and HueSaturationValue (hue ±18 on OpenCV's scale, saturation shifted ±50% of its
     range: additive where MMSegmentation multiplies). Recipe 1 normalizes in the workers (A.Normalize), recipe 2
-    hands uint8 out (WebdatasetEpochs normalizes the batch)."""
+    hands uint8 out (PeerEpochs normalizes the batch)."""
     import albumentations as A
     import cv2
     import torch
@@ -167,7 +167,7 @@ def albumentations_loader(pairs, mean, std, batch_size: int, workers: int, size,
                       persistent_workers=workers > 0, pin_memory=pin)
 
 
-class WebdatasetEpochs:
+class PeerEpochs:
     """Each iteration is one epoch of the batch contract from a peer's loader: float32 N×3×H×W normalized, int64
     N×H×W masks. Recipe 2 normalizes here, in the main process, on `device` (on a GPU after a non-blocking copy from
     pinned memory, as timm's PrefetchLoader does)."""

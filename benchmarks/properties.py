@@ -20,15 +20,15 @@ import json
 import os
 import pickle
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 from peers import FORMATS as PEER_FORMATS
 from peers import convert_peers
+from servers import free_port
 
 KINDS = ("dali", "torch", "webdataset", *PEER_FORMATS)
 BATCH, RESUME_AT, LIMIT_S = 8, 3, 120
@@ -49,14 +49,14 @@ def build(kind: str, folder: Path, fastseg_set: Path, rank: int, world: int):
 
         return make_loader(folder, backend=kind, batch_size=BATCH, augment="flip", return_keys=True, workers=1,
                            rank=rank, world_size=world, device="cpu")
-    from peers import WebdatasetEpochs, webdataset_loader
+    from peers import PeerEpochs, webdataset_loader
 
     if kind == "webdataset":  # webdataset's own way in: the tar files, nothing of fastseg's manifest or indexes
         urls = [str(p) for p in sorted(folder.glob("train-*.tar"))]
-        return WebdatasetEpochs(webdataset_loader(urls, mean, std, BATCH, 1, 2, ranks=world > 1), mean, std, 2)
+        return PeerEpochs(webdataset_loader(urls, mean, std, BATCH, 1, 2, ranks=world > 1), mean, std, 2)
     import peers
 
-    return WebdatasetEpochs(peers.loader(kind, folder, mean, std, BATCH, 1, 2), mean, std, 2)
+    return PeerEpochs(peers.loader(kind, folder, mean, std, BATCH, 1, 2), mean, std, 2)
 
 
 def real_keys(batch) -> list[str]:
@@ -108,12 +108,6 @@ def outcome(proc: subprocess.Popen, limit: float = LIMIT_S) -> dict:
         lines = [line for line in err.strip().splitlines() if line.strip()]
         return {"error": lines[-1][:300] if lines else f"exit {proc.returncode}"}
     return json.loads(out.strip().splitlines()[-1])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Checks:
@@ -210,7 +204,7 @@ def main() -> int:
 
     keys = {Path(image).stem for image, _ in train_pairs(args.shards)}
     result = {"shards": str(args.shards), "batch_size": BATCH, "resume_at_batch": RESUME_AT, "limit_s": LIMIT_S,
-              "samples": len(keys), "loaders": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
+              "samples": len(keys), "loaders": {}, **provenance()}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         peer_kinds = [k for k in args.kinds if k in PEER_FORMATS]

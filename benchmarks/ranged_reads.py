@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
-from harness import host, publish
+from harness import provenance, publish
 from servers import moto_s3
 
 
@@ -48,8 +48,7 @@ def main() -> int:
         readers = {"obstore": obstore_reader(), "s3fs (fsspec)": s3fs_reader(endpoint), "boto3": boto3_reader()}
         me = psutil.Process()
         result = {"reads": args.reads, "threads": args.threads, "size": args.size, "reads_per_s": {},
-                  "client_cpu_ms_per_read": {}, "host": host(),
-                  "command": " ".join(["python", *sys.argv])}
+                  "client_cpu_ms_per_read": {}, **provenance()}
         for name, read in readers.items():
             if read is None:
                 continue

@@ -12,7 +12,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness import host, publish
+from harness import provenance, publish
 
 
 def batch_difference(shards, split: str, size: tuple[int, int]) -> dict:
@@ -54,7 +54,7 @@ def main() -> int:
     args = p.parse_args()
     result = {"shards": str(args.shards), "split": args.split, "size": args.size,
               "batches": batch_difference(args.shards, args.split, tuple(args.size)),
-              "host": host(), "command": " ".join(["python", *sys.argv])}
+              **provenance()}
     b = result["batches"]
     rows = ["| images | mean abs difference | p99 | max |", "|---:|---:|---:|---:|",
             f"| {b['images']} | {b['mean_abs']:.4f} | {b['p99_abs']:.4f} | {b['max_abs']:.4f} |"]

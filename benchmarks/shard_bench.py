@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from harness import decode_rate, host, publish, run_child
+from harness import decode_rate, provenance, publish, run_child
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -68,7 +68,7 @@ def main() -> int:
         return 0
     from fastseg.shards import find_pairs
 
-    result = {"workers": args.workers, "datasets": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
+    result = {"workers": args.workers, "datasets": {}, **provenance()}
     rows = ["| dataset | samples | samples/s (of limit) | streaming samples/s (of limit) | decode limit | "
             "one core: shard work / decode | peak memory (¼ set → whole set) |", "|---|---:|---:|---:|---:|---:|---:|"]
     for data in args.data:

@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from harness import host, publish, run_child
+from harness import provenance, publish, run_child
 
 
 def child(args) -> None:
@@ -50,7 +50,7 @@ def main() -> int:
         child(args)
         return 0
     result = {"shards": str(args.shards), "augment": args.augment, "batch_size": args.batch_size,
-              "workers": args.workers, "loaders": {}, "host": host(), "command": " ".join(["python", *sys.argv])}
+              "workers": args.workers, "loaders": {}, **provenance()}
     rows = ["| loader | shuffle | samples/s | vs manifest order | peak memory |", "|---|---|---:|---:|---:|"]
     for backend in ("dali", "torch"):
         base = None

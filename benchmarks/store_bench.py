@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 from faults import FaultyProxy
-from harness import Sampling, host, publish
+from harness import Sampling, provenance, publish
 from servers import azurite, moto_s3
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
@@ -102,8 +102,7 @@ def main() -> int:
         servers["az"] = azure
     result = {"data": str(args.data), "copies": args.copies, "part_size": args.part_size, "workers": args.workers,
               "latency_s": args.latency,
-              "faults": args.faults, "cache_faults": args.cache_faults, "epochs": args.epochs, "stores": {}, "host": host(),
-              "command": " ".join(["python", *sys.argv])}
+              "faults": args.faults, "cache_faults": args.cache_faults, "epochs": args.epochs, "stores": {}, **provenance()}
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="fastseg-stores-") as tmp:

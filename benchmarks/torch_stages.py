@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import host, publish, run_child
+from harness import provenance, publish, run_child
 
 
 def per_sample_ms(work, samples: int, repeats: int = 5) -> float:
@@ -116,8 +116,7 @@ def main() -> int:
         print(json.dumps(loader_rate(args.shards, args.batch_size, args.workers[0], args.seconds)))
         return 0
     result = {"shards": str(args.shards), "batch_size": args.batch_size, "workers": args.workers,
-              "stages_ms_per_sample": stages(args.shards, args.batch_size), "loader": {}, "host": host(),
-              "command": " ".join(["python", *sys.argv])}
+              "stages_ms_per_sample": stages(args.shards, args.batch_size), "loader": {}, **provenance()}
     runs = [(f"{w} workers, default allocation", w, None) for w in args.workers]
     runs.append((f"{args.workers[-1]} workers, THP_MEM_ALLOC_ENABLE=1", args.workers[-1], "1"))
     for label, workers, thp in runs:

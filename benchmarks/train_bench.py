@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from harness import host, publish
+from harness import provenance, publish
 from baselines import default_dataset, train_pairs, vanilla_loader
 
 from fastseg.training import PRECISION_DTYPES
@@ -135,7 +135,7 @@ def main() -> int:
         result = {"dataset": str(args.data or args.shards), "size": args.size, "width": args.width,
                   "batch_size": args.batch_size, "precision": args.precision, "steps": args.steps,
                   "workers": args.workers, "device_kind": device.type.upper(), "flops_per_image": flops,
-                  "peak_flops": peak, "runs": [], "host": host(), "command": " ".join(["python", *sys.argv])}
+                  "peak_flops": peak, "runs": [], **provenance()}
         jobs = [(args.batch_size, name, path) for name in args.loaders for path in args.paths
                 if not (name == "vanilla" and path == "fastseg-train")]
         jobs += [(b, "dali", path) for b in sweep if b != args.batch_size for path in args.paths]
