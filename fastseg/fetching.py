@@ -206,7 +206,8 @@ class SpanReader:
     stores' environment of the process that made it, for workers that a forkserver started earlier."""
 
     def __init__(self, paths, keep_open: bool = True):
-        self.environment = storage.settings() if any(storage.at(p).streamed for p in paths) else {}
+        self._streamed = {path: storage.at(path).streamed for path in paths}  # asked once, not on every read
+        self.environment = storage.settings() if any(self._streamed.values()) else {}
         self.keep_open = keep_open
         self._files = {}
 
@@ -216,7 +217,7 @@ class SpanReader:
         return read_range_ahead(url, offset, size)
 
     def __call__(self, path: str, offset: int, size: int) -> bytes:
-        if storage.at(path).streamed:  # a ranged GET: only these bytes travel
+        if self._streamed.get(path, False):  # a ranged GET: only these bytes travel
             return bytes(self.ahead(path, offset, size).result())
         if not self.keep_open:
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import multiprocessing
 import os
 import sys
-import threading
 import time
 from contextlib import contextmanager
 
@@ -31,19 +30,6 @@ def start_method() -> str:
     torch = sys.modules.get("torch")  # not imported: CUDA cannot have been started by it
     cuda = torch is not None and torch.cuda.is_initialized()
     return "forkserver" if _native_threads or cuda else "fork"
-
-
-def warm_forkserver() -> None:
-    """Start the forkserver now, on a thread of its own, where workers will start from one: it imports torch and the
-    workers' modules once (FORKSERVER_PRELOAD), seconds on a small machine, which would otherwise hold up the first
-    batch; started here, that overlaps with what the loader does first (fetching a store's shards). Nothing is done
-    where workers will be forked."""
-    if start_method() != "forkserver":
-        return
-    from multiprocessing import forkserver
-
-    forkserver.set_forkserver_preload(list(FORKSERVER_PRELOAD))
-    threading.Thread(target=forkserver.ensure_running, name="fastseg-forkserver", daemon=True).start()
 
 
 @contextmanager

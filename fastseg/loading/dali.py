@@ -22,9 +22,8 @@ import torch
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX, RAW_SIZE_EXT
 from ..processes import note_native_threads
-from . import feed as feeding
 from .contract import EpochLoader, LoaderPlan
-from .feed import SampleFeed, member_names
+from .feed import SampleFeed, member_names, uses_feed
 from .jobs import job_for
 from .members import SampleTable
 
@@ -174,7 +173,7 @@ def _read(plan: LoaderPlan, feed: SampleFeed | None):
     size member is int32."""
     names = member_names(plan)
     dtypes = [types.INT32 if name == RAW_SIZE_EXT else types.UINT8 for name in names]
-    if feed is not None and feeding.executed_in_feed(plan):  # the job's samples, HWC, and with keys the meta
+    if feed is not None and feed.in_feed:  # the job's samples, HWC, and with keys the meta
         count = 3 if plan.config.return_keys else 2
         return fn.external_source(source=feed, num_outputs=count, batch=True, dtype=[types.UINT8] * count,
                                   layout=["HWC", "HWC", ""][:count])
@@ -212,7 +211,7 @@ def segmentation_pipeline(plan: LoaderPlan, gpu: bool, stop_after: str | None = 
     image, mask, *rest = _read(plan, feed)
     if stop_after == "read":
         return image, mask
-    if feed is not None and feeding.executed_in_feed(plan):  # decoded and made by the job's CPU executor already
+    if feed is not None and feed.in_feed:  # decoded and made by the job's CPU executor already
         if stop_after in ("decode", "augment"):
             return image, mask
         image, mask = ops.normalize_into(image, mask, plan.config.size)
@@ -235,7 +234,7 @@ def build_pipeline(plan: LoaderPlan, *, checkpoint: str | None = None, stop_afte
     """The built pipeline for a plan: on its device, on the dynamic executor, with checkpointing on; when
     reading through the feed, it starts at batch `start` (counted over the epochs), where `checkpoint` stands."""
     gpu = plan.device.type == "cuda"
-    feed = SampleFeed(plan, start) if feeding.uses_feed(plan) else None
+    feed = SampleFeed(plan, start) if uses_feed(plan) else None
     with warnings.catch_warnings():  # DALI's note that a callable source's position is ours to restore: it is
         warnings.filterwarnings("ignore", message="Checkpointing enabled in a pipeline with external source")
         pipe = _built(plan, gpu, stop_after, feed, checkpoint)

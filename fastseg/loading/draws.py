@@ -22,7 +22,7 @@ import numpy as np
 
 from .config import LoaderConfig
 
-__all__ = ["BRIGHTNESS", "COLOUR", "CONTRAST", "CORNERS", "CROP_TRIES", "DRAWS", "HFLIP", "HUE", "RATIO",
+__all__ = ["ANGLE", "BRIGHTNESS", "COLOUR", "CONTRAST", "CORNERS", "CROP_TRIES", "DRAWS", "HFLIP", "HUE", "RATIO",
            "SATURATION", "VFLIP", "WINDOW", "coins", "crop_box", "crop_window", "draw_crop", "flips",
            "photometric_draws", "roi"]
 HFLIP, VFLIP = 0, 1
@@ -31,6 +31,7 @@ RATIO, COLOUR = 2, slice(3, 7)  # mmseg
 CROP_TRIES = 10  # MMSegmentation's RandomCrop: a crop one class fills is drawn again up to 10 times, the last kept
 DRAWS = CROP_TRIES + 1  # crop positions drawn per sample: the first and up to 10 more
 CORNERS = slice(7, 7 + 2 * DRAWS)  # mmseg
+ANGLE = 2  # rotate
 BRIGHTNESS, CONTRAST, SATURATION, HUE = 32.0, (0.5, 1.5), (0.5, 1.5), 18  # PhotoMetricDistortion's defaults
 
 

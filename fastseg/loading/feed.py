@@ -43,11 +43,12 @@ class SampleFeed(SampleTable):
     def __init__(self, plan: LoaderPlan, start: int = 0):
         super().__init__(plan)
         self.job = job_for(plan.config)
+        self.in_feed = executed_in_feed(plan)
         self._names = member_names(plan)
         self.batch = start
         self._epoch = self._padded = None
         # ranged reads from a store: each sample as its GET arrives; the jobs' CPU executors on the loader's threads
-        threads = 16 if plan.ranged else max(1, plan.config.workers) if executed_in_feed(plan) else 0
+        threads = 16 if plan.ranged else max(1, plan.config.workers) if self.in_feed else 0
         self._pool = ThreadPoolExecutor(threads) if threads else None
         self.stream = ShardStream(plan, plan.cache) if plan.cache else None  # whole shards, fetched ahead
         if self.stream:
@@ -77,7 +78,7 @@ class SampleFeed(SampleTable):
 
     def _sample(self, number: int, epoch: int) -> list[np.ndarray]:
         draws = sample_draws(self.plan.config, epoch, number)
-        if executed_in_feed(self.plan):  # as the job's CPU executor makes it (mmseg: at most `size`; the graph pads)
+        if self.in_feed:  # as the job's CPU executor makes it (mmseg: at most `size`; the graph pads)
             sample = self.job.cpu(self, number, draws)
             meta = [np.frombuffer(self.meta(number), np.uint8)] if self.plan.config.return_keys else []
             return [sample.image, sample.mask[..., None], *meta]

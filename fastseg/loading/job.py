@@ -74,6 +74,10 @@ class Job:
     def draw(self, rng: np.random.Generator, config: LoaderConfig) -> np.ndarray | None:
         return None
 
+    def padded_to(self, config: LoaderConfig) -> tuple[int, int]:
+        """The least (rows, columns) a batch of a `sized` job's samples is padded to (beyond: to its largest)."""
+        return 0, 0
+
     def cpu(self, table, number: int, draws: np.ndarray | None) -> Sample:
         raise NotImplementedError
 

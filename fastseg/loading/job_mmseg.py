@@ -31,6 +31,9 @@ class MMSeg(Job):
         draws[CORNERS] = rng.uniform(size=2 * DRAWS)
         return draws
 
+    def padded_to(self, config):
+        return config.size  # every batch at the output size, whatever its crops
+
     def cpu(self, table, number, draws):
         """The crop of the image and of the mask, at most `size` (the batch pads), and its (rows, columns)."""
         config = table.plan.config

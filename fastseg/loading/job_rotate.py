@@ -16,10 +16,8 @@ import cv2
 import numpy as np
 
 from ..format import IGNORE_INDEX
-from .draws import coins, flips
+from .draws import ANGLE, coins, flips
 from .job import Job, Record, Sample
-
-ANGLE = 2
 
 
 class Rotate(Job):

@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from ..errors import FastsegError
 from ..format import IGNORE_INDEX
-from ..processes import quiet_when_orphaned, warm_forkserver, workers_starting
+from ..processes import quiet_when_orphaned, workers_starting
 from .contract import EpochLoader, LoaderPlan, Normalize
 from .jobs import job_for, sample_draws
 from .members import SampleTable
@@ -140,16 +140,14 @@ class TorchLoader(EpochLoader):
         stream = ShardStream(plan, plan.cache, lag=workers * prefetch + 1 if workers else 0) if plan.cache else None
         if stream:
             stream.prepare(0, 0)  # the first shards on their way at once
-        if workers:
-            warm_forkserver()  # where workers start from one, it boots while those shards arrive
         self.order = RankEpochSampler(plan, stream)
         self.loader = DataLoader(
             ShardSamples(plan), batch_size=plan.batch_size, sampler=self.order, num_workers=workers,
             pin_memory=cuda, persistent_workers=workers > 0, prefetch_factor=prefetch,
             worker_init_fn=quiet_when_orphaned,
-            # a job's samples with sizes: padded to the largest (scoring), or to the output size (mmseg's crops)
+            # a job's samples with sizes: padded to the largest, and at least to what the job says (Job.padded_to)
             collate_fn=partial(collate_padded, channels_last=plan.config.channels_last,
-                               least=(0, 0) if job.reports_sizes else plan.config.size) if job.sized else None,
+                               least=job.padded_to(plan.config)) if job.sized else None,
         )
         self.normalize = Normalize(*plan.mean_std, device=plan.device)
         self.buffers = HostBuffers() if plan.device.type == "cpu" else None

@@ -336,9 +336,9 @@ def card_names(src: Path, mask_column: str) -> list[str] | None:
 
     table = json.loads((src / "id2label.json").read_text()) if (src / "id2label.json").is_file() else None
     infos = []
-    card = src / "README.md"
-    if table is None and card.is_file() and card.read_text(errors="replace").startswith("---"):
-        info = (yaml.safe_load(card.read_text(errors="replace").split("---", 2)[1]) or {}).get("dataset_info") or []
+    card = (src / "README.md").read_text(errors="replace") if (src / "README.md").is_file() else ""
+    if table is None and card.startswith("---"):
+        info = (yaml.safe_load(card.split("---", 2)[1]) or {}).get("dataset_info") or []
         infos += info if isinstance(info, list) else [info]
     if table is None:
         infos += [json.loads(path.read_text()) for path in sorted(src.rglob("dataset_info.json"))]
