@@ -311,3 +311,8 @@ def test_a_save_to_disk_set_shards_with_the_class_names_its_card_lists_and_the_l
     code, text = shard(disk, tmp_path / "unnamed", capsys)
     assert code == 0 and "from the card" not in text, text  # scene_category names scenes, not mask classes
     assert [c.name for c in load_manifest(tmp_path / "unnamed").classes] == ["class_0", "class_1", "class_2"]
+    for name, text in (("README.md", "---\ndataset_info: [unclosed\n---\n"), ("id2label.json", '{"0": "sky",')):
+        (disk / name).write_text(text)  # a card or table that does not parse: one line naming it, nothing written
+        code, said = shard(disk, tmp_path / f"bad_{name}", capsys)
+        assert code != 0 and f"{disk / name}: not readable" in said and "--classes" in said, said
+        assert "Traceback" not in said and not (tmp_path / f"bad_{name}" / "manifest.json").exists()

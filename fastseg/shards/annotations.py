@@ -332,17 +332,17 @@ def card_names(src: Path, mask_column: str) -> list[str] | None:
     else the names of a class_label feature for the masks (the mask column, or one of CLASS_FEATURES) in its card
     (README.md's `dataset_info`) or in save_to_disk's dataset_info.json; None where none does. Ids missing from the
     table are named class_ID."""
-    import yaml
-
-    table = json.loads((src / "id2label.json").read_text()) if (src / "id2label.json").is_file() else None
+    table = _card_file(src / "id2label.json", json.loads) if (src / "id2label.json").is_file() else None
     infos = []
-    card = (src / "README.md").read_text(errors="replace") if (src / "README.md").is_file() else ""
-    if table is None and card.startswith("---"):
-        info = (yaml.safe_load(card.split("---", 2)[1]) or {}).get("dataset_info") or []
+    card = src / "README.md"
+    if table is None and card.is_file() and card.read_text(errors="replace").startswith("---"):
+        info = (_card_file(card, _front_matter) or {}).get("dataset_info") or []
         infos += info if isinstance(info, list) else [info]
     if table is None:
-        infos += [json.loads(path.read_text()) for path in sorted(src.rglob("dataset_info.json"))]
+        infos += [_card_file(path, json.loads) for path in sorted(src.rglob("dataset_info.json"))]
     for info in infos:
+        if not isinstance(info, dict):
+            continue
         features = info.get("features") or []
         named = features.items() if isinstance(features, dict) else ((f.get("name"), f) for f in features)
         for name, feature in named:
@@ -356,8 +356,28 @@ def card_names(src: Path, mask_column: str) -> list[str] | None:
             break
     if not table:
         return None
-    ids = {int(k): str(v) for k, v in table.items()}
+    try:
+        ids = {int(k): str(v) for k, v in table.items()}
+    except (AttributeError, TypeError, ValueError):
+        raise FastsegError(f"{src}: its class table maps {type(table).__name__} {str(table)[:60]!r}, not ids to "
+                           "names; write id2label.json as {\"0\": \"name\", ...} or pass --classes") from None
     return [ids.get(i, f"class_{i}") for i in range(max(ids) + 1)]
+
+
+def _front_matter(text: str):
+    """The YAML between a card's opening `---` lines."""
+    import yaml
+
+    return yaml.safe_load(text.split("---", 2)[1])
+
+
+def _card_file(path: Path, parse):
+    """`path` parsed, or one line naming it where it does not parse."""
+    try:
+        return parse(path.read_text(errors="replace"))
+    except Exception as err:  # json's and yaml's errors share no base class
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise FastsegError(f"{path}: not readable ({first}); fix it, or pass --classes to name the classes") from None
 
 
 def _parquet(src: Path, opts: ShardOptions) -> Recognised | None:
