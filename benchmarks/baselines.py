@@ -108,3 +108,13 @@ def default_dataset(tmp: Path) -> tuple[Path, Path]:
     data = generate(tmp / "synthetic", count=160)
     shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))
     return data, tmp / "shards"
+
+
+def linked_copies(src: Path, out: Path, copies: int) -> Path:
+    """An images/ + masks/ folder set `copies` times over: src's files linked under other names (cN_NAME)."""
+    for kind in ("images", "masks"):
+        (out / kind).mkdir(parents=True)
+        for copy in range(copies):
+            for path in sorted((Path(src) / kind).iterdir()):
+                (out / kind / f"c{copy}_{path.name}").symlink_to(Path(path).resolve())
+    return out

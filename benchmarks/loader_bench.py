@@ -22,13 +22,8 @@ building the loader, worker start included.
 With --augment crop or mmseg, torch_full, dali_cpu_full and dali_gpu_full are fastseg's loaders decoding whole
 images (window_decode=False) where the plain names decode only the region each crop keeps.
 
-Peers (benchmarks/peers.py; `--peer-python` names their own environment): webdataset_r1/_r2, litdata_r1/_r2,
-mosaic_r1/_r2 on the CPU; on a GPU webdataset_gpu, litdata_gpu, mosaic_gpu (recipe 2, the batch moved and
-normalized on the GPU) beside dali_gpu and torch_gpu. Every figure also has its ratio to the best peer's.
-
-Where images are resampled (crop, or an output size other than the native one) every loader does the same work:
-bilinear, antialiased when it shrinks (Pillow's in vanilla and the torch loader, DALI's with antialias=True). At
-the native size with flip nothing is resampled. The results record this under "resampling".
+Peers (benchmarks/peers.py, in the environment `--peer-python` names): LOADERS below; every figure also has its
+ratio to the best peer's. Where images are resampled every loader does the same work (RESAMPLING below).
 """
 from __future__ import annotations
 
@@ -77,17 +72,6 @@ RESAMPLING = ("crop, or an output size other than the native one: bilinear, anti
               "resamples")
 
 
-def publish_peers(folder: Path, kinds: list[str], root: str) -> str:
-    """The peers' formats on disk (folder/KIND) copied to root/KIND in the bucket; returns root."""
-    from fastseg import storage
-
-    for kind in kinds:
-        for path in sorted((folder / kind).rglob("*")):
-            if path.is_file():
-                storage.upload(path, storage.join(root, f"{kind}/{path.relative_to(folder / kind).as_posix()}"))
-    return root
-
-
 def evict_from_page_cache(paths) -> None:
     """Drop these files' cached pages (posix_fadvise DONTNEED: no root needed; pages mapped elsewhere stay)."""
     for path in paths:
@@ -97,16 +81,6 @@ def evict_from_page_cache(paths) -> None:
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
         finally:
             os.close(fd)
-
-
-def disk_copy(url: str, folder: Path) -> Path:
-    """The shard set under an s3:// prefix, downloaded whole, for the side-by-side rate from disk."""
-    from fastseg import storage
-
-    folder.mkdir(parents=True)
-    for name in storage.names(url):
-        storage.download(storage.join(url, name), folder / name)
-    return folder
 
 
 def child(args) -> None:
@@ -155,7 +129,7 @@ def child(args) -> None:
 
         if manifest.storage.get("image") == "raw" or manifest.storage.get("mask") == "raw":
             raise SystemExit("the webdataset peer decodes image and mask files: give --shards a set written with "
-                             "--store source or fast-png (add --stores for fastseg's loaders on raw sets)")
+                             "--store source or fast-png")
         urls, _ = check_shards(open_set(args.shards), "train", checksums=False)
         peer = webdataset_loader(urls, mean, std, args.batch_size, args.workers, recipe, pin=device == "cuda")
         loader = PeerEpochs(peer, mean, std, recipe, device)
@@ -287,8 +261,7 @@ def measure_loader(name: str, workers: int, args, limit: float, mb: float, shard
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path)
-    p.add_argument("--shards", type=location, help="a shard set: a folder, or an s3:// prefix (then each fastseg "
-                   "loader also runs from a copy on disk, side by side)")
+    p.add_argument("--shards", type=location, help="a shard set in a folder (from a bucket: store_bench.py)")
     p.add_argument("--augment", choices=("flip", "crop", "mmseg"), default="flip")
     p.add_argument("--base-size", type=int, nargs=2, metavar=("H", "W"), help="mmseg: the scale resized by the ratio")
     p.add_argument("--ratio-range", type=float, nargs=2, default=(0.5, 2.0), metavar=("LO", "HI"))
@@ -302,9 +275,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--min-seconds", type=float, default=2.0, help="each timed round lasts at least this long")
     p.add_argument("--loaders", nargs="+", choices=list(LOADERS), default=DEFAULT_LOADERS,
                    help="default: the fastseg loaders and vanilla; add webdataset_r1 webdataset_r2 for the peer")
-    p.add_argument("--stores", nargs="+", default=[], metavar="STORE",
-                   help="fastseg-shard --store choices: the train split is also sharded with each (timed beside the "
-                        "peers' conversion) and fastseg's loaders run on each set too, as NAME [STORE]")
     p.add_argument("--peer-python", default=sys.executable,
                    help="the interpreter of the peers' own environment (benchmarks/peers_setup.sh makes one)")
     p.add_argument("--json", type=Path)
@@ -320,6 +290,8 @@ def main() -> int:
         args.workers = args.workers[0]
         child(args)
         return 0
+    if args.shards is not None and at(args.shards).streamed:
+        p.error(f"{args.shards}: loader_bench.py compares loaders on disk; a set in a bucket is store_bench.py's")
     with tempfile.TemporaryDirectory() as tmp:
         if args.shards is None:
             if args.data is not None:
@@ -371,25 +343,12 @@ def describe_run(args, pairs) -> dict:
 
 
 def loader_sources(args, tmp: Path, result: dict) -> list[tuple[str, object, object]]:
-    """(name, shards, peer folder) of every loader to run, after writing the peers' own formats. From a bucket,
-    every loader but vanilla reads the bucket ("NAME (s3)") and a copy on disk, side by side; the peers' formats
-    are written on disk, then copied under PREFIX-peers/ in the same bucket."""
+    """(name, shards, peer folder) of every loader to run, after writing the peers' own formats."""
     args.peer_dir = tmp / "peers"
     kinds = sorted({LOADERS[name][0] for name in args.loaders} & set(PEER_FORMATS))
-    stored = [(f"{name} [{store}]", args.peer_dir / f"fastseg-shard-{store}", None) for store in args.stores
-              for name in args.loaders if LOADERS[name][0] in ("torch", "dali")]
-    if stored and at(args.shards).streamed:  # before any conversion runs
-        raise SystemExit("--stores compares storages on disk: give --shards a local set")
-    if kinds or args.stores:
-        result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers),
-                                        stores=tuple(args.stores) or ("auto",))
-    if not at(args.shards).streamed:
-        return [(name, None, None) for name in args.loaders] + stored
-    copy = disk_copy(args.shards, tmp / "disk-copy")
-    bucket_peers = publish_peers(args.peer_dir, kinds, args.shards + "-peers")
-    result["shards"] = args.shards
-    return [(name, copy, None) for name in args.loaders] + [
-        (f"{name} (s3)", args.shards, bucket_peers) for name in args.loaders if LOADERS[name][0] is not None]
+    if kinds:
+        result["peers"] = convert_peers(kinds, args.shards, args.peer_dir, args.peer_python, max(args.workers))
+    return [(name, None, None) for name in args.loaders]
 
 
 def run_loaders(args, workers: int, sources, result: dict, mb_per_sample: float, progress) -> dict:

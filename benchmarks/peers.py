@@ -20,6 +20,7 @@ and normalizes the batch in the main process (as timm's loader and fastseg's tor
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import shutil
@@ -35,11 +36,10 @@ FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once p
 
 
 # --- the peers' formats written beside fastseg-shard, in one run ----------------------------------------
-def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, workers: int,
-                  stores: tuple[str, ...] = ("auto",)) -> dict:
+def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, workers: int) -> dict:
     """Each peer's own format (peer_dir/KIND) written from the train split's source files by `peer_python`, timed,
     with the process tree's peak memory, beside fastseg-shard making a set from the same files with as many workers
-    for each of `stores` (peer_dir/fastseg-shard-STORE; the peers' writers copy bytes; fastseg-shard decodes and
+    (peer_dir/fastseg-shard-auto; the peers' writers copy bytes; fastseg-shard decodes and
     checks every image and mask, converts the masks and takes the statistics); and the peers' versions and
     interpreter. A peer that fails is reported with its error."""
     here = Path(__file__).resolve().parent
@@ -50,7 +50,7 @@ def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, wo
         for kind, path in (("images", Path(image)), ("masks", Path(mask))):
             (source / kind).mkdir(parents=True, exist_ok=True)
             (source / kind / path.name).symlink_to(path.resolve())
-    for store in stores:
+    for store in ("auto",):
         out = peer_dir / f"fastseg-shard-{store}"
         figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source), str(out),
                                          "--workers", str(workers), "--store", store])
@@ -222,12 +222,8 @@ def convert(kind: str, pairs: list[tuple[str, str]], out: Path, workers: int) ->
             "bytes_on_disk": size, "processes": processes}
 
 
-class _LitTransform:
-    def __init__(self, mean, std, recipe):
-        self.mean, self.std, self.recipe = mean, std, recipe
-
-    def __call__(self, sample):
-        return peer_sample(sample["image"], sample["mask"], sample["key"], self.mean, self.std, self.recipe)
+def _litdata_transform(sample, mean, std, recipe):  # a module's function, bound by partial: the workers pickle it
+    return peer_sample(sample["image"], sample["mask"], sample["key"], mean, std, recipe)
 
 
 def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: int, pin: bool = False):
@@ -241,13 +237,19 @@ def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: 
     cache = tempfile.mkdtemp(prefix=f"{kind}-cache-") if remote else None
     endpoint = os.environ.get("AWS_ENDPOINT_URL") if remote else None
     if kind == "litdata":
-        # (LitData 0.2.76 fetches chunks through obstore, which refuses a plain-http endpoint such as a local test
-        # server's: "BadScheme"; neither storage_options nor AWS_ALLOW_HTTP reach its client options)
         import litdata
+
+        if (endpoint or "").startswith("http://"):
+            # LitData (0.2.76) fetches chunks through obstore with client options of its own, which refuse a
+            # plain-http endpoint such as a local test server's ("builder error"; AWS_ALLOW_HTTP does not reach
+            # them): there it takes its boto3 path, the one it uses where obstore is not installed
+            import litdata.streaming.downloader as downloader
+
+            downloader._OBSTORE_AVAILABLE = False
 
         options = {"storage_options": {"endpoint_url": endpoint}} if endpoint else {}
         dataset = litdata.StreamingDataset(str(folder), cache_dir=cache, shuffle=True,
-                                           transform=_LitTransform(mean, std, recipe), **options)
+                                           transform=functools.partial(_litdata_transform, mean=mean, std=std, recipe=recipe), **options)
         return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=pin)
     import streaming

@@ -23,9 +23,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from baselines import linked_copies
 from faults import FaultyProxy
-from harness import Sampling, provenance, publish
+from harness import Sampling, provenance, publish, run_child
+from peers import FORMATS as PEER_FORMATS
+from peers import convert_peers
 from servers import azurite, moto_s3
+
+PEER_PYTHON = Path(__file__).parents[1] / ".peers-venv" / "bin" / "python"  # benchmarks/peers_setup.sh makes it
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
 # the runs of each store and loader: (label, share of ranged GETs failing, loader options)
@@ -74,6 +79,42 @@ def epochs(shards, backend: str, workers: int, count: int, proxy: FaultyProxy | 
     return {"rates": rates, "gets": gets, "keys": keys}
 
 
+def peer_anchors(disk: Path, url: str, tmp: Path, server, args) -> dict:
+    """LitData and MosaicML Streaming reading the same samples from the same bucket through the same proxy (clean,
+    each streaming its own format into an empty cache of its own), beside themselves from disk, as loader_bench.py
+    runs them (recipe 2: the paired flip, batch 8, shuffled): each epoch's samples/s, the first timed from the
+    loader's making, and the GETs of the whole run."""
+    from fastseg import storage
+
+    folder = tmp / "peers"
+    found = convert_peers(list(PEER_FORMATS), disk, folder, str(args.peer_python), args.workers)
+    for kind in PEER_FORMATS:
+        for path in sorted((folder / kind).rglob("*")):
+            if path.is_file():
+                storage.upload(path, storage.join(f"{url}-peers", f"{kind}/{path.relative_to(folder / kind).as_posix()}"))
+    for kind in PEER_FORMATS:
+        runs = found[kind] = {}
+        for where, peer_dir in (("disk", folder), ("bucket", f"{url}-peers")):  # the child reads PEER_DIR/KIND
+            proxy = FaultyProxy(server.environment[server.endpoint], share=0.0, seed=1, stall=3.0,
+                                latency=args.latency) if where == "bucket" else None
+            env = {**os.environ, **server.environment, **({server.endpoint: proxy.url} if proxy else {})}
+            argv = [str(Path(__file__).with_name("loader_bench.py")), "--child", f"{kind}_r2", "--shards", str(disk),
+                    "--peer-dir", str(peer_dir), "--batch-size", "8", "--workers", str(args.workers), "--rounds",
+                    str(args.epochs - 1), "--min-seconds", "0"]
+            try:
+                figures = run_child(argv, python=str(args.peer_python), env=env)[0]
+                cold = figures["cold_epoch"]
+                runs[where] = {"rates": [round(r["samples"] / r["seconds"], 1)
+                                         for r in (cold, *figures["rounds"])], "gets": proxy.gets if proxy else 0}
+            except RuntimeError as err:  # a peer that cannot read the bucket is reported with its error
+                runs[where] = {"error": str(err)}
+            finally:
+                if proxy:
+                    proxy.close()
+            print(f"{kind} from the {where}: {runs[where]}", flush=True)
+    return found
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True)
@@ -87,6 +128,9 @@ def main() -> int:
                    help="the same through the cache: a GET a shard's part, so few GETs that 5%% would rarely hit one")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--part-size", default="8MiB", help="the parts a shard is fetched in (FASTSEG_PART_SIZE)")
+    p.add_argument("--peer-python", type=Path, default=PEER_PYTHON if PEER_PYTHON.exists() else None,
+                   help="the peers' environment (default .peers-venv, where it exists): LitData and Mosaic from the "
+                        "same bucket as anchors")
     p.add_argument("--json", type=Path)
     args = p.parse_args()
     os.environ["FASTSEG_PART_SIZE"] = args.part_size
@@ -106,12 +150,7 @@ def main() -> int:
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="fastseg-stores-") as tmp:
-            data = Path(tmp) / "data"
-            for kind in ("images", "masks"):
-                (data / kind).mkdir(parents=True)
-                for copy in range(args.copies):
-                    for path in sorted((args.data / kind).iterdir()):
-                        (data / kind / f"c{copy}_{path.name}").symlink_to(path.resolve())
+            data = linked_copies(args.data, Path(tmp) / "data", args.copies)
             disk = Path(tmp) / "shards"
             shard_args = ["--val-fraction", "0", "--max-count", str(args.per_shard), "--quiet"]
             run_cli("fastseg-shard", shard_main, [str(data), str(disk), *shard_args])
@@ -159,6 +198,8 @@ def main() -> int:
                         found["ranged"]["keys"]
                     for run in found.values():
                         del run["keys"]
+                if scheme == "s3" and args.peer_python:
+                    result["peers"] = peer_anchors(disk, url, Path(tmp), server, args)
     finally:
         for server in servers.values():
             server.stop()
@@ -181,6 +222,15 @@ def table(result: dict) -> list[str]:
                 worst = min(r / d for r, d in zip(run["rates"], disk))
                 rows.append(f"| {scheme} | {loader} | {label} | " + " | ".join(f"{r:.1f}" for r in run["rates"]) +
                             f" | {worst:.2f}× | {' / '.join(map(str, run['gets']))} | {run.get('faults', '')} |")
+    for kind, runs in {k: v for k, v in result.get("peers", {}).items() if k in PEER_FORMATS}.items():
+        for where, run in runs.items():  # the anchors: each peer from the bucket against itself from disk
+            if "error" in run:
+                rows.append(f"| s3 | {kind}_r2 | {where} | error: {run['error'][:120]} |" + " |" * (count + 2))
+                continue
+            disk = runs["disk"].get("rates") or run["rates"]
+            worst = min(r / d for r, d in zip(run["rates"], disk))
+            rows.append(f"| s3 | {kind}_r2 | {where} | " + " | ".join(f"{r:.1f}" for r in run["rates"]) +
+                        f" | {worst:.2f}× | {run['gets']} in all | |")
     s, latency = result["set"], result["latency_s"] * 1000
     same_keys = all(run[label]["same_keys_as_clean"] for run in runs for label in run if label != "disk")
     same_order = all(run[label]["same_order_as_clean"] for run in runs for label in ("faulty", "ranged_faulty"))
@@ -193,7 +243,9 @@ def table(result: dict) -> list[str]:
              f"`cache none` (a GET a sample); limited: the cache limited to {runs[0]['limited']['cache_limit_mb']} "
              f"MB, below the split: the folder peaked at {max(run['limited']['cache_peak_mb'] for run in runs)} MB. "
              f"Every run read the disk set's samples: {same_keys}; the faulty runs in the clean runs' order: "
-             f"{same_order}."]
+             f"{same_order}." + (" litdata_r2, mosaic_r2: the peers as loader_bench.py runs them (recipe 2), each from its own "
+             "format in the same bucket through the same proxy, clean, into an empty cache of its own, beside itself "
+             "from disk; their GETs are the whole run's." if "peers" in result else "")]
     return rows
 
 

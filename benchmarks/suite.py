@@ -36,7 +36,7 @@ RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "figures"
 SHARED = ROOT.parent / "shared" / "data"
 DAVIS, CAMVID = SHARED / "davis2016_subset", SHARED / "camvid"
-PEER_PYTHON = ROOT / ".peers-venv" / "bin" / "python"
+PEER_PYTHON = ROOT / ".peers-venv" / "bin" / "python"  # benchmarks/peers_setup.sh makes it; store_bench's default
 SIDE = ROOT / ".side-packages"
 README, PAGE = ROOT / "README.md", ROOT / "docs" / "performance.md"
 START, END = "<!-- headline:start (benchmarks/suite.py --render) -->", "<!-- headline:end -->"
@@ -336,12 +336,9 @@ def sets(tmp: Path, needed: set[str]) -> dict[str, str]:
              "camvid_shards": str(tmp / "camvid_shards"),
              "peer_python": str(PEER_PYTHON)}
     if needed & {"davis10", "shards10"}:
-        for part in ("images", "masks"):
-            (davis10 / part).mkdir(parents=True)
-        for copy in range(10):
-            for image in sorted((DAVIS / "images").iterdir()):
-                (davis10 / "images" / f"r{copy}_{image.name}").symlink_to(image)
-                (davis10 / "masks" / f"r{copy}_{image.stem}.png").symlink_to(DAVIS / "masks" / f"{image.stem}.png")
+        from baselines import linked_copies
+
+        linked_copies(DAVIS, davis10, 10)
     made = {"shards": [str(DAVIS), found["shards"], "--val-fraction", "0"],
             "shards10": [str(davis10), found["shards10"], "--val-fraction", "0"],
             "shards_val": [str(DAVIS), found["shards_val"]],  # a validation split carved out, for training

@@ -112,28 +112,6 @@ def test_loader_bench_runs_litdata_and_mosaic(tmp_path):
             "mosaicml-streaming" if kind == "mosaic" else kind]
 
 
-def test_properties_are_checked_for_every_loader(tmp_path):
-    # with the peers installed only: each check starts several processes per loader
-    from .conftest import make_dataset
-
-    python = peer_python()
-    data = make_dataset(tmp_path / "data", count=40, size=(48, 32), mask="index", classes=3)
-    shard(data, tmp_path / "shards", ShardOptions(val_fraction=0, max_count=10, progress=False, workers=2))
-    out = tmp_path / "properties.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/properties.py"), "--shards",
-                             str(tmp_path / "shards"), "--peer-python", python, "--json", str(out)],
-                            capture_output=True, text=True, timeout=900)
-    assert result.returncode == 0, result.stderr[-2000:]
-    loaders = json.loads(out.read_text())["loaders"]
-    assert list(loaders) == ["dali", "torch", "webdataset", "litdata", "mosaic"]
-    for kind in ("dali", "torch"):  # fastseg's own claims hold
-        assert all(check["ok"] for check in loaders[kind].values()), loaders[kind]
-        assert "error" in loaders[kind]["truncated shard"]["what"]
-    assert not loaders["webdataset"]["exact resume"]["ok"]  # no loader state to save
-    for checks in loaders.values():
-        assert set(checks) == {"exact resume", "2 ranks", "truncated shard"}
-
-
 def test_train_bench_runs_both_paths(tmp_path):
     out = tmp_path / "train.json"
     result = subprocess.run([sys.executable, str(ROOT / "benchmarks/train_bench.py"), "--size", "32", "32", "--width",
@@ -176,10 +154,6 @@ def test_the_stage_benchmarks_run_and_report(tiny, tmp_path):
     costs, whole = dali["stage_ms_per_sample"], dali["stages_samples_per_s"]["widen"]  # each stage's share adds up
     assert list(costs) == ["read", "decode", "augment", "normalize", "widen"]
     assert sum(costs.values()) == pytest.approx(1000 / whole, abs=0.01)
-    stages, _ = bench("torch_stages.py", tmp_path / "torch.json", "--shards", shards, "--workers", "1",
-                      "--batch-size", "3", "--seconds", "0.5")
-    assert all(ms > 0 for ms in stages["stages_ms_per_sample"].values())
-    assert all(run["samples_per_s"] > 0 for run in stages["loader"].values())
     sharding, _ = bench("shard_bench.py", tmp_path / "shard.json", "--data", data, "--workers", "1",
                         "--min-seconds", "0.05")
     (figures,) = sharding["datasets"].values()
@@ -230,28 +204,6 @@ def test_the_parts_benchmark_runs_and_reports(tiny, tmp_path):
     assert [m["parts"] for m in found["merge_only"]] == [3, 30] and found["single_machine"]["seconds"] > 0
 
 
-def test_the_resample_check_runs_and_finds_the_loaders_agree(tiny, tmp_path):
-    _, shards = tiny
-    found, _ = bench("resample_check.py", tmp_path / "resample.json", "--shards", shards, "--size", "24", "32")
-    assert found["batches"]["images"] == 3 and found["batches"]["mean_abs"] < 0.01
-
-
-def test_the_scoring_cost_benchmark_times_every_rule_on_both_loaders(tiny, tmp_path):
-    from fastseg.cli import run_cli
-    from fastseg.cli.train import main as train
-
-    _, shards = tiny
-    assert run_cli("fastseg-train", train, ["--shards", str(shards), "--out", str(tmp_path / "run"), "--epochs", "1",
-                                            "--width", "4", "--batch-size", "4", "--image-size", "32", "--workers",
-                                            "1", "--accelerator", "cpu", "--no-checksums"]) == 0
-    found, _ = bench("eval_bench.py", tmp_path / "eval.json", "--shards", shards, "--checkpoint",
-                     tmp_path / "run/checkpoints/best.ckpt", "--split", "train", "--eval-size", "40", "56",
-                     "--window", "32", "32", "--stride", "16", "16", "--workers", "1", "--rounds", "1")
-    assert len(found["rules"]) == 2 * 4 and all(r["images_per_s"] > 0 for r in found["rules"].values())
-    at_labels = found["rules"]["torch: labels, whole, training size"]
-    assert at_labels["pixels"] == 9 * 64 * 48 > found["rules"]["torch: train size (quick rule)"]["pixels"]
-
-
 def test_loader_bench_times_the_published_recipe(tmp_path):
     data = generate(tmp_path / "synth", count=12, seed=2)
     shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", val_fraction=0, progress=False, workers=2))
@@ -261,37 +213,6 @@ def test_loader_bench_times_the_published_recipe(tmp_path):
     for name in ("vanilla", "torch", "dali_cpu"):
         assert report["runs"][0]["loaders"][name]["samples_per_s"] > 0
         assert report["runs"][0]["loaders"][name]["batch"][0][-2:] == [64, 64]
-
-
-def test_the_shuffle_benchmark_times_both_orders(tiny, tmp_path):
-    _, shards = tiny
-    found, _ = bench("shuffle_bench.py", tmp_path / "shuffle.json", "--shards", shards, "--workers", "1", "--rounds", "1",
-                     "--batch-size", "3")
-    assert set(found["loaders"]) == {f"{b} shuffle {s}" for b in ("dali", "torch") for s in ("off", "on")}
-    assert all(r["samples_per_s"] > 0 for r in found["loaders"].values())
-
-
-def test_the_commits_benchmark_alternates_two_checkouts(tmp_path):
-    if subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True).returncode:
-        pytest.skip("not a git checkout: there are no commits to compare")
-    def worktrees():
-        return subprocess.run(["git", "-C", str(ROOT), "worktree", "list"], capture_output=True, text=True).stdout
-
-    before = worktrees()
-    data = generate(tmp_path / "synth", count=8, seed=4)
-    shard(data, tmp_path / "shards", ShardOptions(classes=data / "classes.json", val_fraction=0, progress=False, workers=1))
-    out = tmp_path / "commits.json"
-    result = subprocess.run([sys.executable, str(ROOT / "benchmarks/commits_bench.py"), "--before", "HEAD", "--after",
-                             "HEAD", "--repeats", "1", "--json", str(out), "--", "--data", str(data), "--shards",
-                             str(tmp_path / "shards"), "--size", "64", "64", "--rounds", "1", "--min-seconds", "0.1",
-                             "--batch-size", "4", "--workers", "1", "--loaders", "torch"],
-                            capture_output=True, text=True, timeout=240)
-    assert result.returncode == 0, result.stderr[-2000:]
-    found = json.loads(out.read_text())
-    assert [(r["order"], r["code"]) for r in found["runs"]] == [(1, "before"), (2, "after")]
-    assert all(r["samples_per_s"]["torch"] > 0 for r in found["runs"])
-    assert "after ÷ before" in out.with_suffix(".md").read_text()
-    assert worktrees() == before  # the checkouts are removed again
 
 
 def test_the_store_and_ranged_read_tables_are_what_their_results_files_hold():

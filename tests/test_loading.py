@@ -324,7 +324,7 @@ def test_batches_stay_valid_while_held(backend, png_shards):
 
 
 def test_host_buffers_lend_memory_again_only_once_let_go():
-    # on the CPU a fresh batch costs more in page faults than its normalization (benchmarks/torch_stages.py)
+    # on the CPU a fresh batch costs more in page faults than its normalization: buffers are lent again
     buffers = HostBuffers(slots=2)
     first = buffers.take((4, 3), np.float32)
     pool = [array.ctypes.data for array, _ in buffers.lent]

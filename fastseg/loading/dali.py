@@ -95,8 +95,7 @@ class Ops:
         """The one resampling rule of both backends (and of fastseg-predict): bilinear at pixel centres, antialiased
         when shrinking, which is what Pillow's BILINEAR does in the torch loader; each from its window (a resize
         ROI) where one is given. DALI's antialias=False is faster on the CPU crop path, but a model trained through
-        one backend and scored through the other would then see other pixels (benchmarks/resample_check.py
-        measures the difference)."""
+        one backend and scored through the other would then see other pixels."""
         # straight to float: faster than a uint8 result, and normalize reads it as is
         image = fn.resize(image, size=list(size), interp_type=types.INTERP_LINEAR, antialias=True,
                           dtype=types.FLOAT, **(image_window or {}))

@@ -98,7 +98,7 @@ class RankEpochSampler(Sampler):
 class HostBuffers:
     """Batch tensors for the CPU device, each reused once the caller holds no tensor of it any more, as DALI reuses
     its outputs. A fresh float32 batch (79 MB at 16 x 480 x 854) costs more in first-touch page faults than the
-    normalization that fills it (benchmarks/torch_stages.py). Each buffer is a numpy array lent to torch through a
+    normalization that fills it. Each buffer is a numpy array lent to torch through a
     view of it: torch keeps that view alive while any tensor shares its memory (slices and views included), so a
     dead weak reference to the view means the caller has let go of every one. With all buffers held, a batch gets
     fresh memory."""
