@@ -92,18 +92,15 @@ def train_pairs(shards) -> list[tuple[str, str]]:
     from fastseg.format import META_EXT
     from fastseg.sets import check_shards, index_samples, open_set
 
-    pairs = []
     paths, indexes = check_shards(open_set(shards), "train", checksums=False)
     read = SpanReader(paths)
-    for path, index in zip(paths, indexes):
-        for _, members in index_samples(index):
-            pairs.append(tuple(json.loads(read(path, *members[META_EXT]))[side] for side in ("image", "mask")))
-    return pairs
+    metas = [json.loads(read(path, *members[META_EXT])) for path, index in zip(paths, indexes)
+             for _, members in index_samples(index)]
+    return [(meta["image"], meta["mask"]) for meta in metas]
 
 
 def default_dataset(tmp: Path) -> tuple[Path, Path]:
-    from fastseg.shards import ShardOptions, shard
-    from fastseg.shards import generate
+    from fastseg.shards import ShardOptions, generate, shard
 
     data = generate(tmp / "synthetic", count=160)
     shard(data, tmp / "shards", ShardOptions(classes=data / "classes.json", progress=False))

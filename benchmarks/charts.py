@@ -140,12 +140,12 @@ def train_rates(result: dict) -> dict[str, list[tuple[str, float]]]:
     return paths
 
 
-def train_chart(result: dict, path: Path | None, title: str) -> str:
+def train_chart(result: dict, path: Path | None, title: str, baseline=None) -> str:
     """train_bench: images/s by loader, a panel a path."""
     return panels(path, title, list(train_rates(result).items()), "images/s", "vanilla", decimals=1)
 
 
-def stores_chart(result: dict, path: Path | None, title: str) -> str:
+def stores_chart(result: dict, path: Path | None, title: str, baseline=None) -> str:
     """store_bench: a panel a store, each loader's first epoch from disk, from the store through the cache, with
     faults, and by ranged reads."""
     groups = []
@@ -159,7 +159,7 @@ def stores_chart(result: dict, path: Path | None, title: str) -> str:
     return panels(path, title, groups, "samples/s", None, decimals=1)
 
 
-def ranged_reads_chart(result: dict, path: Path | None, title: str) -> str:
+def ranged_reads_chart(result: dict, path: Path | None, title: str, baseline=None) -> str:
     bars = list(result["client_cpu_ms_per_read"].items())
     return panels(path, title, [("client CPU per ranged read", bars)], "ms", bars[0][0], lower_is_better=True,
                   decimals=2)

@@ -4,6 +4,7 @@ Every figure is a rate over timed rounds, taken side by side in one run; what is
 baselines.py (the tutorial DataLoader) and peers.py (the loaders users would pick instead)."""
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -104,10 +105,8 @@ def host() -> dict:
         except ImportError:
             versions[name] = None
     cpu = platform.processor()
-    try:
+    with contextlib.suppress(OSError, StopIteration):  # the model's name, where Linux says it
         cpu = next(l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {"cores": os.cpu_count(), "cpu": cpu, "gpu": gpu, "versions": versions, "commit": commit()}
 
@@ -154,7 +153,6 @@ def decode_rate(pairs, rounds: int = 3, min_seconds: float = 2.0) -> dict:
 
 def publish(rows: list[str], path, result: dict, title: str) -> str:
     """Print the Markdown table; with a path, also write the JSON and a short Markdown page beside it."""
-
     table = "\n".join(rows)
     print(table)
     if path is None:

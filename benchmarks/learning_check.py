@@ -44,9 +44,8 @@ def main() -> int:
         seconds = time.perf_counter() - start
         metrics = json.loads((out / "metrics.json").read_text())
     result = {"dataset": str(args.data.name), "image_size": [args.image_size] * 2, "width": args.width,
-              "epochs": args.epochs,
-              "lr": args.lr, "loader": args.loader, "device": f"CPU ({platform.processor() or platform.machine()})",
-              "train_seconds": round(seconds, 1), "val_miou": metrics["val_miou"],
+              "epochs": args.epochs, "lr": args.lr, "loader": args.loader, "train_seconds": round(seconds, 1),
+              "device": f"CPU ({platform.processor() or platform.machine()})", "val_miou": metrics["val_miou"],
               "per_class_iou": metrics["per_class_iou"], "bar": args.bar, "passed": metrics["val_miou"] >= args.bar}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")

@@ -49,19 +49,14 @@ from fastseg.storage import at, join, location
 # name -> (backend, device); vanilla is the tutorial DataLoader (baselines.vanilla_loader)
 LOADERS = {"vanilla": (None, "cpu"), "torch": ("torch", "cpu"), "torch_gpu": ("torch", "cuda"),
            "dali_cpu": ("dali", "cpu"), "dali_gpu": ("dali", "cuda"),
-           # --augment crop or mmseg: the same loaders decoding whole images (window_decode=False), beside them
+           # crop or mmseg: decoding whole images (window_decode=False); then the peers (peers.py), recipes 1 and 2
            "torch_full": ("torch", "cpu"), "dali_cpu_full": ("dali", "cpu"), "dali_gpu_full": ("dali", "cuda"),
-           # peers (benchmarks/peers.py), recipe 1 and recipe 2 each: webdataset's own pipeline over the same shards,
-           # LitData and MosaicML Streaming over their own formats, written from the same source files
            "webdataset_r1": ("webdataset", "cpu"), "webdataset_r2": ("webdataset", "cpu"),
            "litdata_r1": ("litdata", "cpu"), "litdata_r2": ("litdata", "cpu"),
-           "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu"),
-           # albumentations over the source files, --augment mmseg only (MMSegmentation's recipe in its transforms)
+           "mosaic_r1": ("mosaic", "cpu"), "mosaic_r2": ("mosaic", "cpu"),  # albumentations: --augment mmseg only
            "albumentations_r1": ("albumentations", "cpu"), "albumentations_r2": ("albumentations", "cpu"),
-           # on a GPU: recipe 2 with the uint8 batch moved (pinned, non-blocking) and normalized there, as timm's
-           # PrefetchLoader does; beside dali_gpu and torch_gpu
-           "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"),
-           "mosaic_gpu": ("mosaic", "cuda")}
+           # on a GPU, recipe 2 with the batch moved (pinned, non-blocking) and normalized there, as timm's loader does
+           "webdataset_gpu": ("webdataset", "cuda"), "litdata_gpu": ("litdata", "cuda"), "mosaic_gpu": ("mosaic", "cuda")}
 PEER_FORMATS = peers.FORMATS  # converted once per benchmark run, before any loader runs
 PEERS = ("webdataset", "albumentations", *PEER_FORMATS)
 DEFAULT_LOADERS = ["vanilla", "torch", "torch_gpu", "dali_cpu", "dali_gpu"]

@@ -8,9 +8,7 @@ loader_bench.py's loaders (which runs them through `--loaders litdata_r1 mosaic_
   the work + `StreamingDataLoader`;
 - webdataset's own pipeline over fastseg's shards (they are WebDataset tars): webdataset_loader below.
 
-They are benchmark-only dependencies and pin what fastseg does not (Mosaic: numpy < 2.2; both: torchvision), so they
-live in their own virtual environment: `bash benchmarks/peers_setup.sh` makes `.peers-venv`, and loader_bench
-runs their children with `--peer-python .peers-venv/bin/python`.
+They live in an environment of their own (benchmarks/peers_setup.sh says why), run as children by `--peer-python`.
 
 Recipe 1 normalizes each sample in the workers (as the peers' docs do); recipe 2 hands uint8 out of the workers
 and normalizes the batch in the main process (as timm's loader and fastseg's torch loader do).

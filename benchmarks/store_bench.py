@@ -6,13 +6,12 @@ GETs each epoch made; and once with a cache limit below the split, the cache fol
     python benchmarks/store_bench.py --data DIR [--copies 3] [--per-shard 60] [--latency 0.03] [--faults 0.05]
                                      [--json PATH]
 
-The servers are started here: moto's S3 server, and Azurite (Azure Blob Storage) where it is installed (.ci/run
-puts it in .ci/node). DATA (linked --copies times, for a set of a few shards) is sharded to disk and to each store
-with fastseg-shard. Each store is read through benchmarks/faults.py's proxy: `--latency` s before every request
-(a cloud's time to first byte), and in the faulty runs a share of the ranged GETs failing (503, a reset, or half
-the body and a stall of 3 s, then a cut: a third each): --cache-faults through the cache, --faults by ranged reads. Every figure is samples/s of one whole shuffled epoch
-(torch loader and DALI on the CPU, batch 8, flip), the first timed from the loader's making, each run with an
-empty cache. The servers share this machine's cores with the loaders.
+The servers (servers.py: moto, and Azurite where installed) share this machine's cores with the loaders. DATA,
+linked --copies times, is sharded to disk and to each store, read through faults.py's proxy: `--latency` s before
+every request, and in the faulty runs a share of the ranged GETs failing (503, a reset, or half the body, a 3 s
+stall and a cut: a third each). Every figure is samples/s of one whole shuffled epoch (torch loader and DALI on
+the CPU, batch 8, flip), the first timed from the loader's making, each run with an empty cache. With the peers'
+environment, LitData and Mosaic read the same samples from the same bucket too (peer_anchors).
 """
 from __future__ import annotations
 
@@ -46,14 +45,13 @@ class FolderSize(Sampling):
         self.folder, self.peak = folder, 0
 
     def sample(self) -> bool:
-        if self.folder.is_dir():
-            size = 0
-            for entry in os.scandir(self.folder):
-                try:
-                    size += entry.stat().st_size if entry.is_file() else 0
-                except FileNotFoundError:  # evicted while listed
-                    pass
-            self.peak = max(self.peak, size)
+        size = 0
+        for entry in os.scandir(self.folder) if self.folder.is_dir() else ():
+            try:
+                size += entry.stat().st_size if entry.is_file() else 0
+            except FileNotFoundError:  # evicted while listed
+                pass
+        self.peak = max(self.peak, size)
         return True
 
 
@@ -88,10 +86,8 @@ def peer_anchors(disk: Path, url: str, tmp: Path, server, args) -> dict:
 
     folder = tmp / "peers"
     found = convert_peers(list(PEER_FORMATS), disk, folder, str(args.peer_python), args.workers)
-    for kind in PEER_FORMATS:
-        for path in sorted((folder / kind).rglob("*")):
-            if path.is_file():
-                storage.upload(path, storage.join(f"{url}-peers", f"{kind}/{path.relative_to(folder / kind).as_posix()}"))
+    for path in sorted(p for kind in PEER_FORMATS for p in (folder / kind).rglob("*") if p.is_file()):
+        storage.upload(path, storage.join(f"{url}-peers", path.relative_to(folder).as_posix()))
     for kind in PEER_FORMATS:
         runs = found[kind] = {}
         for where, peer_dir in (("disk", folder), ("bucket", f"{url}-peers")):  # the child reads PEER_DIR/KIND
@@ -103,9 +99,9 @@ def peer_anchors(disk: Path, url: str, tmp: Path, server, args) -> dict:
                     str(args.epochs - 1), "--min-seconds", "0"]
             try:
                 figures = run_child(argv, python=str(args.peer_python), env=env)[0]
-                cold = figures["cold_epoch"]
-                runs[where] = {"rates": [round(r["samples"] / r["seconds"], 1)
-                                         for r in (cold, *figures["rounds"])], "gets": proxy.gets if proxy else 0}
+                epochs_run = (figures["cold_epoch"], *figures["rounds"])
+                runs[where] = {"rates": [round(r["samples"] / r["seconds"], 1) for r in epochs_run],
+                               "gets": proxy.gets if proxy else 0}
             except RuntimeError as err:  # a peer that cannot read the bucket is reported with its error
                 runs[where] = {"error": str(err)}
             finally:
@@ -145,8 +141,8 @@ def main() -> int:
     if azure:
         servers["az"] = azure
     result = {"data": str(args.data), "copies": args.copies, "part_size": args.part_size, "workers": args.workers,
-              "latency_s": args.latency,
-              "faults": args.faults, "cache_faults": args.cache_faults, "epochs": args.epochs, "stores": {}, **provenance()}
+              "latency_s": args.latency, "faults": args.faults, "cache_faults": args.cache_faults, "epochs": args.epochs,
+              "stores": {}, **provenance()}
     rows = []
     try:
         with tempfile.TemporaryDirectory(prefix="fastseg-stores-") as tmp:

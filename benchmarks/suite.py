@@ -292,12 +292,9 @@ def rendered_readme(results: dict[str, dict]) -> str:
 
 
 def chart(bench: Benchmark, result: dict, path: Path | None) -> str:
-    """The benchmark's chart drawn into `path` (None: only its alt text); returns the alt text."""
-    draw = {"loader": lambda: charts.loader_chart(result, path, bench.title, bench.baseline),
-            "train": lambda: charts.train_chart(result, path, bench.title),
-            "stores": lambda: charts.stores_chart(result, path, bench.title),
-            "ranged_reads": lambda: charts.ranged_reads_chart(result, path, bench.title)}
-    return draw[bench.chart]()
+    """The benchmark's chart (charts.CHART_chart) drawn into `path` (None: only its alt text); returns the alt text;
+    `baseline` matters to the loader chart alone."""
+    return getattr(charts, f"{bench.chart}_chart")(result, path, bench.title, bench.baseline)
 
 
 def render(check: bool) -> int:
