@@ -218,12 +218,12 @@ def table(result: dict) -> list[str]:
                 worst = min(r / d for r, d in zip(run["rates"], disk))
                 rows.append(f"| {scheme} | {loader} | {label} | " + " | ".join(f"{r:.1f}" for r in run["rates"]) +
                             f" | {worst:.2f}× | {' / '.join(map(str, run['gets']))} | {run.get('faults', '')} |")
-    for kind, runs in {k: v for k, v in result.get("peers", {}).items() if k in PEER_FORMATS}.items():
-        for where, run in runs.items():  # the anchors: each peer from the bucket against itself from disk
+    for kind, peer_runs in {k: v for k, v in result.get("peers", {}).items() if k in PEER_FORMATS}.items():
+        for where, run in peer_runs.items():  # the anchors: each peer from the bucket against itself from disk
             if "error" in run:
                 rows.append(f"| s3 | {kind}_r2 | {where} | error: {run['error'][:120]} |" + " |" * (count + 2))
                 continue
-            disk = runs["disk"].get("rates") or run["rates"]
+            disk = peer_runs["disk"].get("rates") or run["rates"]
             worst = min(r / d for r, d in zip(run["rates"], disk))
             rows.append(f"| s3 | {kind}_r2 | {where} | " + " | ".join(f"{r:.1f}" for r in run["rates"]) +
                         f" | {worst:.2f}× | {run['gets']} in all | |")
