@@ -31,6 +31,7 @@ from harness import run_child
 from baselines import train_pairs
 
 FORMATS = ("litdata", "mosaic")  # the peers written in their own format, once per benchmark run
+PEER_PYTHON = Path(__file__).parents[1] / ".peers-venv" / "bin" / "python"  # made by peers_setup.sh
 
 
 # --- the peers' formats written beside fastseg-shard, in one run ----------------------------------------
@@ -48,14 +49,13 @@ def convert_peers(kinds: list[str], shards, peer_dir: Path, peer_python: str, wo
         for kind, path in (("images", Path(image)), ("masks", Path(mask))):
             (source / kind).mkdir(parents=True, exist_ok=True)
             (source / kind / path.name).symlink_to(path.resolve())
-    for store in ("auto",):
-        out = peer_dir / f"fastseg-shard-{store}"
-        figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source), str(out),
-                                         "--workers", str(workers), "--store", store])
-        figures.update(samples_per_s=round(figures["samples"] / figures["seconds"], 2), processes=workers,
-                       peak_memory_mb=round(monitor.peak_rss / 1e6, 1), seconds=round(figures["seconds"], 3),
-                       bytes_on_disk=sum(p.stat().st_size for p in out.iterdir()), folder=str(out))
-        found["conversion"][f"fastseg-shard --store {store}"] = figures
+    out = peer_dir / "fastseg-shard-auto"
+    figures, monitor, _ = run_child([str(here / "shard_bench.py"), "--child", str(source), str(out),
+                                     "--workers", str(workers), "--store", "auto"])
+    figures.update(samples_per_s=round(figures["samples"] / figures["seconds"], 2), processes=workers,
+                   peak_memory_mb=round(monitor.peak_rss / 1e6, 1), seconds=round(figures["seconds"], 3),
+                   bytes_on_disk=sum(p.stat().st_size for p in out.iterdir()), folder=str(out))
+    found["conversion"]["fastseg-shard --store auto"] = figures
     for kind in kinds:
         try:
             figures, monitor, _ = run_child([peers_py, "convert", kind, "--shards", str(shards), "--out",
@@ -247,7 +247,8 @@ def loader(kind: str, folder, mean, std, batch_size: int, workers: int, recipe: 
 
         options = {"storage_options": {"endpoint_url": endpoint}} if endpoint else {}
         dataset = litdata.StreamingDataset(str(folder), cache_dir=cache, shuffle=True,
-                                           transform=functools.partial(_litdata_transform, mean=mean, std=std, recipe=recipe), **options)
+                                           transform=functools.partial(_litdata_transform, mean=mean, std=std,
+                                                                       recipe=recipe), **options)
         return litdata.StreamingDataLoader(dataset, batch_size=batch_size, num_workers=workers,
                                            persistent_workers=workers > 0, pin_memory=pin)
     import streaming

@@ -26,10 +26,8 @@ from baselines import linked_copies
 from faults import FaultyProxy
 from harness import Sampling, provenance, publish, run_child
 from peers import FORMATS as PEER_FORMATS
-from peers import convert_peers
+from peers import PEER_PYTHON, convert_peers
 from servers import azurite, moto_s3
-
-PEER_PYTHON = Path(__file__).parents[1] / ".peers-venv" / "bin" / "python"  # benchmarks/peers_setup.sh makes it
 
 LOADERS = {"torch": "torch", "dali_cpu": "dali"}
 # the runs of each store and loader: (label, share of ranged GETs failing, loader options)
@@ -239,9 +237,10 @@ def table(result: dict) -> list[str]:
              f"`cache none` (a GET a sample); limited: the cache limited to {runs[0]['limited']['cache_limit_mb']} "
              f"MB, below the split: the folder peaked at {max(run['limited']['cache_peak_mb'] for run in runs)} MB. "
              f"Every run read the disk set's samples: {same_keys}; the faulty runs in the clean runs' order: "
-             f"{same_order}." + (" litdata_r2, mosaic_r2: the peers as loader_bench.py runs them (recipe 2), each from its own "
-             "format in the same bucket through the same proxy, clean, into an empty cache of its own, beside itself "
-             "from disk; their GETs are the whole run's." if "peers" in result else "")]
+             f"{same_order}." + (" litdata_r2, mosaic_r2: the peers as loader_bench.py runs them (recipe 2), each "
+                                 "from its own format in the same bucket through the same proxy, clean, into an empty "
+                                 "cache of its own, beside itself from disk; their GETs are the whole run's."
+                                 if "peers" in result else "")]
     return rows
 
 

@@ -30,13 +30,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import charts
+from peers import PEER_PYTHON
 
 ROOT = Path(__file__).parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 FIGURES = ROOT / "docs" / "figures"
 SHARED = ROOT.parent / "shared" / "data"
 DAVIS, CAMVID = SHARED / "davis2016_subset", SHARED / "camvid"
-PEER_PYTHON = ROOT / ".peers-venv" / "bin" / "python"  # benchmarks/peers_setup.sh makes it; store_bench's default
 SIDE = ROOT / ".side-packages"
 README, PAGE = ROOT / "README.md", ROOT / "docs" / "performance.md"
 START, END = "<!-- headline:start (benchmarks/suite.py --render) -->", "<!-- headline:end -->"

@@ -335,7 +335,7 @@ def card_names(src: Path, mask_column: str) -> list[str] | None:
     table = _card_file(src / "id2label.json", json.loads) if (src / "id2label.json").is_file() else None
     infos = []
     card = src / "README.md"
-    if table is None and card.is_file() and card.read_text(errors="replace").startswith("---"):
+    if table is None and card.is_file():
         info = (_card_file(card, _front_matter) or {}).get("dataset_info") or []
         infos += info if isinstance(info, list) else [info]
     if table is None:
@@ -365,10 +365,10 @@ def card_names(src: Path, mask_column: str) -> list[str] | None:
 
 
 def _front_matter(text: str):
-    """The YAML between a card's opening `---` lines."""
+    """The YAML between a card's opening `---` lines; None where the card has none."""
     import yaml
 
-    return yaml.safe_load(text.split("---", 2)[1])
+    return yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
 
 
 def _card_file(path: Path, parse):
